@@ -1,0 +1,233 @@
+"""The shared :class:`Codec` interface and the byte format of fitted parameters.
+
+A codec turns float32 vectors [n, d] into fixed-width uint8 codes
+[n, bytes_per_vector] and back, and scores float32 queries against codes
+without decoding them to float where it can (asymmetric scoring).
+
+Fitted parameters serialise to bytes with :meth:`Codec.to_bytes` and load with
+:func:`reelpack.codecs.codec_from_bytes`. Layout (all little-endian)::
+
+    magic      4 bytes  b"RPCS"
+    version    u16      1
+    header_len u32      length of the JSON header that follows
+    header     UTF-8 JSON {"spec": str, "dim": int, "meta": {...},
+                           "arrays": [{"name", "dtype", "shape", "offset", "nbytes"}]}
+    payload    concatenated raw array bytes, offsets relative to payload start
+
+Every length and offset is checked against the buffer before anything is
+allocated; corrupt input raises :class:`~reelpack.errors.SerializationError`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from reelpack._validate import as_codes, as_float_matrix
+from reelpack.errors import NotFittedError, SerializationError
+
+__all__ = ["Codec", "pack_state", "unpack_state", "STATE_MAGIC", "STATE_VERSION"]
+
+STATE_MAGIC = b"RPCS"
+STATE_VERSION = 1
+MAX_HEADER_BYTES = 1 << 20
+_ALLOWED_DTYPES = {"<f4", "<f8", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "|i1", "<f2", "<i2"}
+
+
+def pack_state(spec: str, dim: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+    """Serialise a codec's spec, dimension, JSON-able ``meta`` and named arrays to bytes."""
+    entries = []
+    chunks = []
+    offset = 0
+    for name, arr in arrays.items():
+        a = np.ascontiguousarray(arr)
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        raw = a.tobytes()
+        entries.append(
+            {"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset, "nbytes": len(raw)}
+        )
+        chunks.append(raw)
+        offset += len(raw)
+    header = json.dumps({"spec": spec, "dim": int(dim), "meta": meta, "arrays": entries}, sort_keys=True).encode()
+    return STATE_MAGIC + struct.pack("<HI", STATE_VERSION, len(header)) + header + b"".join(chunks)
+
+
+def unpack_state(data: bytes) -> tuple[str, int, dict[str, Any], dict[str, np.ndarray]]:
+    """Parse bytes written by :func:`pack_state`; return (spec, dim, meta, arrays).
+
+    Raises :class:`SerializationError` on a wrong magic, unknown version, or any
+    length, offset, dtype or shape that does not fit the buffer.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SerializationError(f"codec state must be bytes, got {type(data).__name__}")
+    buf = bytes(data)
+    if len(buf) < 10:
+        raise SerializationError(f"codec state is truncated: {len(buf)} bytes, need at least 10")
+    if buf[:4] != STATE_MAGIC:
+        raise SerializationError(f"not a reelpack codec state: magic {buf[:4]!r}, expected {STATE_MAGIC!r}")
+    version, header_len = struct.unpack_from("<HI", buf, 4)
+    if version != STATE_VERSION:
+        raise SerializationError(f"codec state version {version} is not supported (this reader knows {STATE_VERSION})")
+    if header_len > MAX_HEADER_BYTES or 10 + header_len > len(buf):
+        raise SerializationError(f"codec state header length {header_len} exceeds the buffer ({len(buf)} bytes)")
+    try:
+        header = json.loads(buf[10 : 10 + header_len].decode("utf-8"))
+        spec = header["spec"]
+        dim = header["dim"]
+        meta = header["meta"]
+        entries = header["arrays"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SerializationError(f"codec state header is corrupt: {exc}") from None
+    if not isinstance(spec, str) or not isinstance(dim, int) or dim <= 0 or not isinstance(meta, dict):
+        raise SerializationError("codec state header has invalid spec, dim or meta fields")
+    if not isinstance(entries, list):
+        raise SerializationError("codec state header 'arrays' must be a list")
+    payload = memoryview(buf)[10 + header_len :]
+    arrays: dict[str, np.ndarray] = {}
+    for e in entries:
+        try:
+            name, dtype, shape, off, nbytes = e["name"], e["dtype"], e["shape"], e["offset"], e["nbytes"]
+        except (KeyError, TypeError):
+            raise SerializationError("codec state array entry is missing fields") from None
+        if dtype not in _ALLOWED_DTYPES:
+            raise SerializationError(f"codec state array {name!r} has unsupported dtype {dtype!r}")
+        if (
+            not isinstance(shape, list)
+            or not all(isinstance(s, int) and s >= 0 for s in shape)
+            or not isinstance(off, int)
+            or not isinstance(nbytes, int)
+            or off < 0
+            or nbytes < 0
+        ):
+            raise SerializationError(f"codec state array {name!r} has an invalid shape or offset")
+        dt = np.dtype(dtype)
+        expected = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+        if expected != nbytes or off + nbytes > len(payload):
+            raise SerializationError(
+                f"codec state array {name!r} needs {expected} bytes at offset {off}, "
+                f"entry says {nbytes}, payload has {len(payload)}"
+            )
+        arrays[str(name)] = np.frombuffer(payload[off : off + nbytes], dtype=dt).reshape(shape).copy()
+    return spec, dim, meta, arrays
+
+
+class Codec(ABC):
+    """A fixed-rate vector codec: fit, encode, decode, score, bytes per vector.
+
+    Subclasses set :attr:`family` (the registry name) and implement the
+    ``_fit``, ``_encode``, ``_decode``, ``_score``, ``_state`` and
+    ``_load_state`` hooks; the public methods here validate input and output.
+
+    Attributes:
+        spec: factory string that rebuilds an unfitted twin, e.g. ``"opq16,pq16"``;
+            ``make_codec(c.spec).spec == c.spec``.
+        dim: input dimension, known after ``fit`` (``None`` before).
+    """
+
+    family: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.dim: int | None = None
+
+    # ---- identity -------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def spec(self) -> str:
+        """Factory string of this codec (see :func:`reelpack.codecs.make_codec`)."""
+
+    @property
+    def is_fitted(self) -> bool:
+        """True once :meth:`fit` (or loading fitted state) has set the parameters."""
+        return self.dim is not None
+
+    @property
+    def bytes_per_vector(self) -> int:
+        """Width of one code in bytes (needs the dimension, so only after fit)."""
+        self._require_fitted("bytes_per_vector")
+        return self._bytes_per_vector()
+
+    @abstractmethod
+    def _bytes_per_vector(self) -> int: ...
+
+    def __repr__(self) -> str:
+        state = f"dim={self.dim}, bytes_per_vector={self._bytes_per_vector()}" if self.is_fitted else "unfitted"
+        return f"{type(self).__name__}({self.spec!r}, {state})"
+
+    # ---- public API -----------------------------------------------------------------------------
+    def fit(self, X: np.ndarray, seed: int = 0) -> Codec:
+        """Learn the codec's parameters from training vectors.
+
+        Args:
+            X: float array [n, d] (cast to float32); finite values.
+            seed: seed for every random choice (k-means init, rotations, hashes).
+
+        Returns:
+            ``self``, fitted.
+        """
+        X = as_float_matrix(X, "X")
+        self._check_fit_input(X)
+        self._fit(X, int(seed))
+        self.dim = int(X.shape[1])
+        return self
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        """Encode vectors float [n, d] to codes uint8 [n, bytes_per_vector]."""
+        self._require_fitted("encode")
+        X = as_float_matrix(X, "X", dim=self.dim, allow_empty=True)
+        codes = self._encode(X)
+        assert codes.dtype == np.uint8 and codes.shape == (X.shape[0], self._bytes_per_vector())
+        return codes
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Reconstruct float32 vectors [n, d] from codes uint8 [n, bytes_per_vector]."""
+        self._require_fitted("decode")
+        codes = as_codes(codes, self._bytes_per_vector())
+        return np.ascontiguousarray(self._decode(codes), dtype=np.float32)
+
+    def score(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Asymmetric inner-product scores of float queries [q, d] against codes [n, B].
+
+        Returns:
+            float32 [q, n]; higher means more similar. For codecs whose
+            estimator is the reconstruction, this equals ``queries @ decode(codes).T``.
+        """
+        self._require_fitted("score")
+        queries = as_float_matrix(queries, "queries", dim=self.dim)
+        codes = as_codes(codes, self._bytes_per_vector())
+        return np.ascontiguousarray(self._score(queries, codes), dtype=np.float32)
+
+    def to_bytes(self) -> bytes:
+        """Serialise the fitted parameters (see the module docstring for the layout)."""
+        self._require_fitted("to_bytes")
+        meta, arrays = self._state()
+        return pack_state(self.spec, int(self.dim), meta, arrays)  # type: ignore[arg-type]
+
+    # ---- hooks ----------------------------------------------------------------------------------
+    def _check_fit_input(self, X: np.ndarray) -> None:
+        """Raise if this codec cannot be fitted on X (e.g. too few rows); default accepts."""
+
+    @abstractmethod
+    def _fit(self, X: np.ndarray, seed: int) -> None: ...
+
+    @abstractmethod
+    def _encode(self, X: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _decode(self, codes: np.ndarray) -> np.ndarray: ...
+
+    def _score(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return queries @ self._decode(codes).T
+
+    @abstractmethod
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]: ...
+
+    @abstractmethod
+    def _load_state(self, dim: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None: ...
+
+    def _require_fitted(self, what: str) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"{type(self).__name__} {self.spec!r}: call fit() before {what}()")

@@ -1,0 +1,83 @@
+"""Uncompressed baselines: float32 (4 bytes/dim) and float16 (2 bytes/dim)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from reelpack.codecs.base import Codec
+from reelpack.codecs.registry import register_codec
+from reelpack.errors import SerializationError
+
+__all__ = ["Float32Codec", "Float16Codec"]
+
+
+class Float32Codec(Codec):
+    """Identity codec: codes are the raw little-endian float32 bytes (4*d bytes)."""
+
+    family = "float32"
+
+    @property
+    def spec(self) -> str:
+        return "float32"
+
+    def _bytes_per_vector(self) -> int:
+        return 4 * int(self.dim)  # type: ignore[arg-type]
+
+    def _fit(self, X: np.ndarray, seed: int) -> None:
+        pass
+
+    def _encode(self, X: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(X.astype("<f4")).view(np.uint8).reshape(X.shape[0], -1)
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        return codes.view("<f4").astype(np.float32)
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {}, {}
+
+    def _load_state(self, dim: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        pass
+
+
+class Float16Codec(Codec):
+    """IEEE half precision per component (2*d bytes). Values beyond +-65504 are clipped."""
+
+    family = "fp16"
+    _MAX = float(np.finfo(np.float16).max)
+
+    @property
+    def spec(self) -> str:
+        return "fp16"
+
+    def _bytes_per_vector(self) -> int:
+        return 2 * int(self.dim)  # type: ignore[arg-type]
+
+    def _fit(self, X: np.ndarray, seed: int) -> None:
+        pass
+
+    def _encode(self, X: np.ndarray) -> np.ndarray:
+        h = np.clip(X, -self._MAX, self._MAX).astype("<f2")
+        return np.ascontiguousarray(h).view(np.uint8).reshape(X.shape[0], -1)
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        return codes.view("<f2").astype(np.float32)
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {}, {}
+
+    def _load_state(self, dim: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        if meta or arrays:
+            raise SerializationError("fp16 codec state must be empty")
+
+
+@register_codec("float32", r"(float32|flat)", "float32")
+def _build_float32(m: re.Match[str]) -> Codec:
+    return Float32Codec()
+
+
+@register_codec("fp16", r"(fp16|float16)", "fp16")
+def _build_fp16(m: re.Match[str]) -> Codec:
+    return Float16Codec()

@@ -1,0 +1,101 @@
+"""Typed exceptions raised by reelpack.
+
+Every error reelpack raises on purpose derives from :class:`ReelpackError`,
+which is also a :class:`ValueError`, so callers can catch either. Messages say
+what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "ReelpackError",
+    "InvalidInputError",
+    "NonFiniteError",
+    "DimensionMismatchError",
+    "DTypeError",
+    "EmptyInputError",
+    "InvalidKError",
+    "NotFittedError",
+    "CodecSpecError",
+    "UnknownCodecError",
+    "SerializationError",
+    "DataFormatError",
+    "DataNotFoundError",
+    "TrainingError",
+]
+
+
+class ReelpackError(ValueError):
+    """Base class of every error reelpack raises on purpose."""
+
+
+class InvalidInputError(ReelpackError):
+    """An argument has the wrong shape, type or value."""
+
+
+class NonFiniteError(InvalidInputError):
+    """An array holds NaN or Inf values.
+
+    Attributes:
+        rows: indexes (along axis 0) of the offending rows, at most the first 20.
+    """
+
+    def __init__(self, message: str, rows: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.rows = list(rows)
+
+
+class DimensionMismatchError(InvalidInputError):
+    """An array's dimension does not match what the codec or model expects."""
+
+
+class DTypeError(InvalidInputError):
+    """An array has a dtype that cannot be used here (for example codes that are not uint8)."""
+
+
+class EmptyInputError(InvalidInputError):
+    """An array or catalog that must hold at least one row is empty."""
+
+
+class InvalidKError(InvalidInputError):
+    """A top-K size is not positive or is larger than the catalog."""
+
+
+class NotFittedError(ReelpackError):
+    """A codec was asked to encode, decode or score before ``fit``."""
+
+
+class CodecSpecError(ReelpackError):
+    """A codec factory string cannot be parsed."""
+
+
+class UnknownCodecError(CodecSpecError):
+    """A codec factory string names a codec family that is not registered."""
+
+
+class SerializationError(ReelpackError):
+    """Serialised codec parameters are corrupt, truncated or of an unknown version."""
+
+
+class DataFormatError(ReelpackError):
+    """An interactions file is malformed.
+
+    Attributes:
+        path: the file.
+        line: 1-based line number of the first bad line (``None`` for whole-file problems).
+    """
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+
+
+class DataNotFoundError(ReelpackError, FileNotFoundError):
+    """An interactions file or cached artefact does not exist."""
+
+
+class TrainingError(ReelpackError):
+    """Training cannot run with the given data or configuration (or diverged)."""
