@@ -1,0 +1,324 @@
+"""The benchmark harness: float32, reelpack codecs and their faiss twins, side by side.
+
+One run evaluates, on the same embeddings, users and split:
+
+* the float32 brute-force reference (exact inner products),
+* every requested reelpack codec (fit on the catalog, encode, score asymmetrically),
+* the faiss twin of each codec at the same bytes per item (see :mod:`reelpack.eval.baselines`).
+
+Every method ranks the whole catalog for every evaluated user with the user's
+train items excluded. Timings are wall-clock seconds on one thread (BLAS, numba
+and faiss pinned to one thread), so that ratios between methods of the same run
+are meaningful on a shared, noisy machine.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reelpack._validate import as_float_matrix
+from reelpack.codecs import make_codec
+from reelpack.data.interactions import Split
+from reelpack.errors import DimensionMismatchError, InvalidInputError
+from reelpack.eval.baselines import faiss_rank_users, faiss_twin_spec, fit_faiss_twin
+from reelpack.eval.metrics import ranking_metrics, relative, topk_overlap
+from reelpack.eval.ranking import dense_score_fn, rank_users
+
+__all__ = ["BenchConfig", "BenchResult", "run_bench", "DEFAULT_CODECS", "RESULTS_SCHEMA_VERSION"]
+
+RESULTS_SCHEMA_VERSION = 1
+DEFAULT_CODECS: tuple[str, ...] = (
+    "fp16",
+    "sq8",
+    "sq4",
+    "pq16",
+    "pq8",
+    "opq16,pq16",
+    "simhash128",
+    "simhash128-hamming",
+    "countsketch32",
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What one bench run measures.
+
+    Attributes:
+        codecs: reelpack factory strings to evaluate.
+        faiss_twins: also run each codec's faiss twin (where one exists).
+        ks: metric cut-offs; the ranking depth is max(ks).
+        max_users: evaluate a seeded random sample of this many users (``None``: all with test items).
+        batch_size: users scored per batch.
+        seed: seed for codec fitting, faiss training and the user sample.
+        threads: threads for BLAS/faiss during the run (1 for comparable timings).
+    """
+
+    codecs: tuple[str, ...] = DEFAULT_CODECS
+    faiss_twins: bool = True
+    ks: tuple[int, ...] = (10, 20, 50)
+    max_users: int | None = None
+    batch_size: int = 1024
+    seed: int = 0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) <= 0:
+            raise InvalidInputError(f"ks must be positive cut-offs, got {self.ks}")
+        if self.max_users is not None and self.max_users <= 0:
+            raise InvalidInputError(f"max_users must be positive, got {self.max_users}")
+        if self.batch_size <= 0 or self.threads <= 0:
+            raise InvalidInputError("batch_size and threads must be positive")
+        for spec in self.codecs:
+            make_codec(spec)  # fail early on a bad spec
+
+
+@dataclass
+class BenchResult:
+    """Rows (one dict per method) plus the provenance of the run."""
+
+    rows: list[dict[str, Any]]
+    provenance: dict[str, Any]
+    schema_version: int = RESULTS_SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False, default=_json_default)
+
+    def row(self, method: str) -> dict[str, Any]:
+        for r in self.rows:
+            if r["method"] == method:
+                return r
+        raise KeyError(method)
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}
+
+
+def provenance(split: Split, dim: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Command, versions, data identity and machine of a run."""
+    import faiss
+    import numba
+
+    import reelpack
+
+    versions = {"reelpack": reelpack.__version__, "numpy": np.__version__, "faiss": faiss.__version__}
+    versions["numba"] = numba.__version__
+    try:
+        import torch
+
+        versions["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    out = {
+        "command": " ".join(["reelpack", *sys.argv[1:]]) if sys.argv and "reelpack" in sys.argv[0] else " ".join(sys.argv),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": split.label,
+        "data_hash": split.data_hash,
+        "synthetic": split.synthetic,
+        "n_users": split.n_users,
+        "n_items": split.n_items,
+        "split_seed": split.seed,
+        "test_fraction": split.test_fraction,
+        "dim": dim,
+        "versions": versions,
+        "machine": _machine(),
+    }
+    out.update(extra or {})
+    return out
+
+
+def _limit_threads(n: int):
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(n)
+    return threadpool_limits(limits=n)
+
+
+def run_bench(
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    split: Split,
+    config: BenchConfig = BenchConfig(),
+    progress: Callable[[str, int, int], None] | None = None,
+    provenance_extra: dict[str, Any] | None = None,
+) -> BenchResult:
+    """Evaluate float32, each codec and each faiss twin; return one row per method.
+
+    Args:
+        user_emb: float32 [split.n_users, d] query embeddings (row = Split user index).
+        item_emb: float32 [split.n_items, d] catalog embeddings (row = Split item index).
+        split: the train/test split the embeddings were trained on.
+        config: what to run.
+        progress: optional ``progress(method, done_users, total_users)`` callback.
+
+    Row keys: ``method``, ``kind`` (reference/reelpack/faiss), ``twin_of``,
+    ``bytes_per_item``, ``compression``, the metrics (``recall@50``, ``ndcg@10``,
+    ``mrr``...), ``rel_*`` metrics vs float32, ``overlap@K`` with the float32
+    top-K, ``fit_s``, ``encode_s``, ``rank_s`` (ranking every evaluated user),
+    and for reelpack rows with a twin ``delta_rel_recall@K_vs_faiss``.
+    """
+    item_emb = as_float_matrix(item_emb, "item_emb")
+    user_emb = as_float_matrix(user_emb, "user_emb", dim=item_emb.shape[1])
+    if item_emb.shape[0] != split.n_items or user_emb.shape[0] != split.n_users:
+        raise DimensionMismatchError(
+            f"embeddings [{user_emb.shape[0]} users, {item_emb.shape[0]} items] do not match the split "
+            f"[{split.n_users} users, {split.n_items} items]"
+        )
+    dim = item_emb.shape[1]
+    k = max(config.ks)
+    users = split.eval_users()
+    if config.max_users is not None and config.max_users < len(users):
+        rng = np.random.default_rng(config.seed)
+        users = np.sort(rng.choice(users, config.max_users, replace=False))
+    float_bytes = 4 * dim
+    rows: list[dict[str, Any]] = []
+
+    def report(method: str) -> Callable[[int], None]:
+        done = [0]
+
+        def cb(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress(method, done[0], len(users))
+
+        return cb
+
+    def finish(row: dict[str, Any], ranked: np.ndarray, reference: dict[str, Any] | None, ref_ranked) -> None:
+        metrics = ranking_metrics(ranked, users, split.test_indptr, split.test_items, config.ks)
+        row.update({key: v for key, v in metrics.items() if key != "n_users"})
+        row["n_users"] = int(metrics["n_users"])
+        if reference is not None:
+            row.update(relative(metrics, reference))
+            row[f"overlap@{k}"] = topk_overlap(ranked, ref_ranked, k)
+        rows.append(row)
+
+    with _limit_threads(config.threads):
+        # float32 reference
+        t0 = time.perf_counter()
+        ref_ranked = rank_users(
+            dense_score_fn(user_emb, item_emb), split, users, k, config.batch_size, report("float32 (exact)")
+        )
+        ref_row: dict[str, Any] = {
+            "method": "float32 (exact)",
+            "kind": "reference",
+            "twin_of": None,
+            "bytes_per_item": float_bytes,
+            "compression": 1.0,
+            "fit_s": 0.0,
+            "encode_s": 0.0,
+            "rank_s": time.perf_counter() - t0,
+        }
+        finish(ref_row, ref_ranked, None, None)
+        reference = {key: v for key, v in ref_row.items() if key in _metric_keys(config.ks)}
+        ref_row.update(relative(reference, reference))
+        ref_row[f"overlap@{k}"] = 1.0
+
+        for spec in config.codecs:
+            codec = make_codec(spec)
+            t0 = time.perf_counter()
+            codec.fit(item_emb, seed=config.seed)
+            t1 = time.perf_counter()
+            codes = codec.encode(item_emb)
+            t2 = time.perf_counter()
+
+            def score(batch: np.ndarray, codec=codec, codes=codes) -> np.ndarray:
+                return codec.score(user_emb[batch], codes)
+
+            ranked = rank_users(score, split, users, k, config.batch_size, report(codec.spec))
+            t3 = time.perf_counter()
+            row = {
+                "method": codec.spec,
+                "kind": "reelpack",
+                "twin_of": None,
+                "bytes_per_item": codec.bytes_per_vector,
+                "compression": float_bytes / codec.bytes_per_vector,
+                "fit_s": t1 - t0,
+                "encode_s": t2 - t1,
+                "rank_s": t3 - t2,
+            }
+            finish(row, ranked, reference, ref_ranked)
+
+            twin = faiss_twin_spec(codec.spec) if config.faiss_twins else None
+            if twin is None:
+                continue
+            ft = fit_faiss_twin(twin, item_emb, seed=config.seed)
+            ranked, search_s = faiss_rank_users(
+                ft, user_emb, split, users, k, config.batch_size, report(ft.name)
+            )
+            frow = {
+                "method": ft.name,
+                "kind": "faiss",
+                "twin_of": codec.spec,
+                "bytes_per_item": ft.bytes_per_vector,
+                "compression": float_bytes / ft.bytes_per_vector,
+                "fit_s": ft.fit_seconds,
+                "encode_s": ft.encode_seconds,
+                "rank_s": search_s,
+            }
+            finish(frow, ranked, reference, ref_ranked)
+            key = f"rel_recall@{k}"
+            row[f"delta_{key}_vs_faiss"] = row[key] - frow[key]
+            row["rank_time_vs_faiss"] = row["rank_s"] / frow["rank_s"] if frow["rank_s"] > 0 else float("nan")
+            # the twin row was appended after the codec row; keep that order
+    prov = provenance(split, dim, provenance_extra)
+    prov["n_eval_users"] = int(len(users))
+    prov["threads"] = config.threads
+    prov["config"] = {**asdict(config), "codecs": list(config.codecs), "ks": list(config.ks)}
+    return BenchResult(rows=rows, provenance=prov)
+
+
+def _metric_keys(ks: Sequence[int]) -> set[str]:
+    keys = {"mrr"}
+    for kk in ks:
+        keys |= {f"recall@{kk}", f"ndcg@{kk}", f"precision@{kk}"}
+    return keys
+
+
+def load_results(path: str | os.PathLike) -> BenchResult:
+    """Read a results JSON written by :func:`write_results`; refuse other schema versions clearly."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        from reelpack.errors import DataNotFoundError
+
+        raise DataNotFoundError(f"results file not found: {p}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{p} is not valid JSON: {exc}") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != RESULTS_SCHEMA_VERSION:
+        raise InvalidInputError(
+            f"{p} has results schema version {version!r}; this reelpack reads version {RESULTS_SCHEMA_VERSION}"
+        )
+    return BenchResult(rows=data["rows"], provenance=data["provenance"], extra=data.get("extra", {}))

@@ -1,0 +1,119 @@
+"""Render bench results: a rich table for the terminal, Markdown for BENCHMARKS.md, JSON on disk."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from rich.table import Table
+
+from reelpack.eval.bench import BenchResult
+
+__all__ = ["results_table", "results_markdown", "write_results", "atomic_write_text"]
+
+
+def _columns(result: BenchResult) -> list[tuple[str, str, str]]:
+    """(header, row key, format) of the table columns."""
+    ks = result.provenance.get("config", {}).get("ks", [10, 20, 50])
+    k = max(ks)
+    return [
+        ("method", "method", "s"),
+        ("bytes/item", "bytes_per_item", "d"),
+        ("compr. x", "compression", ".1f"),
+        (f"Recall@{k}", f"recall@{k}", ".4f"),
+        ("NDCG@10", "ndcg@10", ".4f"),
+        ("MRR", "mrr", ".4f"),
+        (f"rel R@{k}", f"rel_recall@{k}", ".3f"),
+        ("rel NDCG@10", "rel_ndcg@10", ".3f"),
+        (f"top-{k} overlap", f"overlap@{k}", ".3f"),
+        ("vs faiss twin", f"delta_rel_recall@{k}_vs_faiss", "+.3f"),
+        ("fit s", "fit_s", ".2f"),
+        ("encode s", "encode_s", ".2f"),
+        ("rank s", "rank_s", ".2f"),
+    ]
+
+
+def _fmt(value: object, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    try:
+        return format(value, fmt)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _title(result: BenchResult) -> str:
+    p = result.provenance
+    return (
+        f"{p.get('data')} | d={p.get('dim')} | {p.get('n_eval_users')} users x {p.get('n_items')} items | "
+        f"{p.get('threads')} thread(s)"
+    )
+
+
+def results_table(result: BenchResult) -> Table:
+    """A rich table of every row; faiss rows dimmed under their reelpack twin."""
+    cols = _columns(result)
+    table = Table(title=_title(result), title_justify="left")
+    for header, _, fmt in cols:
+        table.add_column(header, justify="left" if fmt == "s" else "right", no_wrap=True)
+    for row in result.rows:
+        style = "dim" if row.get("kind") == "faiss" else ("bold" if row.get("kind") == "reference" else None)
+        table.add_row(*(_fmt(row.get(key), fmt) for _, key, fmt in cols), style=style)
+    return table
+
+
+def results_markdown(result: BenchResult) -> str:
+    """A Markdown table plus the run's provenance (command, date, machine, versions, data)."""
+    cols = _columns(result)
+    p = result.provenance
+    lines = [f"**{_title(result)}**", ""]
+    lines.append("| " + " | ".join(h for h, _, _ in cols) + " |")
+    lines.append("|" + "|".join("---" if f == "s" else "---:" for _, _, f in cols) + "|")
+    for row in result.rows:
+        cells = [_fmt(row.get(key), fmt) for _, key, fmt in cols]
+        if row.get("kind") == "faiss":
+            cells[0] = f"&nbsp;&nbsp;{cells[0]}"
+        lines.append("| " + " | ".join(cells) + " |")
+    m = p.get("machine", {})
+    versions = ", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items())
+    lines += [
+        "",
+        f"- command: `{p.get('command')}`",
+        f"- date: {p.get('date')}",
+        f"- machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('platform')}, Python {m.get('python')}",
+        f"- versions: {versions}",
+        f"- data: {p.get('data')} (sha256 {str(p.get('data_hash'))[:12]}...), split seed {p.get('split_seed')}",
+    ]
+    if p.get("embeddings"):
+        lines.append(f"- embeddings: {p['embeddings']}")
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temp file in the same folder, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_results(result: BenchResult, out_dir: str | os.PathLike, stem: str = "bench") -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir`` atomically; return both paths."""
+    out = Path(out_dir)
+    return (
+        atomic_write_text(out / f"{stem}.json", result.to_json()),
+        atomic_write_text(out / f"{stem}.md", results_markdown(result)),
+    )
