@@ -29,7 +29,7 @@ def test_bench_rows_metrics_and_twins(setup, tmp_path):
     config = BenchConfig(codecs=("sq8", "pq4", "countsketch8"), max_users=400, batch_size=128)
     result = run_bench(users, items, split, config)
     methods = [r["method"] for r in result.rows]
-    assert methods == ["float32 (exact)", "sq8", "faiss:SQ8", "pq4", "faiss:PQ4", "countsketch8"]
+    assert methods == ["float32 (exact)", "sq8", "faiss:SQ8", "pq4", "faiss:PQ4np", "countsketch8"]
     ref = result.row("float32 (exact)")
     assert ref["rel_recall@50"] == 1.0 and ref["overlap@50"] == 1.0 and ref["bytes_per_item"] == 64
     assert ref["recall@50"] > 0.2  # the clustered toy embeddings carry real signal
@@ -41,7 +41,7 @@ def test_bench_rows_metrics_and_twins(setup, tmp_path):
         sq8["rel_recall@50"] - result.row("faiss:SQ8")["rel_recall@50"]
     )
     pq = result.row("pq4")
-    assert pq["bytes_per_item"] == 4 and result.row("faiss:PQ4")["bytes_per_item"] == 4
+    assert pq["bytes_per_item"] == 4 and result.row("faiss:PQ4np")["bytes_per_item"] == 4
     assert pq["rel_recall@50"] < sq8["rel_recall@50"] + 0.05  # 4 bytes cannot beat 16 by much
     for r in result.rows:
         assert r["n_users"] == ref["n_users"] <= 400
@@ -77,8 +77,8 @@ def test_bench_bad_input(setup, tmp_path):
 
 @pytest.mark.parametrize(
     "spec, twin",
-    [("float32", "Flat"), ("fp16", "SQfp16"), ("sq4", "SQ4"), ("sq8-p99.9", None), ("pq16", "PQ16"),
-     ("opq8,pq8", "OPQ8,PQ8"), ("simhash128", "LSH128"), ("simhash64-hamming", "LSH64"), ("countsketch32", None)],
+    [("float32", "Flat"), ("fp16", "SQfp16"), ("sq4", "SQ4"), ("sq8-p99.9", None), ("pq16", "PQ16np"),
+     ("opq8,pq8", "OPQ8,PQ8np"), ("simhash128", "LSH128"), ("simhash64-hamming", "LSH64"), ("countsketch32", None)],
 )
 def test_faiss_twin_spec(spec, twin):
     assert faiss_twin_spec(spec) == twin

@@ -6,6 +6,14 @@
 >>> codec = make_codec("fp16").fit(X)
 >>> codec.encode(X).shape
 (1000, 64)
+>>> sq = make_codec("sq8").fit(X, seed=0)
+>>> codes = sq.encode(X)
+>>> codes.shape, codes.dtype
+((1000, 32), dtype('uint8'))
+>>> sq.score(X[:2], codes).shape
+(2, 1000)
+>>> sorted(available_codecs())
+['countsketch', 'float32', 'fp16', 'opq', 'pq', 'simhash', 'sq']
 """
 
 from reelpack.codecs.base import Codec
@@ -13,5 +21,9 @@ from reelpack.codecs.registry import available_codecs, codec_from_bytes, make_co
 
 # Importing a family module registers its factory strings.
 from reelpack.codecs import flat  # noqa: E402,F401  isort: skip
+from reelpack.codecs import scalar  # noqa: E402,F401  isort: skip
+from reelpack.codecs import pq  # noqa: E402,F401  isort: skip
+from reelpack.codecs import simhash  # noqa: E402,F401  isort: skip
+from reelpack.codecs import countsketch  # noqa: E402,F401  isort: skip
 
 __all__ = ["Codec", "make_codec", "codec_from_bytes", "available_codecs", "register_codec"]

@@ -21,6 +21,7 @@ allocated; corrupt input raises :class:`~reelpack.errors.SerializationError`.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -35,6 +36,9 @@ __all__ = ["Codec", "pack_state", "unpack_state", "STATE_MAGIC", "STATE_VERSION"
 STATE_MAGIC = b"RPCS"
 STATE_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
+MAX_DIM = 1 << 20
+MAX_ARRAY_NDIM = 8
+MAX_ARRAY_EXTENT = 1 << 48  # product of the non-zero axes; keeps numpy's size arithmetic in range
 _ALLOWED_DTYPES = {"<f4", "<f8", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "|i1", "<f2", "<i2"}
 
 
@@ -80,39 +84,68 @@ def unpack_state(data: bytes) -> tuple[str, int, dict[str, Any], dict[str, np.nd
         dim = header["dim"]
         meta = header["meta"]
         entries = header["arrays"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise SerializationError(f"codec state header is corrupt: {exc}") from None
-    if not isinstance(spec, str) or not isinstance(dim, int) or dim <= 0 or not isinstance(meta, dict):
-        raise SerializationError("codec state header has invalid spec, dim or meta fields")
+    except (UnicodeDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and Python's int-digits limit; RecursionError deep nesting
+        raise SerializationError(f"codec state header is corrupt: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if (
+        not isinstance(spec, str)
+        or not _is_int(dim)
+        or not 0 < dim <= MAX_DIM
+        or not isinstance(meta, dict)
+    ):
+        raise SerializationError(f"codec state header has invalid spec, dim (1..{MAX_DIM}) or meta fields")
     if not isinstance(entries, list):
         raise SerializationError("codec state header 'arrays' must be a list")
     payload = memoryview(buf)[10 + header_len :]
     arrays: dict[str, np.ndarray] = {}
+    spans: list[tuple[int, int]] = []
+    names: set[str] = set()
     for e in entries:
+        if not isinstance(e, dict):
+            raise SerializationError("codec state array entry must be an object")
         try:
             name, dtype, shape, off, nbytes = e["name"], e["dtype"], e["shape"], e["offset"], e["nbytes"]
-        except (KeyError, TypeError):
+        except KeyError:
             raise SerializationError("codec state array entry is missing fields") from None
-        if dtype not in _ALLOWED_DTYPES:
+        if not isinstance(name, str) or name in names:
+            raise SerializationError(f"codec state array name {name!r} is not a string or is repeated")
+        if not isinstance(dtype, str) or dtype not in _ALLOWED_DTYPES:
             raise SerializationError(f"codec state array {name!r} has unsupported dtype {dtype!r}")
         if (
             not isinstance(shape, list)
-            or not all(isinstance(s, int) and s >= 0 for s in shape)
-            or not isinstance(off, int)
-            or not isinstance(nbytes, int)
+            or len(shape) > MAX_ARRAY_NDIM
+            or not all(_is_int(s) and s >= 0 for s in shape)
+            or math.prod(max(s, 1) for s in shape) > MAX_ARRAY_EXTENT
+            or not _is_int(off)
+            or not _is_int(nbytes)
             or off < 0
             or nbytes < 0
         ):
             raise SerializationError(f"codec state array {name!r} has an invalid shape or offset")
         dt = np.dtype(dtype)
-        expected = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+        expected = dt.itemsize * math.prod(shape)  # Python ints: no overflow
         if expected != nbytes or off + nbytes > len(payload):
             raise SerializationError(
                 f"codec state array {name!r} needs {expected} bytes at offset {off}, "
                 f"entry says {nbytes}, payload has {len(payload)}"
             )
-        arrays[str(name)] = np.frombuffer(payload[off : off + nbytes], dtype=dt).reshape(shape).copy()
+        names.add(name)
+        spans.append((off, nbytes))
+    # arrays may not overlap: the copies below then total at most the payload size
+    spans.sort()
+    for (o1, n1), (o2, _) in zip(spans, spans[1:]):
+        if o1 + n1 > o2:
+            raise SerializationError(f"codec state arrays overlap at payload offset {o2}")
+    for e in entries:
+        dt = np.dtype(e["dtype"])
+        off, nbytes = e["offset"], e["nbytes"]
+        arrays[e["name"]] = np.frombuffer(payload[off : off + nbytes], dtype=dt).reshape(e["shape"]).copy()
     return spec, dim, meta, arrays
+
+
+def _is_int(v: object) -> bool:
+    """A JSON integer (``bool`` is an ``int`` subclass in Python but not an integer here)."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 class Codec(ABC):

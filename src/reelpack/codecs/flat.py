@@ -30,7 +30,7 @@ class Float32Codec(Codec):
         pass
 
     def _encode(self, X: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(X.astype("<f4")).view(np.uint8).reshape(X.shape[0], -1)
+        return np.ascontiguousarray(X.astype("<f4")).view(np.uint8).reshape(X.shape[0], self._bytes_per_vector())
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
         return codes.view("<f4").astype(np.float32)
@@ -39,7 +39,8 @@ class Float32Codec(Codec):
         return {}, {}
 
     def _load_state(self, dim: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        pass
+        if meta or arrays:
+            raise SerializationError("float32 codec state must be empty")
 
 
 class Float16Codec(Codec):
@@ -60,7 +61,7 @@ class Float16Codec(Codec):
 
     def _encode(self, X: np.ndarray) -> np.ndarray:
         h = np.clip(X, -self._MAX, self._MAX).astype("<f2")
-        return np.ascontiguousarray(h).view(np.uint8).reshape(X.shape[0], -1)
+        return np.ascontiguousarray(h).view(np.uint8).reshape(X.shape[0], self._bytes_per_vector())
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
         return codes.view("<f2").astype(np.float32)

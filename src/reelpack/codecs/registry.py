@@ -70,7 +70,7 @@ def codec_from_bytes(data: bytes) -> Codec:
         raise SerializationError(f"codec state names an unusable spec: {exc}") from None
     try:
         codec._load_state(dim, meta, arrays)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError) as exc:
         if isinstance(exc, SerializationError):
             raise
         raise SerializationError(f"codec state for {spec!r} is inconsistent: {exc!r}") from None

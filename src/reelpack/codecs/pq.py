@@ -1,0 +1,329 @@
+"""Product quantisation (``"pq16"``) and optimised PQ with a learned rotation (``"opq16,pq16"``).
+
+PQ splits the ``d`` dimensions into ``m`` contiguous sub-vectors of
+``dsub = d / m`` dimensions (``m`` must divide ``d``; otherwise ``fit`` raises
+:class:`~reelpack.errors.DimensionMismatchError`) and quantises each to the
+nearest of ``ksub`` centroids learned by k-means (``faiss.Kmeans``, seeded,
+25 iterations, at most 256 training points per centroid as in faiss). A code is
+``m`` bytes: byte ``j`` is the centroid index of sub-vector ``j``.
+
+``ksub`` is 256, or the number of training rows when fewer than 256 rows are
+given (every training row then becomes a centroid). With ``ksub < 256`` code
+bytes ``>= ksub`` are invalid and ``decode``/``score`` raise
+:class:`~reelpack.errors.InvalidInputError` for them.
+
+Scoring is asymmetric (ADC): a lookup table ``LUT[q, j, k] = q_j . C[j, k]``
+(:func:`reelpack.score.pq_lut`), then ``score[q, t] = sum_j LUT[q, j, code[t, j]]``
+(:func:`reelpack.score.pq_adc`); for more than 64 queries the same inner
+products come from decode + GEMM (:func:`reelpack.score.pq_ip`). Either way
+``score == queries @ decode(codes).T`` up to float32 rounding.
+
+OPQ (``"opqM,pqM"``; both ``M`` must be equal) learns an orthogonal rotation
+``R`` [d, d] and applies PQ to ``y = x @ R.T``; ``decode`` returns ``y_hat @ R``
+and queries are rotated the same way before ADC. Training (Ge et al., "Optimized
+Product Quantization", the non-parametric alternation with the parametric
+initialisation):
+
+1. a seeded sample of at most 65536 training rows;
+2. ``R`` starts as the PCA basis with eigenvalue allocation (eigen-directions
+   dealt to the ``m`` subspaces so that the products of their variances are
+   balanced);
+3. 12 outer iterations: k-means on the rotated sample (20 iterations the
+   first time, then 4 warm-started), reconstruction ``Y_hat``, and the
+   orthogonal Procrustes update ``R = V U^T`` where ``U S V^T = svd(X^T Y_hat)``;
+4. final PQ training (25 warm-started k-means iterations) on the rotated training set.
+
+Serialised state: ``centroids`` float32 [m, ksub, dsub]; OPQ adds ``rotation``
+float32 [d, d] (checked orthogonal on load). Meta is empty.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+import faiss
+import numpy as np
+
+from reelpack.codecs._common import check_state_keys, row_blocks, state_array, sub_seeds
+from reelpack.codecs.base import Codec
+from reelpack.codecs.registry import register_codec
+from reelpack.errors import CodecSpecError, DimensionMismatchError, SerializationError
+from reelpack.score.kernels import pq_decode, pq_ip
+
+__all__ = ["ProductQuantizer", "OPQProductQuantizer"]
+
+MAX_KSUB = 256
+MAX_M = 4096
+KMEANS_NITER = 25
+OPQ_MAX_SAMPLE = 65536
+OPQ_OUTER_ITERS = 12
+OPQ_NITER_FIRST = 20
+OPQ_NITER_INNER = 4
+
+
+# faiss assigns points by a scalar loop below distance_compute_blas_threshold queries (128000 in
+# faiss 1.15), ~15x slower than its BLAS path for k-means on 2k-30k points; k-means lowers it to 20.
+_KMEANS_BLAS_THRESHOLD = 20
+
+
+@contextmanager
+def _faiss_kmeans_settings() -> Iterator[None]:
+    """Run faiss single-threaded with a low BLAS threshold, restoring both settings on exit.
+
+    Each k-means here is small (at most 65536 x 256 x dsub per iteration): OpenMP start-up
+    and spin-waiting made it 3-15x slower with 2 threads on a busy 2-core machine. These
+    are process-wide faiss settings (not safe against other threads using faiss meanwhile).
+    """
+    threads = faiss.omp_get_max_threads()
+    threshold = faiss.cvar.distance_compute_blas_threshold
+    faiss.omp_set_num_threads(1)
+    faiss.cvar.distance_compute_blas_threshold = _KMEANS_BLAS_THRESHOLD
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = threshold
+        faiss.omp_set_num_threads(threads)
+
+
+def _blas_single_thread() -> AbstractContextManager[Any]:
+    """Limit BLAS pools to one thread while numpy GEMMs alternate with faiss k-means.
+
+    Idle OpenBLAS (pthreads) workers of numpy spin for a while after each call and
+    starve faiss's OpenMP threads (and vice versa): OPQ training ran 3x slower on
+    2 cores without this. Uses ``threadpoolctl`` when installed (as scikit-learn's
+    KMeans does), else does nothing.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _kmeans(x: np.ndarray, k: int, niter: int, seed: int, init: np.ndarray | None = None) -> np.ndarray:
+    """faiss k-means of x float32 [n, dsub] into k centroids float32 [k, dsub] (seeded, quiet)."""
+    km = faiss.Kmeans(
+        x.shape[1], k, niter=niter, seed=seed, verbose=False, min_points_per_centroid=1, max_points_per_centroid=256
+    )
+    with _faiss_kmeans_settings():
+        km.train(np.ascontiguousarray(x, np.float32), init_centroids=init)
+    return np.ascontiguousarray(km.centroids, np.float32)
+
+
+def pq_assign(Y: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest centroid of each sub-vector: Y float32 [n, m*dsub] -> codes uint8 [n, m].
+
+    One ``faiss.knn`` (L2, k=1; BLAS distances ``|y|^2 + |c|^2 - 2 y.c``) per subspace and
+    block of rows, single-threaded (see :func:`_faiss_kmeans_settings`): 50x faster here
+    than stacked numpy matmuls, whose many small multi-threaded GEMMs stall on a busy machine.
+    """
+    m, _, dsub = centroids.shape
+    n = Y.shape[0]
+    out = np.empty((n, m), np.uint8)
+    with _faiss_kmeans_settings():
+        for sl in row_blocks(n, 64 * dsub):
+            for j in range(m):
+                sub = np.ascontiguousarray(Y[sl, j * dsub : (j + 1) * dsub], dtype=np.float32)
+                out[sl, j] = faiss.knn(sub, centroids[j], 1)[1][:, 0]
+    return out
+
+
+def _train_pq(
+    Y: np.ndarray, m: int, ksub: int, seeds: list[int], niter: int, init: np.ndarray | None = None
+) -> np.ndarray:
+    """k-means per subspace: Y float32 [n, d] -> centroids float32 [m, ksub, dsub]."""
+    dsub = Y.shape[1] // m
+    cents = np.empty((m, ksub, dsub), np.float32)
+    for j in range(m):
+        sub = np.ascontiguousarray(Y[:, j * dsub : (j + 1) * dsub])
+        cents[j] = _kmeans(sub, ksub, niter, seeds[j], None if init is None else init[j])
+    return cents
+
+
+def eigenvalue_allocation(X: np.ndarray, m: int) -> np.ndarray:
+    """Initial OPQ rotation float32 [d, d]: PCA directions dealt to ``m`` subspaces of ``d/m`` rows.
+
+    Directions are taken by decreasing variance; each goes to the non-full
+    subspace with the smallest product of variances so far (sum of logs),
+    so subspaces get balanced variance (Ge et al. 2013, eq. 12).
+    """
+    d = X.shape[1]
+    dsub = d // m
+    Xc = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)
+    cov = Xc.T @ Xc / max(1, X.shape[0] - 1)
+    evals, evecs = np.linalg.eigh(cov)
+    order = np.argsort(-evals, kind="stable")
+    evals = np.maximum(evals[order], 1e-12 * max(float(evals.max()), 1e-30))
+    evecs = evecs[:, order]
+    logsum = np.zeros(m)
+    buckets: list[list[int]] = [[] for _ in range(m)]
+    for i in range(d):
+        open_ = [b for b in range(m) if len(buckets[b]) < dsub]
+        b = min(open_, key=lambda b: (logsum[b], b))
+        buckets[b].append(i)
+        logsum[b] += np.log(evals[i])
+    rows = [evecs[:, i] for b in range(m) for i in buckets[b]]
+    return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+
+
+def _procrustes(X: np.ndarray, Yhat: np.ndarray) -> np.ndarray:
+    """Orthogonal R minimising ``|X R^T - Yhat|_F``: ``R = V U^T`` with ``U S V^T = svd(X^T Yhat)``."""
+    M = X.astype(np.float64).T @ Yhat.astype(np.float64)
+    U, _, Vt = np.linalg.svd(M)
+    return np.ascontiguousarray((Vt.T @ U.T).astype(np.float32))
+
+
+class ProductQuantizer(Codec):
+    """PQ with ``m`` sub-quantisers of 8 bits each (``m`` bytes per vector).
+
+    Args:
+        m: number of sub-quantisers; must divide the data dimension (checked at fit).
+
+    Fitted attributes:
+        centroids: float32 [m, ksub, d/m].
+    """
+
+    family = "pq"
+
+    def __init__(self, m: int) -> None:
+        super().__init__()
+        m = int(m)
+        if not 1 <= m <= MAX_M:
+            raise CodecSpecError(f"pq sub-quantiser count must be in 1..{MAX_M}, got {m}")
+        self.m = m
+        self.centroids: np.ndarray | None = None
+
+    @property
+    def spec(self) -> str:
+        return f"pq{self.m}"
+
+    @property
+    def ksub(self) -> int:
+        """Centroids per sub-quantiser (256 unless trained on fewer rows)."""
+        self._require_fitted("ksub")
+        return int(self.centroids.shape[1])  # type: ignore[union-attr]
+
+    def _bytes_per_vector(self) -> int:
+        return self.m
+
+    # ---- fit ------------------------------------------------------------------------------------
+    def _check_fit_input(self, X: np.ndarray) -> None:
+        d = X.shape[1]
+        if d % self.m:
+            raise DimensionMismatchError(
+                f"{self.spec} needs a dimension divisible by {self.m}, got d={d} ({d} % {self.m} = {d % self.m})"
+            )
+
+    def _fit(self, X: np.ndarray, seed: int) -> None:
+        ksub = min(MAX_KSUB, X.shape[0])
+        self.centroids = _train_pq(X, self.m, ksub, sub_seeds(seed, self.m), KMEANS_NITER)
+
+    # ---- transform hooks (identity for plain PQ) ------------------------------------------------
+    def _rotate(self, X: np.ndarray) -> np.ndarray:
+        return X
+
+    def _unrotate(self, Y: np.ndarray) -> np.ndarray:
+        return Y
+
+    # ---- encode / decode / score ----------------------------------------------------------------
+    def _encode(self, X: np.ndarray) -> np.ndarray:
+        return pq_assign(self._rotate(X), self.centroids)  # type: ignore[arg-type]
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        return self._unrotate(pq_decode(self.centroids, codes))  # type: ignore[arg-type]
+
+    def _score(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return pq_ip(self._rotate(queries), self.centroids, codes)  # type: ignore[arg-type]
+
+    # ---- state ----------------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {}, {"centroids": self.centroids}  # type: ignore[dict-item]
+
+    def _load_centroids(self, dim: int, arrays: dict[str, np.ndarray]) -> None:
+        if dim % self.m:
+            raise SerializationError(f"{self.spec} state has dim {dim}, not divisible by {self.m}")
+        shape = arrays["centroids"].shape
+        ksub = shape[1] if len(shape) == 3 else -1
+        if not 1 <= ksub <= MAX_KSUB:
+            raise SerializationError(f"{self.spec} state centroids have shape {shape}, expected [m, 1..256, d/m]")
+        self.centroids = state_array(self.spec, arrays, "centroids", (self.m, ksub, dim // self.m), "<f4")
+
+    def _load_state(self, dim: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        check_state_keys(self.spec, meta, arrays, ("centroids",))
+        self._load_centroids(dim, arrays)
+
+
+class OPQProductQuantizer(ProductQuantizer):
+    """PQ on data rotated by a learned orthogonal matrix (``"opqM,pqM"``; ``m`` bytes per vector).
+
+    Fitted attributes:
+        rotation: float32 [d, d], orthogonal; codes quantise ``x @ rotation.T``.
+        centroids: float32 [m, ksub, d/m] in the rotated space.
+    """
+
+    family = "opq"
+
+    def __init__(self, m: int, outer_iters: int = OPQ_OUTER_ITERS) -> None:
+        super().__init__(m)
+        self.outer_iters = int(outer_iters)
+        self.rotation: np.ndarray | None = None
+
+    @property
+    def spec(self) -> str:
+        return f"opq{self.m},pq{self.m}"
+
+    def _fit(self, X: np.ndarray, seed: int) -> None:
+        n, d = X.shape
+        m = self.m
+        ksub = min(MAX_KSUB, n)
+        rng = np.random.default_rng(sub_seeds(seed, 1)[0])
+        sample = X if n <= OPQ_MAX_SAMPLE else X[np.sort(rng.choice(n, OPQ_MAX_SAMPLE, replace=False))]
+        R = eigenvalue_allocation(sample, m)
+        cents = None
+        with _blas_single_thread():
+            for it in range(self.outer_iters):
+                Y = sample @ R.T
+                seeds = sub_seeds(seed + 7919 * (it + 1), m)
+                niter = OPQ_NITER_FIRST if cents is None else OPQ_NITER_INNER
+                cents = _train_pq(Y, m, ksub, seeds, niter, init=cents)
+                Yhat = pq_decode(cents, pq_assign(Y, cents))
+                R = _procrustes(sample, Yhat)
+        self.rotation = R
+        self.centroids = _train_pq(X @ R.T, m, ksub, sub_seeds(seed, m), KMEANS_NITER, init=cents)
+
+    def _rotate(self, X: np.ndarray) -> np.ndarray:
+        out = np.empty_like(X)
+        for sl in row_blocks(X.shape[0], X.shape[1]):
+            out[sl] = X[sl] @ self.rotation.T  # type: ignore[union-attr]
+        return out
+
+    def _unrotate(self, Y: np.ndarray) -> np.ndarray:
+        return Y @ self.rotation  # type: ignore[operator]
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {}, {"centroids": self.centroids, "rotation": self.rotation}  # type: ignore[dict-item]
+
+    def _load_state(self, dim: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        check_state_keys(self.spec, meta, arrays, ("centroids", "rotation"))
+        self._load_centroids(dim, arrays)
+        R = state_array(self.spec, arrays, "rotation", (dim, dim), "<f4")
+        err = np.abs(R.astype(np.float64) @ R.T.astype(np.float64) - np.eye(dim)).max()
+        if err > 1e-3:
+            raise SerializationError(f"{self.spec} state rotation is not orthogonal (|R R^T - I| = {err:.3g})")
+        self.rotation = R
+
+
+@register_codec("opq", r"opq(?P<o>\d{1,6}),pq(?P<m>\d{1,6})", "opq16,pq16")
+def _build_opq(match: re.Match[str]) -> Codec:
+    o, m = int(match.group("o")), int(match.group("m"))
+    if o != m:
+        raise CodecSpecError(f"in 'opqM,pqM' the rotation's M must equal the PQ's M, got opq{o},pq{m}")
+    return OPQProductQuantizer(m)
+
+
+@register_codec("pq", r"pq(?P<m>\d{1,6})", "pq16")
+def _build_pq(match: re.Match[str]) -> Codec:
+    return ProductQuantizer(int(match.group("m")))

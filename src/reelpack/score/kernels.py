@@ -1,0 +1,405 @@
+"""Scoring kernels for compressed codes, each with a plain NumPy reference (oracle).
+
+Fast kernels and their ``*_reference`` twins compute the same values (up to
+float32 rounding) and are tested against each other. Fast kernels never loop
+in Python over items: they call numba-compiled loops or BLAS on row blocks
+(the Python loops here run over blocks of ~10^4-10^5 rows to bound memory).
+
+Kernels (each ``name`` has an oracle ``name_reference``, except the router :func:`pq_ip`):
+
+* :func:`pq_lut`: ``LUT[i, j, k] = queries[i, subspace j] . centroids[j, k]``.
+* :func:`pq_adc`: ``ADC[i, t] = sum_j LUT[i, j, codes[t, j]]`` (numba).
+* :func:`pq_decode`: ``x_hat[t] = concat_j centroids[j, codes[t, j]]``.
+* :func:`pq_ip`: LUT + ADC for few queries, decode + GEMM for many (same values).
+* :func:`hamming`: ``popcount(query_code XOR code)``.
+* :func:`sq_dot`: ``queries_scaled @ codes.T`` for uint8 codes.
+* :func:`sq4_dot`: the same on nibble-packed int4 codes.
+* :func:`unpack_int4` / :func:`pack_int4`: nibble-packed <-> one uint8 per dimension.
+* :func:`signs_dot`: ``proj @ (2*bits - 1).T`` for ``np.packbits`` sign codes.
+
+Nibble order (int4): dimension ``2j`` is the low nibble (bits 0-3) of byte ``j``
+and dimension ``2j + 1`` the high nibble (bits 4-7); for odd ``d`` the high
+nibble of the last byte is padding, written as 0 and ignored on read.
+
+Bit order (sign bits, :func:`signs_dot` / :func:`hamming`): ``np.packbits``
+default (big-endian within a byte): bit ``i`` is bit ``7 - i % 8`` of byte
+``i // 8``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from reelpack.errors import DimensionMismatchError, DTypeError, InvalidInputError
+
+__all__ = [
+    "pq_lut",
+    "pq_lut_reference",
+    "pq_adc",
+    "pq_adc_reference",
+    "pq_decode",
+    "pq_decode_reference",
+    "pq_ip",
+    "GEMM_MIN_QUERIES",
+    "hamming",
+    "hamming_reference",
+    "sq_dot",
+    "sq_dot_reference",
+    "sq4_dot",
+    "sq4_dot_reference",
+    "unpack_int4",
+    "unpack_int4_reference",
+    "pack_int4",
+    "pack_int4_reference",
+    "signs_dot",
+    "signs_dot_reference",
+]
+
+#: :func:`pq_ip` switches from LUT+ADC to decode+GEMM above this many queries.
+GEMM_MIN_QUERIES = 64
+
+# Row-block sizes: bound temporaries to a few tens of MiB whatever n is.
+_BLOCK_ELEMS = 1 << 22
+
+
+def _block_rows(row_elems: int) -> int:
+    return max(1, _BLOCK_ELEMS // max(1, int(row_elems)))
+
+
+# ---- input checks (cheap: dtype/shape only) ---------------------------------------------------------
+def _f32_matrix(x: object, name: str, ndim: int = 2) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiu":
+        raise DTypeError(f"{name} must be a real float array, got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise DimensionMismatchError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _u8_matrix(x: object, name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype != np.uint8:
+        raise DTypeError(f"{name} must be uint8, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise DimensionMismatchError(f"{name} must be 2-D [n, bytes], got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def _check_code_range(codes: np.ndarray, ksub: int) -> None:
+    """Codes index a table of ``ksub`` entries: refuse values beyond it (memory safety)."""
+    if ksub < 256 and codes.size and int(codes.max()) >= ksub:
+        raise InvalidInputError(
+            f"codes hold value {int(codes.max())}, but each sub-quantiser has only {ksub} centroids"
+        )
+
+
+# ---- product quantisation ---------------------------------------------------------------------------
+def pq_lut(queries: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Inner-product lookup tables for asymmetric distance computation.
+
+    Args:
+        queries: float32 [q, d].
+        centroids: float32 [m, ksub, dsub] with ``m * dsub == d``.
+
+    Returns:
+        float32 [q, m, ksub]: ``LUT[i, j, k] = queries[i, j*dsub:(j+1)*dsub] . centroids[j, k]``.
+    """
+    queries = _f32_matrix(queries, "queries")
+    centroids = _f32_matrix(centroids, "centroids", ndim=3)
+    m, ksub, dsub = centroids.shape
+    if queries.shape[1] != m * dsub:
+        raise DimensionMismatchError(
+            f"queries have dimension {queries.shape[1]}, centroids cover {m}x{dsub}={m * dsub}"
+        )
+    qs = queries.reshape(queries.shape[0], m, dsub).transpose(1, 0, 2)  # [m, q, dsub]
+    lut = np.matmul(qs, centroids.transpose(0, 2, 1))  # [m, q, ksub], one GEMM per subspace
+    return np.ascontiguousarray(lut.transpose(1, 0, 2))
+
+
+def pq_lut_reference(queries: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Oracle for :func:`pq_lut` (float64 einsum)."""
+    queries = np.asarray(queries, dtype=np.float64)
+    centroids = np.asarray(centroids, dtype=np.float64)
+    m, ksub, dsub = centroids.shape
+    qs = queries.reshape(queries.shape[0], m, dsub)
+    return np.einsum("qjs,jks->qjk", qs, centroids).astype(np.float32)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pq_adc_kernel(luts, codes, out):  # pragma: no cover - compiled
+    # serial on purpose: no second OpenMP runtime next to faiss's; callers may thread over blocks (nogil)
+    nq, m, _ = luts.shape
+    n = codes.shape[0]
+    for i in range(nq):
+        lut = luts[i]
+        for t in range(n):
+            acc = np.float32(0.0)
+            for j in range(m):
+                acc += lut[j, codes[t, j]]
+            out[i, t] = acc
+
+
+def pq_adc(luts: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Asymmetric scores by table lookup: ``out[i, t] = sum_j luts[i, j, codes[t, j]]``.
+
+    Args:
+        luts: float32 [q, m, ksub] from :func:`pq_lut`.
+        codes: uint8 [n, m]; every value must be < ksub.
+
+    Returns:
+        float32 [q, n] (numba loop over items, m lookups each; float32 accumulation).
+    """
+    luts = _f32_matrix(luts, "luts", ndim=3)
+    codes = _u8_matrix(codes, "codes")
+    if codes.shape[1] != luts.shape[1]:
+        raise DimensionMismatchError(f"codes have {codes.shape[1]} sub-codes, luts have {luts.shape[1]} sub-quantisers")
+    _check_code_range(codes, luts.shape[2])
+    out = np.empty((luts.shape[0], codes.shape[0]), np.float32)
+    if out.size:
+        _pq_adc_kernel(luts, codes, out)
+    return out
+
+
+def pq_adc_reference(luts: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Oracle for :func:`pq_adc` (fancy indexing, float64 sum)."""
+    luts = np.asarray(luts, dtype=np.float64)
+    codes = np.asarray(codes).astype(np.int64)
+    m = luts.shape[1]
+    gathered = luts[:, np.arange(m)[None, :], codes]  # [q, n, m]
+    return gathered.sum(axis=2).astype(np.float32)
+
+
+def pq_decode(centroids: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Reconstruct PQ vectors: float32 [n, m*dsub] from centroids [m, ksub, dsub] and codes uint8 [n, m]."""
+    centroids = _f32_matrix(centroids, "centroids", ndim=3)
+    codes = _u8_matrix(codes, "codes")
+    m, ksub, dsub = centroids.shape
+    if codes.shape[1] != m:
+        raise DimensionMismatchError(f"codes have {codes.shape[1]} sub-codes, centroids have {m} sub-quantisers")
+    _check_code_range(codes, ksub)
+    out = centroids[np.arange(m)[None, :], codes]  # [n, m, dsub]
+    return np.ascontiguousarray(out.reshape(codes.shape[0], m * dsub))
+
+
+def pq_decode_reference(centroids: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Oracle for :func:`pq_decode` (explicit loop over sub-quantisers)."""
+    centroids = np.asarray(centroids, dtype=np.float32)
+    codes = np.asarray(codes)
+    return np.concatenate([centroids[j][codes[:, j]] for j in range(centroids.shape[0])], axis=1).reshape(
+        codes.shape[0], -1
+    )
+
+
+def pq_ip(
+    queries: np.ndarray, centroids: np.ndarray, codes: np.ndarray, gemm_min_queries: int = GEMM_MIN_QUERIES
+) -> np.ndarray:
+    """Inner products of queries with PQ-coded vectors, choosing the faster exact route.
+
+    For inner product, ADC is mathematically ``queries @ pq_decode(centroids, codes).T``.
+    With at most ``gemm_min_queries`` queries this runs :func:`pq_lut` + :func:`pq_adc`;
+    with more, it decodes blocks of codes and multiplies (one GEMM per block),
+    which amortises the decode over many queries. The two agree to float32 rounding.
+
+    Args:
+        queries: float32 [q, d]; centroids float32 [m, ksub, dsub]; codes uint8 [n, m].
+
+    Returns:
+        float32 [q, n].
+    """
+    queries = _f32_matrix(queries, "queries")
+    codes = _u8_matrix(codes, "codes")
+    if queries.shape[0] <= gemm_min_queries:
+        return pq_adc(pq_lut(queries, centroids), codes)
+    centroids = _f32_matrix(centroids, "centroids", ndim=3)
+    d = centroids.shape[0] * centroids.shape[2]
+    if queries.shape[1] != d:
+        raise DimensionMismatchError(f"queries have dimension {queries.shape[1]}, centroids cover {d}")
+    out = np.empty((queries.shape[0], codes.shape[0]), np.float32)
+    step = _block_rows(d)
+    for s in range(0, codes.shape[0], step):
+        out[:, s : s + step] = queries @ pq_decode(centroids, codes[s : s + step]).T
+    return out
+
+
+# ---- Hamming distance -------------------------------------------------------------------------------
+def hamming(query_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Hamming distances between bit codes: popcount(query XOR code).
+
+    Uses ``np.bitwise_count`` on uint64 views when the width is a multiple of
+    8 bytes (else on the bytes), in blocks that bound the XOR temporary.
+
+    Args:
+        query_codes: uint8 [q, B]; codes: uint8 [n, B].
+
+    Returns:
+        int32 [q, n].
+    """
+    query_codes = _u8_matrix(query_codes, "query_codes")
+    codes = _u8_matrix(codes, "codes")
+    if query_codes.shape[1] != codes.shape[1]:
+        raise DimensionMismatchError(f"query codes have {query_codes.shape[1]} bytes, codes have {codes.shape[1]}")
+    nq, nbytes = query_codes.shape
+    n = codes.shape[0]
+    out = np.empty((nq, n), np.int32)
+    if out.size == 0:
+        return out
+    if nbytes % 8 == 0:
+        qv, cv = query_codes.view(np.uint64), codes.view(np.uint64)
+    else:
+        qv, cv = query_codes, codes
+    width = qv.shape[1]
+    qstep = max(1, min(nq, 256))
+    cstep = _block_rows(qstep * width)
+    for qs in range(0, nq, qstep):
+        qb = qv[qs : qs + qstep, None, :]
+        for cs in range(0, n, cstep):
+            x = np.bitwise_xor(qb, cv[None, cs : cs + cstep, :])
+            out[qs : qs + qstep, cs : cs + cstep] = np.bitwise_count(x).sum(axis=2, dtype=np.int32)
+    return out
+
+
+def hamming_reference(query_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Oracle for :func:`hamming`: unpack to bits and count differences."""
+    qb = np.unpackbits(np.asarray(query_codes, dtype=np.uint8), axis=1).astype(np.int32)
+    cb = np.unpackbits(np.asarray(codes, dtype=np.uint8), axis=1).astype(np.int32)
+    return (qb[:, None, :] != cb[None, :, :]).sum(axis=2).astype(np.int32)
+
+
+# ---- scalar-quantised dot products ------------------------------------------------------------------
+def sq_dot(queries_scaled: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Dot products of float queries with uint8 codes: ``queries_scaled @ codes.T``.
+
+    Codes are widened to float32 (exact for 0..255) one block at a time and
+    multiplied with BLAS.
+
+    Args:
+        queries_scaled: float32 [q, d] (for SQ: ``queries * step``).
+        codes: uint8 [n, d].
+
+    Returns:
+        float32 [q, n].
+    """
+    queries_scaled = _f32_matrix(queries_scaled, "queries_scaled")
+    codes = _u8_matrix(codes, "codes")
+    if codes.shape[1] != queries_scaled.shape[1]:
+        raise DimensionMismatchError(f"codes have {codes.shape[1]} dimensions, queries {queries_scaled.shape[1]}")
+    out = np.empty((queries_scaled.shape[0], codes.shape[0]), np.float32)
+    step = _block_rows(codes.shape[1])
+    for s in range(0, codes.shape[0], step):
+        out[:, s : s + step] = queries_scaled @ codes[s : s + step].astype(np.float32).T
+    return out
+
+
+def sq_dot_reference(queries_scaled: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Oracle for :func:`sq_dot` (float64)."""
+    return (np.asarray(queries_scaled, np.float64) @ np.asarray(codes, np.float64).T).astype(np.float32)
+
+
+def unpack_int4(codes: np.ndarray, d: int) -> np.ndarray:
+    """Split nibble-packed codes uint8 [n, ceil(d/2)] into uint8 [n, d] values 0..15 (module nibble order)."""
+    codes = _u8_matrix(codes, "codes")
+    d = int(d)
+    if d <= 0 or codes.shape[1] != (d + 1) // 2:
+        raise DimensionMismatchError(f"int4 codes for d={d} need {(d + 1) // 2} bytes per vector, got {codes.shape[1]}")
+    out = np.empty((codes.shape[0], 2 * codes.shape[1]), np.uint8)
+    np.bitwise_and(codes, 0x0F, out=out[:, 0::2])
+    np.right_shift(codes, 4, out=out[:, 1::2])
+    return np.ascontiguousarray(out[:, :d]) if d % 2 else out
+
+
+def unpack_int4_reference(codes: np.ndarray, d: int) -> np.ndarray:
+    """Oracle for :func:`unpack_int4` (element by element)."""
+    codes = np.asarray(codes, dtype=np.uint8)
+    out = np.zeros((codes.shape[0], d), np.uint8)
+    for j in range(d):
+        byte = codes[:, j // 2]
+        out[:, j] = (byte & 0x0F) if j % 2 == 0 else (byte >> 4)
+    return out
+
+
+def pack_int4(values: np.ndarray) -> np.ndarray:
+    """Pack uint8 [n, d] values 0..15 into uint8 [n, ceil(d/2)] (module nibble order; pad nibble 0)."""
+    values = _u8_matrix(values, "values")
+    n, d = values.shape
+    if d % 2:
+        values = np.concatenate([values, np.zeros((n, 1), np.uint8)], axis=1)
+    return np.ascontiguousarray(values[:, 0::2] | (values[:, 1::2] << 4))
+
+
+def pack_int4_reference(values: np.ndarray) -> np.ndarray:
+    """Oracle for :func:`pack_int4` (element by element)."""
+    values = np.asarray(values, dtype=np.uint8)
+    n, d = values.shape
+    out = np.zeros((n, (d + 1) // 2), np.uint8)
+    for j in range(d):
+        out[:, j // 2] |= values[:, j] << (4 * (j % 2))
+    return out
+
+
+def sq4_dot(queries_scaled: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """:func:`sq_dot` on nibble-packed int4 codes without interleaving them.
+
+    ``score = qs[:, 0::2] @ low_nibbles.T + qs[:, 1::2] @ high_nibbles.T``.
+
+    Args:
+        queries_scaled: float32 [q, d]; codes: uint8 [n, ceil(d/2)].
+
+    Returns:
+        float32 [q, n].
+    """
+    queries_scaled = _f32_matrix(queries_scaled, "queries_scaled")
+    codes = _u8_matrix(codes, "codes")
+    d = queries_scaled.shape[1]
+    if codes.shape[1] != (d + 1) // 2:
+        raise DimensionMismatchError(f"int4 codes for d={d} need {(d + 1) // 2} bytes per vector, got {codes.shape[1]}")
+    q_lo = np.ascontiguousarray(queries_scaled[:, 0::2])
+    q_hi = np.zeros_like(q_lo)
+    q_hi[:, : d // 2] = queries_scaled[:, 1::2]  # odd d: the pad nibble meets a zero weight
+    out = np.empty((queries_scaled.shape[0], codes.shape[0]), np.float32)
+    step = _block_rows(codes.shape[1] * 2)
+    for s in range(0, codes.shape[0], step):
+        block = codes[s : s + step]
+        lo = np.bitwise_and(block, 0x0F).astype(np.float32)
+        hi = np.right_shift(block, 4).astype(np.float32)
+        out[:, s : s + step] = q_lo @ lo.T + q_hi @ hi.T
+    return out
+
+
+def sq4_dot_reference(queries_scaled: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Oracle for :func:`sq4_dot`: unpack with the reference, then float64 product."""
+    d = np.asarray(queries_scaled).shape[1]
+    return sq_dot_reference(queries_scaled, unpack_int4_reference(codes, d))
+
+
+# ---- sign-bit dot products --------------------------------------------------------------------------
+def signs_dot(proj: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``proj @ s.T`` with ``s = 2*bits - 1`` in {-1, +1}, bits packed by ``np.packbits`` (big bit order).
+
+    Computed as ``2 * proj @ bits.T - proj.sum(1)``, unpacking one block of codes at a time.
+
+    Args:
+        proj: float32 [q, b]; codes: uint8 [n, b // 8].
+
+    Returns:
+        float32 [q, n].
+    """
+    proj = _f32_matrix(proj, "proj")
+    codes = _u8_matrix(codes, "codes")
+    b = proj.shape[1]
+    if codes.shape[1] * 8 != b:
+        raise DimensionMismatchError(f"codes hold {codes.shape[1] * 8} bits, projections have {b}")
+    out = np.empty((proj.shape[0], codes.shape[0]), np.float32)
+    twice = 2.0 * proj
+    total = proj.sum(axis=1, keepdims=True)
+    step = _block_rows(b)
+    for s in range(0, codes.shape[0], step):
+        bits = np.unpackbits(codes[s : s + step], axis=1).astype(np.float32)
+        out[:, s : s + step] = twice @ bits.T - total
+    return out
+
+
+def signs_dot_reference(proj: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Oracle for :func:`signs_dot` (explicit ±1 matrix, float64)."""
+    signs = np.unpackbits(np.asarray(codes, np.uint8), axis=1).astype(np.float64) * 2.0 - 1.0
+    return (np.asarray(proj, np.float64) @ signs.T).astype(np.float32)
