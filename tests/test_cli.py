@@ -16,7 +16,7 @@ def test_bench_on_synthetic_default(tmp_path, monkeypatch):
             "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "SYNTHETIC" in result.output and "faiss:PQ4np" in result.output
+    assert "SYNTHETIC" in result.output and "Recall@50" in result.output
     data = json.loads((out / "bench-d16.json").read_text())
     assert [r["method"] for r in data["rows"]] == ["float32 (exact)", "sq8", "faiss:SQ8", "pq4", "faiss:PQ4np"]
     assert data["provenance"]["synthetic"] is True

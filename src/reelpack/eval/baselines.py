@@ -108,6 +108,7 @@ def _seed_faiss(index: faiss.Index, seed: int) -> None:
     sub = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
     if hasattr(sub, "pq"):
         sub.pq.cp.seed = seed
+        sub.pq.cp.min_points_per_centroid = 1  # only silences faiss's small-sample warning
     if isinstance(index, faiss.IndexLSH):
         if index.rotate_data:
             index.rrot.init(seed + 12345)
