@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -21,7 +22,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+# Redirected output (a log file, CI) gets a width that fits the results table instead of rich's 80 columns.
+_PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 180
+console = Console(width=_PIPE_WIDTH)
 err_console = Console(stderr=True)
 
 DEMO_CODECS = ("fp16", "sq8", "sq4", "pq8", "pq4", "opq8,pq8", "simhash64", "simhash64-hamming", "countsketch16")

@@ -8,7 +8,7 @@ import pytest
 
 from reelpack.codecs import codec_from_bytes, make_codec
 from reelpack.codecs.base import pack_state, unpack_state
-from reelpack.codecs.pq import OPQProductQuantizer, eigenvalue_allocation, pq_assign
+from reelpack.codecs.pq import OPQProductQuantizer, pq_assign
 from reelpack.errors import CodecSpecError, DimensionMismatchError, InvalidInputError, SerializationError
 from reelpack.score import topk
 
@@ -118,22 +118,6 @@ def test_opq_rotation_is_orthogonal_and_learned(ours):
     assert R.dtype == np.float32 and R.shape == (D, D)
     np.testing.assert_allclose(R @ R.T, np.eye(D), atol=1e-4)
     assert np.abs(R - np.eye(D)).max() > 0.1
-
-
-def test_eigenvalue_allocation_lowers_the_distortion_bound(make_clustered):
-    # Ge et al.: PQ distortion of Gaussian data is bounded by sum_j det(Cov_j)^(1/dsub) over the subspaces
-    X = make_clustered(2000, 16, seed=4).astype(np.float64)
-    R = eigenvalue_allocation(X, 4).astype(np.float64)
-    np.testing.assert_allclose(R @ R.T, np.eye(16), atol=1e-5)
-
-    def bound(Y):
-        cov = np.cov(Y, rowvar=False)
-        return sum(np.linalg.det(cov[j : j + 4, j : j + 4]) ** 0.25 for j in range(0, 16, 4))
-
-    assert bound(X @ R.T) < 0.8 * bound(X)
-    rng = np.random.default_rng(0)
-    random_rotation = np.linalg.qr(rng.normal(size=(16, 16)))[0]
-    assert bound(X @ R.T) < bound(X @ random_rotation.T)
 
 
 def test_opq_state_with_a_non_orthogonal_rotation_is_refused(ours):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import faiss
 import numpy as np
 import pytest
@@ -30,26 +32,41 @@ def test_bad_bit_counts(spec):
         make_codec(spec)
 
 
-def test_projection_is_seeded_gaussian(contract_data):
+def test_projection_is_seeded_unit_rows_orthogonal_within_blocks(contract_data):
     a = make_codec("simhash128").fit(contract_data["train"], seed=5)
     b = make_codec("simhash128-hamming").fit(contract_data["train"][:10], seed=5)
+    c = make_codec("simhash128").fit(contract_data["train"], seed=6)
     assert a.projection.shape == (128, 32) and a.projection.dtype == np.float32
     np.testing.assert_array_equal(a.projection, b.projection)  # only the seed picks R
-    assert abs(a.projection.mean()) < 0.05 and abs(a.projection.std() - 1) < 0.05
+    assert not np.allclose(a.projection, c.projection)
+    np.testing.assert_allclose(np.linalg.norm(a.projection, axis=1), 1.0, atol=1e-5)
+    for blk in range(4):  # 128 rows = 4 orthogonal 32 x 32 blocks
+        R = a.projection[32 * blk : 32 * (blk + 1)]
+        np.testing.assert_allclose(R @ R.T, np.eye(32), atol=1e-5)
+    assert np.abs(a.projection[:32] @ a.projection[32:64].T).max() > 0.1  # blocks are independent
+
+
+def test_projection_rows_are_uniform_directions():
+    # every coordinate of a uniform unit vector in R^d has mean 0 and variance 1/d
+    R = make_codec("simhash4096").fit(np.eye(16, dtype=np.float32), seed=2).projection
+    assert abs(R.mean()) < 0.01
+    np.testing.assert_allclose((R.astype(np.float64) ** 2).mean(axis=0), 1 / 16, rtol=0.1)
 
 
 def test_asymmetric_estimator_matches_the_documented_expectation():
-    # E[(R q).s] = b * sqrt(2/pi) * q.x / |x| for Gaussian R; with b = 4096 one draw is within a few %
+    # E[(R q).s] = b * kappa_d * q.x / |x| for unit rows uniform on the sphere; with b = 4096 one
+    # draw is within a few %
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 24)).astype(np.float32)
     Q = rng.normal(size=(6, 24)).astype(np.float32)
     c = make_codec("simhash4096").fit(X, seed=1)
-    b = 4096
-    est = c.score(Q, c.encode(X[:50])) / (c.scale * b * np.sqrt(2 / np.pi))
+    b, d = 4096, 24
+    kappa = math.gamma(d / 2) / (math.sqrt(math.pi) * math.gamma((d + 1) / 2))
+    est = c.score(Q, c.encode(X[:50])) / (c.scale * b * kappa)
     cosine_like = Q @ X[:50].T / np.linalg.norm(X[:50], axis=1)
     assert np.abs(est - cosine_like).max() < 0.08 * np.linalg.norm(Q, axis=1).max()
-    # for vectors of norm rho = c * b * sqrt(2/pi) the score estimates q.x itself
-    rho = c.scale * b * np.sqrt(2 / np.pi)
+    # for vectors of norm rho = c * b * kappa_d the score estimates q.x itself
+    rho = c.scale * b * kappa
     Xr = X[:50] / np.linalg.norm(X[:50], axis=1, keepdims=True) * rho
     rel = np.abs(c.score(Q, c.encode(Xr)) - Q @ Xr.T) / (np.linalg.norm(Q, axis=1)[:, None] * rho)
     assert rel.max() < 0.08

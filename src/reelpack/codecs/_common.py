@@ -31,6 +31,24 @@ def sub_seeds(seed: int, count: int) -> list[int]:
     return [int(s) >> 1 for s in state]
 
 
+def orthogonal_rows(rows: int, d: int, seed: int) -> np.ndarray:
+    """Seeded float32 [rows, d] of unit rows made of stacked random orthogonal d x d blocks.
+
+    Block ``i`` is the Q factor (sign-fixed, so Haar-distributed) of the QR of a
+    ``standard_normal((d, d))`` draw from ``np.random.default_rng(seed)``; the
+    blocks' rows are concatenated and the first ``rows`` kept. Every row is
+    marginally a uniform direction on the unit sphere, rows within a block are
+    orthogonal, and for ``rows <= d`` the result has orthonormal rows (a random
+    rotation when ``rows == d``).
+    """
+    rng = np.random.default_rng(int(seed))
+    blocks = []
+    for _ in range(-(-int(rows) // int(d))):
+        q, r = np.linalg.qr(rng.standard_normal((d, d)))
+        blocks.append(q * np.where(np.diag(r) < 0, -1.0, 1.0))  # column signs fixed: Haar measure
+    return np.ascontiguousarray(np.concatenate(blocks, axis=1).T[:rows], dtype=np.float32)
+
+
 # ---- state validation -------------------------------------------------------------------------------
 def check_state_keys(
     spec: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], expected_arrays: Iterable[str]

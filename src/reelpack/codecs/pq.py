@@ -21,15 +21,19 @@ products come from decode + GEMM (:func:`reelpack.score.pq_ip`). Either way
 OPQ (``"opqM,pqM"``; both ``M`` must be equal) learns an orthogonal rotation
 ``R`` [d, d] and applies PQ to ``y = x @ R.T``; ``decode`` returns ``y_hat @ R``
 and queries are rotated the same way before ADC. Training (Ge et al., "Optimized
-Product Quantization", the non-parametric alternation with the parametric
-initialisation):
+Product Quantization", the non-parametric alternation):
 
 1. a seeded sample of at most 65536 training rows;
-2. ``R`` starts as the PCA basis with eigenvalue allocation (eigen-directions
-   dealt to the ``m`` subspaces so that the products of their variances are
-   balanced);
-3. 12 outer iterations: k-means on the rotated sample (20 iterations the
-   first time, then 4 warm-started), reconstruction ``Y_hat``, and the
+2. ``R`` starts as a seeded random rotation
+   (:func:`reelpack.codecs._common.orthogonal_rows`), as in faiss's ``OPQMatrix``.
+   The paper's parametric start (PCA basis with eigenvalue allocation) reached a
+   5 % lower reconstruction error on the amazon-book 64-d embeddings but a
+   lower relative Recall@50 (0.908 against 0.939 for the random start and 0.936
+   for plain PQ16): balancing variance across subspaces spreads the error into
+   the high-variance directions that carry most of the inner product;
+3. 50 outer iterations (faiss's default; with 12 the random start stayed 40 %
+   above faiss's error on the test data): k-means on the rotated sample (20
+   iterations the first time, then 4 warm-started), reconstruction ``Y_hat``, and the
    orthogonal Procrustes update ``R = V U^T`` where ``U S V^T = svd(X^T Y_hat)``;
 4. final PQ training (25 warm-started k-means iterations) on the rotated training set.
 
@@ -47,7 +51,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from reelpack.codecs._common import check_state_keys, row_blocks, state_array, sub_seeds
+from reelpack.codecs._common import check_state_keys, orthogonal_rows, row_blocks, state_array, sub_seeds
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.errors import CodecSpecError, DimensionMismatchError, SerializationError
@@ -59,7 +63,7 @@ MAX_KSUB = 256
 MAX_M = 4096
 KMEANS_NITER = 25
 OPQ_MAX_SAMPLE = 65536
-OPQ_OUTER_ITERS = 12
+OPQ_OUTER_ITERS = 50
 OPQ_NITER_FIRST = 20
 OPQ_NITER_INNER = 4
 
@@ -141,32 +145,6 @@ def _train_pq(
         sub = np.ascontiguousarray(Y[:, j * dsub : (j + 1) * dsub])
         cents[j] = _kmeans(sub, ksub, niter, seeds[j], None if init is None else init[j])
     return cents
-
-
-def eigenvalue_allocation(X: np.ndarray, m: int) -> np.ndarray:
-    """Initial OPQ rotation float32 [d, d]: PCA directions dealt to ``m`` subspaces of ``d/m`` rows.
-
-    Directions are taken by decreasing variance; each goes to the non-full
-    subspace with the smallest product of variances so far (sum of logs),
-    so subspaces get balanced variance (Ge et al. 2013, eq. 12).
-    """
-    d = X.shape[1]
-    dsub = d // m
-    Xc = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)
-    cov = Xc.T @ Xc / max(1, X.shape[0] - 1)
-    evals, evecs = np.linalg.eigh(cov)
-    order = np.argsort(-evals, kind="stable")
-    evals = np.maximum(evals[order], 1e-12 * max(float(evals.max()), 1e-30))
-    evecs = evecs[:, order]
-    logsum = np.zeros(m)
-    buckets: list[list[int]] = [[] for _ in range(m)]
-    for i in range(d):
-        open_ = [b for b in range(m) if len(buckets[b]) < dsub]
-        b = min(open_, key=lambda b: (logsum[b], b))
-        buckets[b].append(i)
-        logsum[b] += np.log(evals[i])
-    rows = [evecs[:, i] for b in range(m) for i in buckets[b]]
-    return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
 
 
 def _procrustes(X: np.ndarray, Yhat: np.ndarray) -> np.ndarray:
@@ -281,7 +259,7 @@ class OPQProductQuantizer(ProductQuantizer):
         ksub = min(MAX_KSUB, n)
         rng = np.random.default_rng(sub_seeds(seed, 1)[0])
         sample = X if n <= OPQ_MAX_SAMPLE else X[np.sort(rng.choice(n, OPQ_MAX_SAMPLE, replace=False))]
-        R = eigenvalue_allocation(sample, m)
+        R = orthogonal_rows(d, d, sub_seeds(seed, 2)[1])
         cents = None
         with _blas_single_thread():
             for it in range(self.outer_iters):
