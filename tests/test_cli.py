@@ -25,6 +25,23 @@ def test_bench_on_synthetic_default(tmp_path, monkeypatch):
     assert again.exit_code == 0 and "loaded from cache" in again.output
 
 
+def test_codec_seed_changes_only_the_codecs(tmp_path, monkeypatch):
+    monkeypatch.delenv("REELPACK_DATA", raising=False)
+    base = ["bench", "--dim", "16", "--epochs", "1", "--codecs", "simhash32", "--no-faiss",
+            "--cache-dir", str(tmp_path / "cache")]
+    results = {}
+    for codec_seed in ("0", "5"):
+        out = tmp_path / f"seed{codec_seed}"
+        r = runner.invoke(app, base + ["--out", str(out), "--codec-seed", codec_seed])
+        assert r.exit_code == 0, r.output
+        results[codec_seed] = json.loads((out / "bench-d16.json").read_text())
+    a, b = results["0"], results["5"]
+    assert a["provenance"]["split_seed"] == b["provenance"]["split_seed"] == 0
+    assert a["provenance"]["config"]["seed"] == 0 and b["provenance"]["config"]["seed"] == 5
+    assert a["rows"][0]["recall@50"] == b["rows"][0]["recall@50"]  # same embeddings
+    assert a["rows"][1]["overlap@50"] != b["rows"][1]["overlap@50"]  # another projection
+
+
 def test_bad_arguments_exit_2_with_message(tmp_path):
     r = runner.invoke(app, ["bench", "--codecs", "bogus9", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "unknown codec spec" in r.output

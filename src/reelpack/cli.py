@@ -121,6 +121,13 @@ def bench(
     cache_dir: Annotated[Optional[str], typer.Option(help="Embedding cache (default $REELPACK_CACHE or ~/.cache/reelpack).")] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Ignore cached embeddings.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for the split, training, codecs and faiss.")] = 0,
+    codec_seed: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Seed for codec fitting, faiss training and the --max-users sample only (default: --seed); "
+            "vary it to measure the spread of randomised codecs on the same cached embeddings."
+        ),
+    ] = None,
 ) -> None:
     """Train (or load) embeddings, then measure float32, every codec and its faiss twin in one run."""
     from reelpack.eval.bench import DEFAULT_CODECS, BenchConfig
@@ -130,7 +137,7 @@ def bench(
             codecs=_parse_codecs(codecs) if codecs else DEFAULT_CODECS,
             faiss_twins=not no_faiss,
             max_users=max_users,
-            seed=seed,
+            seed=seed if codec_seed is None else codec_seed,
             threads=threads,
         )
         split = _load_split(data, seed)
