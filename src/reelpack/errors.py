@@ -21,9 +21,15 @@ __all__ = [
     "CodecSpecError",
     "UnknownCodecError",
     "SerializationError",
+    "PackFormatError",
+    "UnsupportedVersionError",
+    "UnsupportedFeatureError",
+    "ChecksumError",
+    "TruncatedPackError",
     "DataFormatError",
     "DataNotFoundError",
     "TrainingError",
+    "EntropyCodingError",
 ]
 
 
@@ -79,6 +85,26 @@ class SerializationError(ReelpackError):
     """Serialised codec parameters are corrupt, truncated or of an unknown version."""
 
 
+class PackFormatError(SerializationError):
+    """A reelpack pack (docs/FORMAT.md) is malformed: bad magic, inconsistent lengths, offsets or counts."""
+
+
+class UnsupportedVersionError(PackFormatError):
+    """A pack's major format version is not one this reader implements."""
+
+
+class UnsupportedFeatureError(PackFormatError):
+    """A pack needs a feature this reader lacks (an unknown required section, an entropy-coded layer)."""
+
+
+class ChecksumError(PackFormatError):
+    """A CRC32C stored in a pack does not match the bytes it covers."""
+
+
+class TruncatedPackError(PackFormatError):
+    """A pack is shorter than its header says, or too short to hold a header."""
+
+
 class DataFormatError(ReelpackError):
     """An interactions file is malformed.
 
@@ -99,3 +125,7 @@ class DataNotFoundError(ReelpackError, FileNotFoundError):
 
 class TrainingError(ReelpackError):
     """Training cannot run with the given data or configuration (or diverged)."""
+
+
+class EntropyCodingError(SerializationError):
+    """An entropy-coded block or its column model is corrupt, truncated or inconsistent."""

@@ -1,0 +1,40 @@
+"""The reelpack pack format: a checksummed, block-addressable container of compressed item embeddings.
+
+The byte layout is specified in docs/FORMAT.md. Write with :func:`write_pack` or
+:class:`PackWriter`; read with :class:`PackReader` (memory-mapped, zero-copy code
+views), :func:`iter_blocks_stream` (blocks as bytes arrive) or :func:`inspect`.
+"""
+
+from reelpack.format.container import (
+    FORMAT_MAJOR,
+    FORMAT_MINOR,
+    MAGIC,
+    Block,
+    LayerData,
+    LayerInfo,
+    PackReader,
+    PackStream,
+    PackWriter,
+    SectionType,
+    VerifyReport,
+    inspect,
+    iter_blocks_stream,
+    write_pack,
+)
+
+__all__ = [
+    "MAGIC",
+    "FORMAT_MAJOR",
+    "FORMAT_MINOR",
+    "SectionType",
+    "Block",
+    "LayerData",
+    "LayerInfo",
+    "VerifyReport",
+    "PackWriter",
+    "PackReader",
+    "PackStream",
+    "write_pack",
+    "iter_blocks_stream",
+    "inspect",
+]
