@@ -58,3 +58,136 @@ def test_codecs_lists_families():
     assert r.exit_code == 0
     for family in ("fp16", "sq8", "pq", "simhash", "countsketch"):
         assert family in r.output
+
+
+# ---- pack / inspect / verify ---------------------------------------------------------------------
+def _embeddings_npy(tmp_path, n=1200, d=16):
+    import numpy as np
+
+    X = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
+    path = tmp_path / "items.npy"
+    np.save(path, X)
+    ids = tmp_path / "ids.npy"
+    np.save(ids, (np.arange(n) * 3 + 7)[::-1].copy())
+    return X, path, ids
+
+
+def test_pack_inspect_verify_round_trip(tmp_path):
+    import numpy as np
+
+    from reelpack.format import PackReader
+
+    X, emb, ids = _embeddings_npy(tmp_path)
+    out = tmp_path / "items.rpak"
+    r = runner.invoke(app, ["pack", str(emb), "--ids", str(ids), "--codecs", "simhash64 sq8", "--out", str(out),
+                            "--items-per-block", "100", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    assert "1200 items" in r.output and out.is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]  # atomic: no leftovers
+    with PackReader(out) as pack:
+        assert [pack.codec(i).spec for i in range(pack.n_layers)] == ["simhash64", "sq8"]
+        assert pack.layers[1].items_per_block == 100 and pack.layers[1].n_blocks == 12
+        np.testing.assert_array_equal(pack.item_ids, np.arange(1200) * 3 + 7)
+        # row i belongs to item_ids[i]: the sq8 layer decodes close to the original row of that id
+        rows = (pack.item_ids - 7) // 3
+        original = np.load(emb)[::-1][rows]
+        assert np.abs(pack.codec(1).decode(pack.layer_codes(1)) - original).max() < 0.05
+        assert pack.metadata["codecs"] == ["simhash64", "sq8"] and pack.metadata["seed"] == 3
+
+    r = runner.invoke(app, ["inspect", str(out)])
+    assert r.exit_code == 0, r.output
+    for text in ("v1.0", "1200 items", "ITEM_IDS", "BLOCK_INDEX", "LAYER_CODES", "simhash64", "sq8", "layers"):
+        assert text in r.output
+    r = runner.invoke(app, ["inspect", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["header"]["n_items"] == 1200 and info["header"]["major"] == 1
+    assert [la["codec"] for la in info["layers"]] == ["simhash64", "sq8"]
+    assert [la["bytes_per_item"] for la in info["layers"]] == [8.0, 16.0]
+    assert info["layers"][1]["block_max_sq_error"]["blocks_with_bounds"] == 12
+    assert info["file_bytes"] == out.stat().st_size
+
+    r = runner.invoke(app, ["verify", str(out)])
+    assert r.exit_code == 0 and "OK" in r.output, r.output
+
+
+def test_verify_reports_a_damaged_block_with_exit_1(tmp_path):
+    from reelpack.format import PackReader
+
+    _, emb, _ = _embeddings_npy(tmp_path)
+    out = tmp_path / "p.rpak"
+    assert runner.invoke(app, ["pack", str(emb), "--codecs", "sq4 sq8", "--out", str(out),
+                               "--items-per-block", "100"]).exit_code == 0  # fmt: skip
+    with PackReader(out) as pack:
+        info = pack.layers[1]
+        offset = info.codes_offset + 3 * info.items_per_block * info.bytes_per_vector + 5  # inside block 3
+    raw = bytearray(out.read_bytes())
+    raw[offset] ^= 0x40
+    out.write_bytes(bytes(raw))
+    r = runner.invoke(app, ["verify", str(out)])
+    assert r.exit_code == 1, r.output
+    assert "layer 1 block 3" in r.output and "CRC32C" in r.output and "100 of 1200 item ids lost" in r.output
+    r = runner.invoke(app, ["verify", str(out), "--json"])
+    assert r.exit_code == 1
+    rep = json.loads(r.output)
+    assert rep["ok"] is False and rep["bad_blocks"] == [{"layer": 1, "block": 3, "reason": "block CRC32C mismatch"}]
+    assert rep["lost_items"] == {"0": 0, "1": 100}
+    # a truncated pack: blocks past the end are reported, exit 1
+    out.write_bytes(bytes(raw[: len(raw) - 50]))
+    r = runner.invoke(app, ["verify", str(out)])
+    assert r.exit_code == 1 and "truncated" in r.output
+
+
+def test_verify_and_inspect_exit_2_on_unreadable_packs(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a pack, just some text that is long enough to hold a header " * 3)
+    for cmd in ("verify", "inspect"):
+        r = runner.invoke(app, [cmd, str(text)])
+        assert r.exit_code == 2 and "error" in r.output, r.output
+        r = runner.invoke(app, [cmd, str(tmp_path / "missing.rpak")])
+        assert r.exit_code == 2 and "not found" in r.output
+    # a damaged header is a typed error too
+    _, emb, _ = _embeddings_npy(tmp_path)
+    out = tmp_path / "p.rpak"
+    assert runner.invoke(app, ["pack", str(emb), "--codecs", "sq8", "--out", str(out)]).exit_code == 0
+    raw = bytearray(out.read_bytes())
+    raw[20] ^= 1
+    out.write_bytes(bytes(raw))
+    r = runner.invoke(app, ["verify", str(out)])
+    assert r.exit_code == 2 and "CRC" in r.output
+
+
+def test_pack_bad_arguments_exit_2(tmp_path):
+    _, emb, ids = _embeddings_npy(tmp_path)
+    out = tmp_path / "p.rpak"
+    r = runner.invoke(app, ["pack", str(emb), "--codecs", "sq8 bogus9", "--out", str(out)])
+    assert r.exit_code == 2 and "unknown codec spec" in r.output
+    r = runner.invoke(app, ["pack", str(tmp_path / "nope.npy"), "--out", str(out)])
+    assert r.exit_code == 2 and "not found" in r.output
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    r = runner.invoke(app, ["pack", str(tmp_path / "junk.npy"), "--out", str(out)])
+    assert r.exit_code == 2 and "cannot read" in r.output
+    import numpy as np
+
+    np.save(tmp_path / "short_ids.npy", np.arange(5))
+    r = runner.invoke(app, ["pack", str(emb), "--ids", str(tmp_path / "short_ids.npy"), "--out", str(out)])
+    assert r.exit_code == 2 and "ids must have shape" in r.output
+    np.save(tmp_path / "dup_ids.npy", np.zeros(1200, np.int64))
+    r = runner.invoke(app, ["pack", str(emb), "--ids", str(tmp_path / "dup_ids.npy"), "--out", str(out)])
+    assert r.exit_code == 2 and "unique" in r.output
+    r = runner.invoke(app, ["pack", str(emb), "--dim", "16", "--out", str(out)])
+    assert r.exit_code == 2 and "not both" in r.output
+    assert not out.exists()
+
+
+def test_pack_from_trained_embeddings(tmp_path, monkeypatch):
+    monkeypatch.delenv("REELPACK_DATA", raising=False)
+    from reelpack.format import PackReader
+
+    out = tmp_path / "syn.rpak"
+    r = runner.invoke(app, ["pack", "--dim", "16", "--epochs", "1", "--codecs", "simhash32;sq8", "--out", str(out),
+                            "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code == 0, r.output
+    assert "SYNTHETIC" in r.output
+    with PackReader(out) as pack:
+        assert pack.n_layers == 2 and pack.codec(1).dim == 16 and pack.verify().ok

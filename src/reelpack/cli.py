@@ -1,7 +1,9 @@
-"""The ``reelpack`` command line: demo, bench, train, codecs."""
+"""The ``reelpack`` command line: demo, bench, train, codecs, pack, inspect, verify."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import sys
@@ -213,6 +215,223 @@ def list_codecs() -> None:
     for family, example in available_codecs().items():
         table.add_row(family, example, faiss_twin_spec(example) or "-")
     console.print(table)
+
+
+# ================================================================================================
+# Packs: pack, inspect, verify
+# ================================================================================================
+def _load_npy(path: Path, what: str):
+    import numpy as np
+
+    from reelpack.errors import DataNotFoundError, InvalidInputError
+
+    if not path.is_file():
+        raise DataNotFoundError(f"{what} file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InvalidInputError(f"cannot read {what} {path} as a .npy array: {exc}") from None
+
+
+def _pack_source(embeddings, ids, data, dim, epochs, cache_dir, retrain, seed):
+    """(vectors float32 [n, d], item ids int64 [n], description) from a .npy or from the embedding cache."""
+    import numpy as np
+
+    from reelpack._validate import as_float_matrix
+    from reelpack.errors import DimensionMismatchError, DTypeError, InvalidInputError
+
+    if embeddings is not None:
+        if data is not None or dim is not None:
+            raise InvalidInputError("give either an embeddings .npy or --data/--dim, not both")
+        X = as_float_matrix(_load_npy(embeddings, "embeddings"), "embeddings")
+        source = f"{embeddings.name} {X.shape[0]}x{X.shape[1]}"
+        if ids is None:
+            return X, np.arange(X.shape[0], dtype=np.int64), source
+        raw = _load_npy(ids, "ids")
+        if raw.dtype.kind not in "iu":
+            raise DTypeError(f"ids must be an integer array, got dtype {raw.dtype}")
+        if raw.shape != (X.shape[0],):
+            raise DimensionMismatchError(f"ids must have shape ({X.shape[0]},) to match the embeddings, got {raw.shape}")
+        return X, raw.astype(np.int64), source
+    if ids is not None:
+        raise InvalidInputError("--ids needs an embeddings .npy (with --data the split's item ids are used)")
+    split = _load_split(data, seed)
+    emb = _embeddings(split, 64 if dim is None else dim, epochs, cache_dir, retrain, seed)
+    return emb.item_emb, np.asarray(split.item_ids, np.int64), f"two-tower item embeddings d={emb.item_emb.shape[1]}"
+
+
+@app.command()
+def pack(
+    embeddings: Annotated[
+        Optional[Path], typer.Argument(help="Item embeddings .npy float [n, d]. Omit to use --data/--dim.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pack file to write (replaced atomically).")] = Path("items.rpak"),
+    codecs: Annotated[
+        str, typer.Option(help="Codec specs separated by spaces or ';': the first is layer 0, the others refinement layers.")
+    ] = "simhash128 sq8",
+    ids: Annotated[Optional[Path], typer.Option(help="Item ids .npy int [n] (default 0..n-1).")] = None,
+    items_per_block: Annotated[int, typer.Option(help="Items per block (the unit of CRC checks and range fetches).")] = 1024,
+    data: DataOpt = None,
+    dim: Annotated[Optional[int], typer.Option(help="Embedding dimension when packing trained embeddings (default 64).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Override the training epochs.")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(help="Embedding cache folder.")] = None,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Ignore cached embeddings.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for codec fitting (and the split/training with --data).")] = 0,
+) -> None:
+    """Fit codecs on item embeddings and write a pack: layer 0 coarse, later layers refinement."""
+    from datetime import datetime, timezone
+
+    from reelpack.codecs import make_codec
+    from reelpack.format import write_pack
+
+    try:
+        specs = _parse_codecs(codecs)
+        built = [make_codec(s) for s in specs]  # reject bad specs before loading anything
+        if isinstance(items_per_block, bool) or not 1 <= items_per_block <= 1 << 20:
+            raise typer.BadParameter(f"--items-per-block must be in 1..{1 << 20}, got {items_per_block}")
+        X, item_ids, source = _pack_source(embeddings, ids, data, dim, epochs, cache_dir, retrain, seed)
+        layers = []
+        for codec in built:
+            codec.fit(X, seed=seed)
+            layers.append((codec, codec.encode(X)))
+        meta = {"created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "source": source,
+                "codecs": [c.spec for c in built], "seed": seed}  # fmt: skip
+        path = write_pack(out, item_ids, layers, vectors=X, metadata=meta, items_per_block=items_per_block)
+    except ReelpackError as exc:
+        _fail(exc)
+    size = path.stat().st_size
+    layer_text = ", ".join(f"layer {i}: {c.spec} ({c.bytes_per_vector} B/item)" for i, (c, _) in enumerate(layers))
+    console.print(f"wrote {path}: {len(item_ids)} items, {size} bytes ({size / len(item_ids):.2f} B/item); {layer_text}")
+
+
+def _open_pack(path: Path):
+    from reelpack.errors import DataNotFoundError, PackFormatError
+    from reelpack.format import PackReader
+
+    if not path.exists():
+        raise DataNotFoundError(f"pack not found: {path}")
+    try:
+        return PackReader(path)
+    except OSError as exc:
+        raise PackFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _jsonable(x):
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _block_bound_summary(reader, layer: int) -> dict:
+    import numpy as np
+
+    mx = np.array([b.max_sq_error for b in reader.blocks(layer)], np.float64)
+    known = mx[np.isfinite(mx)]
+    if not known.size:
+        return {"blocks_with_bounds": 0}
+    return {"blocks_with_bounds": int(known.size), "min": float(known.min()),
+            "median": float(np.median(known)), "max": float(known.max())}  # fmt: skip
+
+
+@app.command("inspect")
+def inspect_pack(
+    path: Annotated[Path, typer.Argument(help="Pack file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
+) -> None:
+    """Describe a pack: header, versions, sections, layers (codec, bytes/item, blocks, error bounds)."""
+    from rich.table import Table
+
+    from reelpack.format import inspect
+
+    try:
+        with _open_pack(path) as reader:
+            info = inspect(path)
+            for layer in info["layers"]:
+                layer["block_max_sq_error"] = _block_bound_summary(reader, layer["layer"])
+    except ReelpackError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(_jsonable(info), indent=2, allow_nan=False))
+        return
+    h = info["header"]
+    console.print(f"[bold]{path}[/]: reelpack pack v{h['major']}.{h['minor']}, {h['n_items']} items, "
+                  f"{h['file_length']} bytes{' [red](TRUNCATED: ' + str(info['file_bytes']) + ' bytes present)[/]' if info['truncated'] else ''}")  # fmt: skip
+    console.print(f"header flags {h['flags']:#x}, {h['section_count']} sections, prefix (directory) {h['prefix_length']} bytes; "
+                  f"payload {info['payload_bytes']} bytes, overhead {info['overhead_bytes']} bytes "
+                  f"({100 * info['overhead_fraction']:.2f} % of payload)")  # fmt: skip
+    st = Table(title="sections")
+    for col in ("#", "type", "required", "offset", "length", "crc32c", "status"):
+        st.add_column(col, justify="right" if col in ("#", "offset", "length") else "left")
+    for s in info["sections"]:
+        crc = "(per block)" if s["type_name"] == "LAYER_CODES" else f"{s['crc32c']:08x}"
+        status = s["problem"] or ("skipped (unknown)" if s["skipped"] else "ok")
+        st.add_row(str(s["index"]), f"{s['type_name']} ({s['type']})", "yes" if s["required"] else "no",
+                   str(s["offset"]), str(s["length"]), crc, status)  # fmt: skip
+    console.print(st)
+    lt = Table(title="layers")
+    for col in ("layer", "codec", "B/item", "items/block", "blocks", "codes bytes", "corrections",
+                "mean ‖x−x̂‖²", "block max ‖x−x̂‖² (min / median / max)"):  # fmt: skip
+        lt.add_column(col)
+    for layer in info["layers"]:
+        b = layer["block_max_sq_error"]
+        bounds = (f"{b['min']:.4g} / {b['median']:.4g} / {b['max']:.4g}" if b["blocks_with_bounds"] else "unknown")
+        mean = layer["mean_sq_error"]
+        lt.add_row(str(layer["layer"]), str(layer["codec"] or "[red]unreadable[/]"), f"{layer['bytes_per_item']:.2f}",
+                   str(layer["items_per_block"]), str(layer["n_blocks"]), str(layer["codes_bytes"]),
+                   str(layer["corrections_per_vector"]), "unknown" if math.isnan(mean) else f"{mean:.4g}",
+                   bounds + (" [yellow](entropy coded)[/]" if layer["entropy_coded"] else ""))  # fmt: skip
+    console.print(lt)
+    if info["metadata"] is not None:
+        console.print("metadata: " + json.dumps(info["metadata"]))
+
+
+_MAX_BAD_BLOCKS_SHOWN = 50
+
+
+@app.command()
+def verify(
+    path: Annotated[Path, typer.Argument(help="Pack file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Check every CRC32C of a pack. Exit 0 when intact, 1 when blocks or sections are damaged, 2 when unreadable."""
+    try:
+        with _open_pack(path) as reader:
+            report = reader.verify()
+            n_items, layers = reader.n_items, reader.layers
+    except ReelpackError as exc:
+        _fail(exc)
+    lost = {layer: int(ids.size) for layer, ids in report.missing_item_ids.items()}
+    n_blocks = sum(info.n_blocks for info in layers)
+    if as_json:
+        typer.echo(json.dumps({
+            "ok": report.ok, "truncated": report.truncated, "n_items": n_items, "n_blocks": n_blocks,
+            "bad_blocks": [{"layer": la, "block": b, "reason": r} for la, b, r in report.bad_blocks],
+            "lost_items": {str(k): v for k, v in lost.items()}, "section_problems": report.section_problems,
+        }, indent=2))  # fmt: skip
+    elif report.ok:
+        console.print(f"[green]OK[/] {path}: {n_items} items, {len(layers)} layers, {n_blocks} blocks; every CRC32C matches")
+    else:
+        console.print(f"[bold red]DAMAGED[/] {path}: {len(report.bad_blocks)} of {n_blocks} blocks unusable"
+                      + (" (file is truncated)" if report.truncated else ""))  # fmt: skip
+        for la, b, reason in report.bad_blocks[:_MAX_BAD_BLOCKS_SHOWN]:
+            console.print(f"  layer {la} block {b}: {reason}")
+        if len(report.bad_blocks) > _MAX_BAD_BLOCKS_SHOWN:
+            console.print(f"  ... and {len(report.bad_blocks) - _MAX_BAD_BLOCKS_SHOWN} more bad blocks (--json lists all)")
+        for problem in report.section_problems:
+            console.print(f"  {problem}")
+        for la, count in lost.items():
+            if count:
+                console.print(f"  layer {la}: {count} of {n_items} item ids lost")
+    if not report.ok:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:  # pragma: no cover - console entry

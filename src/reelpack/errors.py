@@ -30,6 +30,7 @@ __all__ = [
     "DataNotFoundError",
     "TrainingError",
     "EntropyCodingError",
+    "DeltaError",
 ]
 
 
@@ -129,3 +130,7 @@ class TrainingError(ReelpackError):
 
 class EntropyCodingError(SerializationError):
     """An entropy-coded block or its column model is corrupt, truncated or inconsistent."""
+
+
+class DeltaError(PackFormatError):
+    """A delta pack cannot be made or applied: it was made for another base pack, is not a delta, or is inconsistent."""

@@ -38,3 +38,18 @@ __all__ = [
     "iter_blocks_stream",
     "inspect",
 ]
+
+from reelpack.format.delta import DeltaReport, apply_delta, build_pack, make_delta  # noqa: E402
+
+__all__ += ["DeltaReport", "build_pack", "make_delta", "apply_delta"]
+
+from reelpack.format.parity import (  # noqa: E402
+    LayerRecovery,
+    ParityLayer,
+    encode_parity,
+    read_parity,
+    recover_layer,
+    write_pack_with_parity,
+)
+
+__all__ += ["ParityLayer", "LayerRecovery", "encode_parity", "read_parity", "recover_layer", "write_pack_with_parity"]

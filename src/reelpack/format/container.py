@@ -94,7 +94,7 @@ class SectionType:
     BLOCK_INDEX = 5
     CORRECTIONS = 6
     METADATA = 7
-    PARITY = 8  # reserved for forward error correction; not implemented by this reader
+    PARITY = 8  # forward error correction; parsed by reelpack.format.parity, skipped here
 
     NAMES = {1: "ITEM_IDS", 2: "LAYERS", 3: "CODEC", 4: "LAYER_CODES", 5: "BLOCK_INDEX", 6: "CORRECTIONS",
              7: "METADATA", 8: "PARITY"}  # fmt: skip
@@ -958,7 +958,7 @@ class PackWriter:
         return len(self._layers) - 1
 
     def add_section(self, section_type: int, body: bytes, required: bool = False) -> None:
-        """Add an application-defined section (type 0x8000..0xFFFF) to the directory.
+        """Add an application-defined section (type 0x8000..0xFFFF) or a PARITY section to the directory.
 
         Readers that do not know the type skip it when ``required`` is False and
         refuse the pack when it is True (docs/FORMAT.md, "Compatibility").
@@ -966,8 +966,11 @@ class PackWriter:
         self._check_open()
         if self._layout is not None:
             raise InvalidInputError("add_section() must come before the first write_block()")
-        if not isinstance(section_type, (int, np.integer)) or not APP_SECTION_MIN <= section_type <= 0xFFFF:
-            raise InvalidInputError(f"section_type must be in {APP_SECTION_MIN:#x}..0xffff, got {section_type!r}")
+        ok_type = isinstance(section_type, (int, np.integer)) and (
+            APP_SECTION_MIN <= section_type <= 0xFFFF or section_type == SectionType.PARITY
+        )  # PARITY: built by reelpack.format.parity
+        if not ok_type:
+            raise InvalidInputError(f"section_type must be in {APP_SECTION_MIN:#x}..0xffff or PARITY (8), got {section_type!r}")
         if not isinstance(body, (bytes, bytearray)):
             raise InvalidInputError(f"section body must be bytes, got {type(body).__name__}")
         self._extra_sections.append((int(section_type), SECTION_REQUIRED if required else 0, bytes(body)))

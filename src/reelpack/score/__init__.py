@@ -49,3 +49,8 @@ __all__ = [
     "signs_dot",
     "signs_dot_reference",
 ]
+
+# Progressive refinement (issue 4): imported last, it uses the codecs, which use the kernels above.
+from reelpack.score.progressive import PackLayerFetcher, ProgressiveResult, progressive_topk  # noqa: E402
+
+__all__ += ["progressive_topk", "ProgressiveResult", "PackLayerFetcher"]
