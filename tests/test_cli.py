@@ -191,3 +191,116 @@ def test_pack_from_trained_embeddings(tmp_path, monkeypatch):
     assert "SYNTHETIC" in r.output
     with PackReader(out) as pack:
         assert pack.n_layers == 2 and pack.codec(1).dim == 16 and pack.verify().ok
+
+
+# ---- delta make / delta apply --------------------------------------------------------------------
+def _delta_setup(tmp_path):
+    """A base pack from `reelpack pack`, and catalog B (some rows removed, added and changed) as .npy files."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    X, emb, ids = _embeddings_npy(tmp_path, n=600, d=16)
+    base = tmp_path / "a.rpak"
+    r = runner.invoke(app, ["pack", str(emb), "--ids", str(ids), "--out", str(base), "--codecs", "simhash64 sq8",
+                            "--items-per-block", "128"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    ids_a = np.load(ids)
+    keep = np.ones(ids_a.size, bool)
+    keep[rng.choice(ids_a.size, 40, replace=False)] = False
+    Xb = X[keep].copy()
+    Xb[rng.choice(Xb.shape[0], 25, replace=False)] *= np.float32(0.8)  # changed rows, inside the sq8 ranges
+    Xb = np.concatenate([Xb, np.float32(0.7) * X[rng.choice(X.shape[0], 30, replace=False)][:, ::-1]])
+    ids_b = np.concatenate([ids_a[keep], 10_000 + np.arange(30)])
+    np.save(tmp_path / "b.npy", Xb)
+    np.save(tmp_path / "b_ids.npy", ids_b)
+    return base, tmp_path / "b.npy", tmp_path / "b_ids.npy"
+
+
+def test_delta_make_apply_byte_identical(tmp_path):
+    import hashlib
+
+    base, emb_b, ids_b = _delta_setup(tmp_path)
+    delta, target, out = tmp_path / "d.rpak", tmp_path / "b.rpak", tmp_path / "b_applied.rpak"
+    r = runner.invoke(app, ["delta", "make", str(base), str(emb_b), "--ids", str(ids_b), "--out", str(delta),
+                            "--threshold", "0.1", "--target", str(target)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "40 removed, 30 added" in r.output and "delta/full" in r.output
+    assert "reused" in r.output and "re-fitted" not in r.output
+    assert delta.stat().st_size < target.stat().st_size
+    r = runner.invoke(app, ["delta", "apply", str(base), str(delta), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == target.read_bytes()
+    assert f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()}" in r.output
+    # a catalog whose values spread wider than sq8's fitted ranges: sq8 is re-fitted, every item's codes are sent,
+    # and apply still rebuilds the target exactly
+    import numpy as np
+
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.float32(1.5) * np.load(emb_b))
+    r = runner.invoke(app, ["delta", "make", str(base), str(wide), "--ids", str(ids_b), "--out", str(delta),
+                            "--threshold", "0.1", "--seed", "3", "--target", str(target)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "re-fitted" in r.output and "590 items' codes sent" in r.output
+    r = runner.invoke(app, ["delta", "apply", str(base), str(delta), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == target.read_bytes()
+
+
+def test_delta_errors_exit_2(tmp_path):
+    base, emb_b, ids_b = _delta_setup(tmp_path)
+    delta, target = tmp_path / "d.rpak", tmp_path / "b.rpak"
+    r = runner.invoke(app, ["delta", "make", str(base), str(emb_b), "--ids", str(ids_b), "--out", str(delta),
+                            "--target", str(target)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out.rpak"
+    # wrong base: the delta was made for a.rpak, not for b.rpak
+    r = runner.invoke(app, ["delta", "apply", str(target), str(delta), "--out", str(out)])
+    assert r.exit_code == 2 and "SHA-256" in r.output
+    assert not out.exists()
+    # corrupted delta: flip one byte in its last section
+    raw = bytearray(delta.read_bytes())
+    raw[-5] ^= 0xFF
+    bad = tmp_path / "bad.rpak"
+    bad.write_bytes(bytes(raw))
+    r = runner.invoke(app, ["delta", "apply", str(base), str(bad), "--out", str(out)])
+    assert r.exit_code == 2 and "error" in r.output
+    assert not out.exists()
+    # missing files
+    r = runner.invoke(app, ["delta", "apply", str(base), str(tmp_path / "nope.rpak"), "--out", str(out)])
+    assert r.exit_code == 2 and "not found" in r.output
+    r = runner.invoke(app, ["delta", "apply", str(tmp_path / "nope.rpak"), str(delta), "--out", str(out)])
+    assert r.exit_code == 2 and "not found" in r.output
+    r = runner.invoke(app, ["delta", "make", str(tmp_path / "nope.rpak"), str(emb_b), "--ids", str(ids_b),
+                            "--out", str(delta)])  # fmt: skip
+    assert r.exit_code == 2 and "not found" in r.output
+    r = runner.invoke(app, ["delta", "make", str(base), str(tmp_path / "nope.npy"), "--ids", str(ids_b),
+                            "--out", str(delta)])  # fmt: skip
+    assert r.exit_code == 2 and "not found" in r.output
+    # a delta is not a base pack
+    r = runner.invoke(app, ["delta", "make", str(delta), str(emb_b), "--ids", str(ids_b), "--out", str(bad)])
+    assert r.exit_code == 2 and "delta" in r.output
+    # help documents both subcommands
+    r = runner.invoke(app, ["delta", "--help"])
+    assert r.exit_code == 0 and "make" in r.output and "apply" in r.output
+
+
+def test_pack_entropy_option(tmp_path):
+    import numpy as np
+
+    from reelpack.format import PackReader
+
+    X, emb, ids = _embeddings_npy(tmp_path)
+    plain, coded = tmp_path / "plain.rpak", tmp_path / "coded.rpak"
+    base = ["pack", str(emb), "--ids", str(ids), "--codecs", "simhash64 sq4", "--items-per-block", "100"]
+    assert runner.invoke(app, base + ["--out", str(plain)]).exit_code == 0
+    r = runner.invoke(app, base + ["--out", str(coded), "--entropy", "auto"])
+    assert r.exit_code == 0, r.output
+    with PackReader(plain) as a, PackReader(coded) as b:
+        assert not a.layers[1].entropy_coded and b.layers[1].entropy_coded and not b.layers[0].entropy_coded
+        np.testing.assert_array_equal(a.layer_codes(1), b.layer_codes(1))
+        assert b.verify().ok
+    assert coded.stat().st_size < plain.stat().st_size
+    r = runner.invoke(app, base + ["--out", str(tmp_path / "x.rpak"), "--entropy", "nibbles"])
+    assert r.exit_code == 2 and "one word per codec" in r.output
+    r = runner.invoke(app, base + ["--out", str(tmp_path / "x.rpak"), "--entropy", "none zstd"])
+    assert r.exit_code == 2 and "unknown entropy layout" in r.output

@@ -1,8 +1,8 @@
 """reelpack: compress recommender embeddings into small packs that phones can score locally.
 
 The public surface is small; everything else lives in the submodules
-(:mod:`reelpack.codecs`, :mod:`reelpack.data`, :mod:`reelpack.eval`, :mod:`reelpack.score`,
-:mod:`reelpack.train`). Training and benchmarking names load lazily, so ``import reelpack``
+(:mod:`reelpack.codecs`, :mod:`reelpack.data`, :mod:`reelpack.eval`, :mod:`reelpack.format`,
+:mod:`reelpack.score`, :mod:`reelpack.train`). Training and benchmarking names load lazily, so ``import reelpack``
 does not import torch.
 """
 
@@ -35,6 +35,10 @@ __all__ = [
     "load_or_train",
     "BenchConfig",
     "run_bench",
+    "write_pack",
+    "PackReader",
+    "iter_blocks_stream",
+    "progressive_topk",
 ]
 
 _LAZY = {
@@ -43,10 +47,16 @@ _LAZY = {
     "load_or_train": "reelpack.train",
     "BenchConfig": "reelpack.eval.bench",
     "run_bench": "reelpack.eval.bench",
+    "write_pack": "reelpack.format",
+    "PackReader": "reelpack.format",
+    "iter_blocks_stream": "reelpack.format",
+    "progressive_topk": "reelpack.score.progressive",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from reelpack.eval.bench import BenchConfig, run_bench
+    from reelpack.format import PackReader, iter_blocks_stream, write_pack
+    from reelpack.score.progressive import progressive_topk
     from reelpack.train import TwoTowerConfig, load_or_train, train_two_tower
 
 

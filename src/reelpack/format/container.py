@@ -41,6 +41,7 @@ from reelpack.errors import (
     UnsupportedFeatureError,
     UnsupportedVersionError,
 )
+from reelpack.format.entropy import LAYOUTS, ColumnModel, decode_block, encode_block, fit_column_model
 from reelpack.format.varint import MAX_ID, decode_item_ids, encode_item_ids, ids_from_runs, ids_in_range
 
 __all__ = [
@@ -69,6 +70,7 @@ _HEADER = struct.Struct("<8sHHIQQQIIQII")  # 64 bytes, see docs/FORMAT.md "Heade
 _SECTION = struct.Struct("<HHIQQ")  # 24 bytes
 _LAYERS_HEAD = struct.Struct("<II")  # 8 bytes
 _LAYER = struct.Struct("<HHIIIIIIIQQ")  # 48 bytes
+_MODEL_PREFIX = struct.Struct("<HH")  # ENTROPY_MODEL: layer index, reserved
 _BLOCK_DTYPE = np.dtype(
     [
         ("layer", "<u2"),
@@ -95,10 +97,11 @@ class SectionType:
     CORRECTIONS = 6
     METADATA = 7
     PARITY = 8  # forward error correction; parsed by reelpack.format.parity, skipped here
+    ENTROPY_MODEL = 9  # the ColumnModel of one ENTROPY_CODED layer (not REQUIRED: see docs/FORMAT.md)
 
     NAMES = {1: "ITEM_IDS", 2: "LAYERS", 3: "CODEC", 4: "LAYER_CODES", 5: "BLOCK_INDEX", 6: "CORRECTIONS",
-             7: "METADATA", 8: "PARITY"}  # fmt: skip
-    KNOWN = frozenset(range(1, 8))  # the types this reader implements
+             7: "METADATA", 8: "PARITY", 9: "ENTROPY_MODEL"}  # fmt: skip
+    KNOWN = frozenset((1, 2, 3, 4, 5, 6, 7, 9))  # the types this reader implements
 
 
 SECTION_REQUIRED = 0x0001
@@ -193,8 +196,9 @@ class _Directory:
     run_starts: np.ndarray
     run_offsets: np.ndarray
     metadata: dict[str, Any] | None
-    section_problems: dict[int, str]  # section index -> why it is unusable (CODEC, CORRECTIONS, METADATA)
+    section_problems: dict[int, str]  # section index -> why it is unusable (CODEC, CORRECTIONS, METADATA, ENTROPY_MODEL)
     skipped_sections: list[int]  # unknown optional sections
+    entropy_models: dict[int, int]  # layer index -> its ENTROPY_MODEL section index
 
 
 def _u8(data: Any) -> np.ndarray:
@@ -251,10 +255,6 @@ def _parse_directory(buf: np.ndarray, streaming: bool = False) -> _Directory:
     table = buf[table_offset:table_end]
     if crc32c(table) != table_crc:
         raise ChecksumError(f"section table CRC32C mismatch: stored {table_crc:#010x}, computed {crc32c(table):#010x}")
-    if n_items > file_length:
-        raise PackFormatError(f"header claims {n_items} items in a {file_length}-byte pack")
-    if not streaming and n_items > n:
-        raise TruncatedPackError(f"pack holds {n_items} items but only {n} bytes arrived: too short to read")
 
     raw = table.tobytes()
     sections = [Section(i, *_SECTION.unpack_from(raw, i * _SECTION.size)) for i in range(section_count)]
@@ -300,12 +300,33 @@ def _parse_directory(buf: np.ndarray, streaming: bool = False) -> _Directory:
         return view
 
     layers = _parse_layers(body(by_type[SectionType.LAYERS][0]), sections, n_items)
+    # an entropy-coded layer may take less than a byte per item; BLOCK_INDEX (32 bytes per block of at most
+    # 2^20 items) still bounds n_items by the bytes present
+    if n_items > file_length and not any(layer.entropy_coded for layer in layers):
+        raise PackFormatError(f"header claims {n_items} items in a {file_length}-byte pack")
+    if not streaming and n_items > n and not any(layer.entropy_coded for layer in layers):
+        raise TruncatedPackError(f"pack holds {n_items} items but only {n} bytes arrived: too short to read")
     blocks, block_start = _parse_block_index(body(by_type[SectionType.BLOCK_INDEX][0]), layers, n_items)
     run_starts, run_offsets = decode_item_ids(body(by_type[SectionType.ITEM_IDS][0]).tobytes(), n_items)
 
     problems: dict[int, str] = {}
+    entropy_models: dict[int, int] = {}
+    for s in by_type.get(SectionType.ENTROPY_MODEL, []):
+        if s.offset + _MODEL_PREFIX.size > n:
+            problems[s.index] = "ENTROPY_MODEL section is truncated"
+            continue
+        if s.length < _MODEL_PREFIX.size:
+            raise PackFormatError(f"ENTROPY_MODEL section {s.index} is {s.length} bytes, shorter than its prefix")
+        layer_index = int(buf[s.offset]) | (int(buf[s.offset + 1]) << 8)
+        if layer_index >= len(layers) or not layers[layer_index].entropy_coded or layer_index in entropy_models:
+            # the prefix may itself be corrupt: the section is unusable, the layers stay as they are
+            problems[s.index] = f"ENTROPY_MODEL section names layer {layer_index}, which is not a distinct entropy-coded layer"
+            continue
+        entropy_models[layer_index] = s.index
     for s in sections:
-        if s.type in (SectionType.CODEC, SectionType.CORRECTIONS, SectionType.METADATA):
+        if s.type in (SectionType.CODEC, SectionType.CORRECTIONS, SectionType.METADATA, SectionType.ENTROPY_MODEL):
+            if s.index in problems:
+                continue
             if s.end > n:
                 problems[s.index] = f"{SectionType.NAMES[s.type]} section is truncated"
             elif crc32c(buf[s.offset : s.end]) != s.crc32c:
@@ -317,7 +338,7 @@ def _parse_directory(buf: np.ndarray, streaming: bool = False) -> _Directory:
             if why:
                 problems[s.index] = why
     return _Directory(major, minor, header_flags, file_length, n_items, prefix_length, sections, layers, blocks,
-                      block_start, run_starts, run_offsets, metadata, problems, skipped)  # fmt: skip
+                      block_start, run_starts, run_offsets, metadata, problems, skipped, entropy_models)  # fmt: skip
 
 
 def _parse_metadata(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
@@ -493,10 +514,58 @@ class _BlockSource:
             raise InvalidInputError(f"layer must be an integer in 0..{len(self._dir.layers) - 1}, got {layer!r}")
         return self._dir.layers[int(layer)]
 
+    def _section_bytes(self, s: Section) -> bytes:
+        raise NotImplementedError
+
+    def entropy_model(self, layer: int) -> ColumnModel | None:
+        """The :class:`ColumnModel` of an entropy-coded ``layer`` (``None`` for a plain layer).
+
+        Raises:
+            PackFormatError (subclass): the layer's ENTROPY_MODEL section is missing, corrupt or invalid.
+        """
+        info = self._layer(layer)
+        if not info.entropy_coded:
+            return None
+        cache = self.__dict__.setdefault("_models", {})
+        if info.index not in cache:
+            cache[info.index] = self._load_model(info)
+        result = cache[info.index]
+        if isinstance(result, str):
+            raise ChecksumError(f"layer {info.index}: {result}")
+        return result
+
+    def _load_model(self, info: LayerInfo) -> ColumnModel | str:
+        idx = self._dir.entropy_models.get(info.index)
+        if idx is None:
+            return "entropy-coded layer has no usable ENTROPY_MODEL section"
+        if idx in self._dir.section_problems:
+            return self._dir.section_problems[idx]
+        try:
+            model = ColumnModel.from_bytes(self._section_bytes(self._dir.sections[idx])[_MODEL_PREFIX.size :])
+        except ReelpackError as exc:
+            return f"ENTROPY_MODEL section is invalid: {exc}"
+        if model.bytes_per_vector != info.bytes_per_vector:
+            return f"ENTROPY_MODEL has {model.bytes_per_vector} bytes per vector, the layer {info.bytes_per_vector}"
+        return model
+
     def _layer_problem(self, info: LayerInfo) -> str | None:
         if info.entropy_coded:
-            return "layer is entropy coded, which this reader does not implement"
+            cache = self.__dict__.setdefault("_models", {})
+            if info.index not in cache:
+                cache[info.index] = self._load_model(info)
+            if isinstance(cache[info.index], str):
+                return cache[info.index]
         return self._dir.section_problems.get(info.codec_section)
+
+    def _decode(self, info: LayerInfo, data: np.ndarray, rows: int) -> tuple[np.ndarray | None, str | None]:
+        """Codes [rows, B] of a CRC-checked block's stored bytes, or (None, why) when they do not decode."""
+        if not info.entropy_coded:
+            return data.reshape(rows, info.bytes_per_vector), None
+        model = self.entropy_model(info.index)
+        try:
+            return decode_block(data.tobytes(), model, rows), None  # type: ignore[arg-type]
+        except ReelpackError as exc:
+            return None, f"entropy-coded block does not decode: {exc}"
 
     def _make_block(self, info: LayerInfo, k: int, data: np.ndarray | None) -> Block:
         """Block ``k`` of layer ``info`` from its bytes ``data`` (``None`` = bytes missing)."""
@@ -512,7 +581,7 @@ class _BlockSource:
             elif crc32c(data) != int(entry["crc32c"]):
                 problem = "block CRC32C mismatch"
             else:
-                codes = data.reshape(hi - lo, info.bytes_per_vector)
+                codes, problem = self._decode(info, data, hi - lo)
         return Block(info.index, k, lo, ids, codes, float(entry["max_sq_error"]), float(entry["mean_sq_error"]), problem)
 
     def _codec_from_section(self, info: LayerInfo, raw: bytes) -> Codec:
@@ -560,8 +629,12 @@ class PackReader(_BlockSource):
         self._init(_u8(data))
         return self
 
+    def _section_bytes(self, s: Section) -> bytes:
+        return self._buf[s.offset : s.end].tobytes()
+
     def _init(self, buf: np.ndarray) -> None:
         self._buf = buf
+        self._decoded: dict[int, dict[int, np.ndarray]] = {}
         self._dir = _parse_directory(buf)
         self._status: dict[int, list[str | None]] = {}
         self._ids: np.ndarray | None = None
@@ -661,33 +734,48 @@ class PackReader(_BlockSource):
             entries = self._dir.blocks[self._dir.block_start[info.index] : self._dir.block_start[info.index + 1]]
             status: list[str | None] = []
             buf, size = self._buf, self._buf.size
-            for off, length, crc in zip(entries["offset"].tolist(), entries["length"].tolist(), entries["crc32c"].tolist()):
+            decoded: dict[int, np.ndarray] = {}
+            for k, (off, length, crc) in enumerate(
+                zip(entries["offset"].tolist(), entries["length"].tolist(), entries["crc32c"].tolist())
+            ):
                 if off + length > size:
                     status.append("block is truncated")
                 elif crc32c(buf[off : off + length]) != crc:
                     status.append("block CRC32C mismatch")
+                elif info.entropy_coded:
+                    lo = k * info.items_per_block
+                    codes, why = self._decode(info, buf[off : off + length], min(info.items_per_block, self._dir.n_items - lo))
+                    status.append(why)
+                    if codes is not None:
+                        decoded[k] = codes
                 else:
                     status.append(None)
+            if info.entropy_coded:
+                self._decoded[info.index] = decoded
             self._status[info.index] = status
         return self._status[info.index]
 
     def layer_codes(self, layer: int) -> np.ndarray:
-        """All codes of ``layer`` as one zero-copy uint8 view [n_items, bytes_per_vector].
+        """All codes of ``layer`` as one uint8 array [n_items, bytes_per_vector].
+
+        A zero-copy view of the file for a plain layer; for an entropy-coded layer
+        the blocks are decoded into a new array (not a view, and ``n_items x B``
+        bytes of memory).
 
         Raises:
-            UnsupportedFeatureError: the layer is entropy coded.
-            ChecksumError: a block (or the layer's codec section) is corrupt or missing;
-                use :meth:`read_layer` to get the intact part.
+            ChecksumError: a block (or the layer's codec or entropy model section) is corrupt,
+                missing or (entropy coded) does not decode; use :meth:`read_layer` to get the intact part.
         """
         info = self._layer(layer)
-        if info.entropy_coded:
-            raise UnsupportedFeatureError(f"layer {info.index} is entropy coded; this reader cannot decode it")
         bad = [k for k, p in enumerate(self._block_problems(info)) if p is not None]
         if bad:
             raise ChecksumError(
                 f"layer {info.index}: {len(bad)} of {info.n_blocks} blocks are unusable (first: block {bad[0]}, "
                 f"{self._block_problems(info)[bad[0]]}); use read_layer() for the intact blocks"
             )
+        if info.entropy_coded:
+            decoded = self._decoded[info.index]
+            return np.concatenate([decoded[k] for k in range(info.n_blocks)], axis=0)
         return self._buf[info.codes_offset : info.codes_offset + info.codes_length].reshape(
             self._dir.n_items, info.bytes_per_vector
         )
@@ -705,7 +793,11 @@ class PackReader(_BlockSource):
         codes = np.empty((int(good_rows.sum()), info.bytes_per_vector), dtype=np.uint8)
         row = 0
         for k, p in enumerate(problems):
-            if p is None:
+            if p is None and info.entropy_coded:
+                m = self._decoded[info.index][k].shape[0]
+                codes[row : row + m] = self._decoded[info.index][k]
+                row += m
+            elif p is None:
                 data = self._block_bytes(info, k)
                 m = data.size // info.bytes_per_vector  # type: ignore[union-attr]
                 codes[row : row + m] = data.reshape(m, info.bytes_per_vector)  # type: ignore[union-attr]
@@ -778,6 +870,9 @@ class PackStream(_BlockSource):
     def item_ids(self) -> np.ndarray:
         self._need_ready()
         return ids_from_runs(self._dir.run_starts, self._dir.run_offsets)
+
+    def _section_bytes(self, s: Section) -> bytes:
+        return self._prefix[s.offset : s.end]
 
     def codec(self, layer: int) -> Codec:
         self._need_ready()
@@ -860,6 +955,14 @@ class _PendingLayer:
     codec_bytes: bytes
     items_per_block: int
     corrections: np.ndarray | None
+    entropy: str | None = None
+    model: ColumnModel | None = None
+    span: list[int] = field(default_factory=list)  # [start, end) file offsets of the written codes
+
+
+def _model_section_length(layout: str, bytes_per_vector: int) -> int:
+    per_byte, alphabet = {"bytes": (1, 256), "nibbles": (2, 16), "bits": (8, 2)}[layout]
+    return _MODEL_PREFIX.size + 12 + 2 * bytes_per_vector * per_byte * alphabet
 
 
 def _check_ids(item_ids: object) -> np.ndarray:
@@ -928,14 +1031,33 @@ class PackWriter:
         self._done = False
 
     # ---- building -------------------------------------------------------------------------------
-    def add_layer(self, codec: Codec, items_per_block: int = 1024, corrections: np.ndarray | None = None) -> int:
+    def add_layer(self, codec: Codec, items_per_block: int = 1024, corrections: np.ndarray | None = None,
+                  entropy: str | None = None, entropy_model: ColumnModel | None = None) -> int:  # fmt: skip
         """Declare the next layer (coarsest first); returns its index.
 
         Args:
             codec: a fitted codec; its ``to_bytes()`` is stored in the layer's CODEC section.
             items_per_block: items per block, 1..2**20 (the last block holds the rest).
             corrections: optional float32 [n_items, k] per-vector correction factors.
+            entropy: ``None`` (plain fixed-width blocks) or a symbol layout of
+                :mod:`reelpack.format.entropy` (``"nibbles"`` for sq4, ``"bytes"`` for sq8,
+                ``"bits"``): store the layer ENTROPY_CODED, each block ANS-coded with a
+                per-column model stored once in an ENTROPY_MODEL section.
+            entropy_model: the layer's :class:`ColumnModel` (its layout is used; ``entropy``
+                may then be omitted). Without it the model is fitted on the codes that
+                :meth:`write_layer` receives, so such a layer must be written with
+                ``write_layer``; block-by-block writing (:meth:`write_block`) needs the model up front.
         """
+        if entropy_model is not None:
+            if not isinstance(entropy_model, ColumnModel):
+                raise InvalidInputError(f"entropy_model must be a ColumnModel, got {type(entropy_model).__name__}")
+            if entropy is not None and entropy != entropy_model.layout:
+                raise InvalidInputError(f"entropy={entropy!r} disagrees with the model's layout {entropy_model.layout!r}")
+            if entropy_model.bytes_per_vector != getattr(codec, "bytes_per_vector", None):
+                raise DimensionMismatchError("entropy_model bytes_per_vector differs from the codec's")
+            entropy = entropy_model.layout
+        if entropy is not None and entropy not in LAYOUTS:
+            raise InvalidInputError(f"entropy must be None or one of {LAYOUTS}, got {entropy!r}")
         self._check_open()
         if self._layout is not None:
             raise InvalidInputError("add_layer() must come before the first write_block()")
@@ -954,7 +1076,7 @@ class PackWriter:
                 raise DimensionMismatchError(
                     f"corrections must be [n_items={self._n_items}, k<={MAX_CORRECTIONS_PER_VECTOR}], got {corr.shape}"
                 )
-        self._layers.append(_PendingLayer(codec, codec.to_bytes(), int(items_per_block), corr))
+        self._layers.append(_PendingLayer(codec, codec.to_bytes(), int(items_per_block), corr, entropy, entropy_model))
         return len(self._layers) - 1
 
     def add_section(self, section_type: int, body: bytes, required: bool = False) -> None:
@@ -998,20 +1120,21 @@ class PackWriter:
             add(SectionType.METADATA, self._metadata_bytes, len(self._metadata_bytes), required=False)
         for t, flags, body in self._extra_sections:
             add(t, body, len(body), required=bool(flags & SECTION_REQUIRED))
+        # written not REQUIRED: a 1.0 reader skips it and reports the ENTROPY_CODED layer as unusable
+        model_idx = {
+            i: add(SectionType.ENTROPY_MODEL, None, _model_section_length(lay.entropy, lay.codec.bytes_per_vector),
+                   required=False)
+            for i, lay in enumerate(self._layers) if lay.entropy is not None
+        }  # fmt: skip
         n_blocks = [-(-n // lay.items_per_block) for lay in self._layers]
         index_idx = add(SectionType.BLOCK_INDEX, None, 32 * sum(n_blocks))
-        codes_idx = [add(SectionType.LAYER_CODES, None, n * lay.codec.bytes_per_vector) for lay in self._layers]
+        # entropy-coded lengths are provisional (0) until commit(), which fixes the codes sections' offsets
+        codes_idx = [add(SectionType.LAYER_CODES, None, 0 if lay.entropy else n * lay.codec.bytes_per_vector)
+                     for lay in self._layers]  # fmt: skip
         offset = HEADER_SIZE + _SECTION.size * len(entries)
         for e in entries:
             e["offset"] = offset
             offset += e["length"]
-        layer_records = b"".join(
-            _LAYER.pack(i, 0, codec_idx[i], codes_idx[i], corr_idx[i], lay.codec.bytes_per_vector, lay.items_per_block,
-                        n_blocks[i], 0 if lay.corrections is None else lay.corrections.shape[1],
-                        entries[codes_idx[i]]["offset"], entries[codes_idx[i]]["length"])
-            for i, lay in enumerate(self._layers)
-        )  # fmt: skip
-        entries[layers_idx]["body"] = _LAYERS_HEAD.pack(L, 0) + layer_records
         for e in entries:
             if e["body"] is not None:
                 self._file.seek(e["offset"])
@@ -1021,8 +1144,10 @@ class PackWriter:
             else:
                 e["crc"] = 0
         self._layout = {"entries": entries, "index_idx": index_idx, "codes_idx": codes_idx, "n_blocks": n_blocks,
-                        "file_length": offset, "prefix_length": entries[codes_idx[0]]["offset"]}  # fmt: skip
+                        "layers_idx": layers_idx, "codec_idx": codec_idx, "corr_idx": corr_idx, "model_idx": model_idx,
+                        "prefix_length": entries[codes_idx[0]]["offset"]}  # fmt: skip
         self._file.seek(entries[codes_idx[0]]["offset"])
+        self._corr_k = [0 if lay.corrections is None else lay.corrections.shape[1] for lay in self._layers]
         for lay in self._layers:
             lay.corrections = None  # written; free it
 
@@ -1061,6 +1186,11 @@ class PackWriter:
         if arr.shape != (m, bpv):
             raise DimensionMismatchError(f"block {cur_block} of layer {cur_layer} must be codes [{m}, {bpv}], got {arr.shape}")
         arr = np.ascontiguousarray(arr)
+        if lay.entropy is not None and lay.model is None:
+            raise InvalidInputError(
+                f"layer {cur_layer} is entropy coded without a model: pass entropy_model= to add_layer() "
+                "or write it with write_layer()"
+            )
         if vectors is not None:
             err = ((np.asarray(vectors, dtype=np.float64) - lay.codec.decode(arr).astype(np.float64)) ** 2).sum(axis=1)
         elif sq_errors is not None:
@@ -1072,8 +1202,12 @@ class PackWriter:
         max_err = _round_up_f32(float(err.max())) if err is not None else np.float32(np.nan)
         mean_err = np.float32(err.mean()) if err is not None else np.float32(np.nan)
         offset = self._file.tell()
-        self._file.write(arr.data)
-        entry = (cur_layer, 0, cur_block, offset, arr.nbytes, crc32c(arr), max_err, mean_err)
+        payload = arr if lay.model is None else encode_block(arr, lay.model)
+        self._file.write(payload.data if lay.model is None else payload)
+        if cur_block == 0:
+            lay.span = [offset, offset]
+        lay.span[1] = offset + len(payload) if lay.model is not None else offset + arr.nbytes
+        entry = (cur_layer, 0, cur_block, offset, lay.span[1] - offset, crc32c(payload), max_err, mean_err)
         self._index.append(np.array([entry], dtype=_BLOCK_DTYPE).tobytes())
         cur_block += 1
         if cur_block == self._layout["n_blocks"][cur_layer]:  # type: ignore[index]
@@ -1087,6 +1221,12 @@ class PackWriter:
         if np.shape(codes)[0] != self._n_items:
             self.abort()
             raise DimensionMismatchError(f"codes must have {self._n_items} rows, got {np.shape(codes)[0]}")
+        if 0 <= layer < len(self._layers) and self._layers[layer].entropy and self._layers[layer].model is None:
+            try:
+                self._layers[layer].model = fit_column_model(np.asarray(codes), self._layers[layer].entropy)
+            except BaseException:
+                self.abort()
+                raise
         for lo in range(0, self._n_items, ipb):
             v = None if vectors is None else vectors[lo : lo + ipb]
             self.write_block(layer, codes[lo : lo + ipb], vectors=v)
@@ -1103,6 +1243,25 @@ class PackWriter:
                     f"cannot commit: layer {self._cursor[0]} still needs block {self._cursor[1]} and later"
                 )
             entries = layout["entries"]
+            for i, lay in enumerate(self._layers):  # the codes sections as written
+                e = entries[layout["codes_idx"][i]]
+                e["offset"], e["length"] = lay.span[0], lay.span[1] - lay.span[0]
+            file_length = self._layers[-1].span[1]
+            layer_records = b"".join(
+                _LAYER.pack(i, LAYER_ENTROPY_CODED if lay.entropy else 0, layout["codec_idx"][i], layout["codes_idx"][i],
+                            layout["corr_idx"][i], lay.codec.bytes_per_vector, lay.items_per_block, layout["n_blocks"][i],
+                            0 if layout["corr_idx"][i] == NO_SECTION else self._corr_k[i],
+                            lay.span[0], lay.span[1] - lay.span[0])
+                for i, lay in enumerate(self._layers)
+            )  # fmt: skip
+            late = [(layout["layers_idx"], _LAYERS_HEAD.pack(len(self._layers), 0) + layer_records)]
+            for i, idx in layout["model_idx"].items():
+                late.append((idx, _MODEL_PREFIX.pack(i, 0) + self._layers[i].model.to_bytes()))
+            for idx, body in late:
+                assert len(body) == entries[idx]["length"]
+                self._file.seek(entries[idx]["offset"])
+                self._file.write(body)
+                entries[idx]["crc"] = crc32c(body)
             index_bytes = b"".join(self._index)
             index_entry = entries[layout["index_idx"]]
             assert len(index_bytes) == index_entry["length"]
@@ -1110,7 +1269,7 @@ class PackWriter:
             self._file.write(index_bytes)
             index_entry["crc"] = crc32c(index_bytes)
             table = b"".join(_SECTION.pack(e["type"], e["flags"], e["crc"], e["offset"], e["length"]) for e in entries)
-            head = _HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, 0, layout["file_length"], self._n_items, HEADER_SIZE,
+            head = _HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, 0, file_length, self._n_items, HEADER_SIZE,
                                 len(entries), crc32c(table), layout["prefix_length"], 0, 0)[:60]  # fmt: skip
             self._file.seek(0)
             self._file.write(head + struct.pack("<I", crc32c(head)) + table)
@@ -1197,6 +1356,7 @@ def write_pack(
     vectors: np.ndarray | None = None,
     metadata: dict[str, Any] | None = None,
     items_per_block: int = 1024,
+    entropy: Sequence[str | None] | None = None,
 ) -> Path:
     """Write a whole pack atomically.
 
@@ -1208,6 +1368,8 @@ def write_pack(
         vectors: optional originals float32 [n, d] (same order) for the per-block error bounds.
         metadata: optional JSON-serialisable dict (catalog version, created_at, ...).
         items_per_block: items per block for every layer.
+        entropy: optional per-layer entropy layout (``None``, ``"nibbles"``, ``"bytes"``, ``"bits"``),
+            one entry per layer; see :meth:`PackWriter.add_layer`.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -1225,6 +1387,10 @@ def write_pack(
         if vec.ndim != 2 or vec.shape[0] != ids.size:
             raise DimensionMismatchError(f"vectors must be [{ids.size}, d], got {vec.shape}")
         vec = vec[order]
+    if entropy is None:
+        entropy = [None] * len(layers)
+    if len(entropy) != len(layers):
+        raise InvalidInputError(f"entropy needs one entry per layer ({len(layers)}), got {len(entropy)}")
     prepared = []
     for entry in layers:
         if not isinstance(entry, tuple) or len(entry) not in (2, 3):
@@ -1236,8 +1402,8 @@ def write_pack(
         prepared.append((entry[0], codes[order], corr))
     writer = PackWriter(path, sorted_ids, metadata=metadata)
     with writer:
-        for codec, _, corr in prepared:
-            writer.add_layer(codec, items_per_block=items_per_block, corrections=corr)
+        for (codec, _, corr), ent in zip(prepared, entropy):
+            writer.add_layer(codec, items_per_block=items_per_block, corrections=corr, entropy=ent)
         for i, (_, codes, _) in enumerate(prepared):
             writer.write_layer(i, codes, vectors=vec)
     return writer.path
@@ -1246,6 +1412,15 @@ def write_pack(
 # ================================================================================================
 # Inspect
 # ================================================================================================
+def _inspect_layout(reader: PackReader, info: LayerInfo) -> str | None:
+    if not info.entropy_coded:
+        return None
+    try:
+        return reader.entropy_model(info.index).layout  # type: ignore[union-attr]
+    except ReelpackError:
+        return "unknown"
+
+
 def inspect(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
     """Describe a pack without decoding codes: header, sections, sizes, per-layer bytes/item and bounds.
 
@@ -1280,6 +1455,7 @@ def inspect(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
             "items_per_block": info.items_per_block, "n_blocks": info.n_blocks, "codes_bytes": info.codes_length,
             "bytes_per_item": info.codes_length / d.n_items if d.n_items else 0.0,
             "entropy_coded": info.entropy_coded, "corrections_per_vector": info.corrections_per_vector,
+            "entropy_layout": _inspect_layout(reader, info), "raw_codes_bytes": d.n_items * info.bytes_per_vector,
             "max_sq_error": float(max_err.max()) if max_err.size else math.nan,
             "mean_sq_error": float((mean_err * rows).sum() / rows.sum()) if rows.size else math.nan,
         })  # fmt: skip
