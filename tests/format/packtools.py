@@ -10,7 +10,8 @@ import crc32c
 import numpy as np
 
 from reelpack.codecs import make_codec
-from reelpack.format import write_pack
+from reelpack.errors import ReelpackError
+from reelpack.format import iter_blocks_stream, write_pack
 
 HEADER_FIELDS = {  # name: (offset, struct format), docs/FORMAT.md "Header"
     "major": (8, "<H"),
@@ -72,3 +73,13 @@ def reseal(buf: bytearray, directory: bool = True) -> bytearray:
         put(buf, "table_crc", crc32c.crc32c(bytes(buf[off : off + 24 * count])))
     put(buf, "header_crc", crc32c.crc32c(bytes(buf[:60])))
     return buf
+
+
+def stream(raw: bytes, cuts: list[int]) -> None:
+    """Run the streaming reader over ``raw`` cut at ``cuts``; only reelpack errors may escape."""
+    bounds = [0, *sorted(c % (len(raw) + 1) for c in cuts), len(raw)]
+    try:
+        for block in iter_blocks_stream(raw[a:b] for a, b in zip(bounds, bounds[1:])):
+            assert block.intact == (block.codes is not None)
+    except ReelpackError:
+        pass

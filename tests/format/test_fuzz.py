@@ -17,7 +17,7 @@ import tracemalloc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from packtools import HEADER_FIELDS, reseal, sections, tiny_pack
+from packtools import HEADER_FIELDS, reseal, sections, stream, tiny_pack
 
 from reelpack.errors import ReelpackError
 from reelpack.format import PackReader, inspect, iter_blocks_stream
@@ -51,16 +51,6 @@ def exercise(raw: bytes) -> bool:
             assert block.intact == (block.codes is not None)
     inspect(raw)
     return not report.ok
-
-
-def stream(raw: bytes, cuts: list[int]) -> None:
-    """Run the streaming reader over ``raw`` cut at ``cuts``; only reelpack errors may escape."""
-    bounds = [0, *sorted(c % (len(raw) + 1) for c in cuts), len(raw)]
-    try:
-        for block in iter_blocks_stream(raw[a:b] for a, b in zip(bounds, bounds[1:])):
-            assert block.intact == (block.codes is not None)
-    except ReelpackError:
-        pass
 
 
 def test_pristine_pack_is_clean():

@@ -979,6 +979,16 @@ def _check_ids(item_ids: object) -> np.ndarray:
     return ids
 
 
+def _sort_unique_ids(item_ids: object) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ids -> (order int64 [n] that sorts them, the sorted ids int64 [n]); duplicates are refused."""
+    ids = _check_ids(item_ids)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    if sorted_ids.size > 1 and np.any(np.diff(sorted_ids) == 0):
+        raise InvalidInputError("item_ids must be unique")
+    return order, sorted_ids
+
+
 def _round_up_f32(x: float) -> np.float32:
     """float32 that is >= x (so a stored maximum stays an upper bound)."""
     f = np.float32(x)
@@ -1374,18 +1384,14 @@ def write_pack(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    ids = _check_ids(item_ids)
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    if sorted_ids.size > 1 and np.any(np.diff(sorted_ids) == 0):
-        raise InvalidInputError("item_ids must be unique")
+    order, sorted_ids = _sort_unique_ids(item_ids)
     if not layers:
         raise InvalidInputError("write_pack needs at least one layer")
     vec = None
     if vectors is not None:
         vec = np.asarray(vectors)
-        if vec.ndim != 2 or vec.shape[0] != ids.size:
-            raise DimensionMismatchError(f"vectors must be [{ids.size}, d], got {vec.shape}")
+        if vec.ndim != 2 or vec.shape[0] != sorted_ids.size:
+            raise DimensionMismatchError(f"vectors must be [{sorted_ids.size}, d], got {vec.shape}")
         vec = vec[order]
     if entropy is None:
         entropy = [None] * len(layers)
@@ -1396,8 +1402,8 @@ def write_pack(
         if not isinstance(entry, tuple) or len(entry) not in (2, 3):
             raise InvalidInputError("each layer must be (codec, codes) or (codec, codes, corrections)")
         codes = np.asarray(entry[1])
-        if codes.ndim != 2 or codes.shape[0] != ids.size:
-            raise DimensionMismatchError(f"codes must be [{ids.size}, B], got {codes.shape}")
+        if codes.ndim != 2 or codes.shape[0] != sorted_ids.size:
+            raise DimensionMismatchError(f"codes must be [{sorted_ids.size}, B], got {codes.shape}")
         corr = None if len(entry) == 2 else np.asarray(entry[2])[order]
         prepared.append((entry[0], codes[order], corr))
     writer = PackWriter(path, sorted_ids, metadata=metadata)

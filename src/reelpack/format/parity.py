@@ -24,7 +24,7 @@ import numpy as np
 
 from reelpack.codecs.base import Codec
 from reelpack.errors import ChecksumError, DTypeError, DimensionMismatchError, InvalidInputError, PackFormatError
-from reelpack.format.container import PackReader, PackWriter, SectionType, _check_ids, crc32c
+from reelpack.format.container import PackReader, PackWriter, SectionType, _sort_unique_ids, crc32c
 
 __all__ = [
     "PARITY_SCHEME_RS",
@@ -379,11 +379,7 @@ def write_pack_with_parity(
     Returns:
         ``{"path", "parity_bytes", "codes_bytes", "overhead"}`` (overhead = parity / codes bytes).
     """
-    ids = _check_ids(item_ids)
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    if sorted_ids.size > 1 and np.any(np.diff(sorted_ids) == 0):
-        raise InvalidInputError("item_ids must be unique")
+    order, sorted_ids = _sort_unique_ids(item_ids)
     if not layers:
         raise InvalidInputError("write_pack_with_parity needs at least one layer")
     ipbs = [items_per_block] * len(layers) if isinstance(items_per_block, (int, np.integer)) else list(items_per_block)
@@ -397,8 +393,8 @@ def write_pack_with_parity(
         if not isinstance(entry, tuple) or len(entry) != 2:
             raise InvalidInputError("each layer must be (codec, codes)")
         codes = np.asarray(entry[1])
-        if codes.ndim != 2 or codes.shape[0] != ids.size:
-            raise DimensionMismatchError(f"codes must be [{ids.size}, B], got {codes.shape}")
+        if codes.ndim != 2 or codes.shape[0] != sorted_ids.size:
+            raise DimensionMismatchError(f"codes must be [{sorted_ids.size}, B], got {codes.shape}")
         prepared.append((entry[0], np.ascontiguousarray(codes[order])))
     spec = []
     for layer, km in sorted(plan.items()):
