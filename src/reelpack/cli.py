@@ -475,13 +475,9 @@ app.add_typer(delta_app, name="delta")
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
+    from reelpack.format.delta import sha256_file
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def _require_file(path: Path, what: str) -> None:

@@ -197,7 +197,8 @@ class DeltaReport:
 # ================================================================================================
 # Helpers
 # ================================================================================================
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (how a delta names its base pack)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -311,7 +312,7 @@ def make_delta(
     if not (isinstance(distortion_threshold, (int, float)) and distortion_threshold >= 0):
         raise InvalidInputError(f"distortion_threshold must be a number >= 0, got {distortion_threshold!r}")
     ids_b, X = _prepare(new_ids, new_vectors)
-    base_sha = _sha256_file(base_path)
+    base_sha = sha256_file(base_path)
     with PackReader(base_path) as base:
         report = base.verify()
         if not report.ok:
@@ -488,7 +489,7 @@ def apply_delta(
     """
     base_path, delta_path = Path(base_pack_path), Path(delta_path)
     dm, sent_ids, d_codecs, d_codec_bytes, d_codes, apps = _read_delta(delta_path)
-    base_sha = _sha256_file(base_path)
+    base_sha = sha256_file(base_path)
     if base_sha != dm.get("base_sha256"):
         raise DeltaError(
             f"delta {delta_path.name} was made for a base pack with SHA-256 {dm.get('base_sha256')} "
