@@ -11,7 +11,7 @@ import numpy as np
 
 from reelpack.codecs import make_codec
 from reelpack.errors import ReelpackError
-from reelpack.format import iter_blocks_stream, write_pack
+from reelpack.format import PackReader, inspect, iter_blocks_stream, write_pack
 
 HEADER_FIELDS = {  # name: (offset, struct format), docs/FORMAT.md "Header"
     "major": (8, "<H"),
@@ -83,3 +83,33 @@ def stream(raw: bytes, cuts: list[int]) -> None:
             assert block.intact == (block.codes is not None)
     except ReelpackError:
         pass
+
+
+def exercise(raw: bytes, inspect_may_raise: bool = False) -> bool:
+    """Use every reader entry point on ``raw``; return True if the damage was noticed.
+
+    Noticed = a reelpack error was raised while opening, or verify() reports a problem.
+    Any other exception propagates and fails the test; so does a reelpack error from
+    ``inspect`` of a pack that opened, unless ``inspect_may_raise``.
+    """
+    try:
+        pack = PackReader.from_buffer(raw)
+    except ReelpackError:
+        return True
+    report = pack.verify()
+    _ = pack.item_ids, pack.metadata, pack.layers
+    for layer in range(pack.n_layers):
+        pack.read_layer(layer)
+        for use in (pack.codec, pack.layer_codes, pack.layer_corrections, pack.entropy_model):
+            try:
+                use(layer)
+            except ReelpackError:
+                pass
+        for block in pack.blocks(layer):
+            assert block.intact == (block.codes is not None)
+    try:
+        inspect(raw)
+    except ReelpackError:
+        if not inspect_may_raise:
+            raise
+    return not report.ok

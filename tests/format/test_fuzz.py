@@ -17,40 +17,14 @@ import tracemalloc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from packtools import HEADER_FIELDS, reseal, sections, stream, tiny_pack
+from packtools import HEADER_FIELDS, exercise, reseal, sections, stream, tiny_pack
 
-from reelpack.errors import ReelpackError
-from reelpack.format import PackReader, inspect, iter_blocks_stream
+from reelpack.format import iter_blocks_stream
 
 EXAMPLES = int(os.environ.get("REELPACK_FUZZ_EXAMPLES", "2500"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 PACK = tiny_pack(n=10, d=4, items_per_block=4, metadata={"catalog": "fuzz"})
 MAX_PEAK_BYTES = 32 << 20  # a few-hundred-byte input must never make the parser allocate more than this
-
-
-def exercise(raw: bytes) -> bool:
-    """Use every reader entry point on ``raw``; return True if the damage was noticed.
-
-    Noticed = a reelpack error was raised while opening, or verify() reports a problem.
-    Any other exception propagates and fails the test.
-    """
-    try:
-        pack = PackReader.from_buffer(raw)
-    except ReelpackError:
-        return True
-    report = pack.verify()
-    _ = pack.item_ids, pack.metadata, pack.layers
-    for layer in range(pack.n_layers):
-        pack.read_layer(layer)
-        for use in (pack.codec, pack.layer_codes, pack.layer_corrections):
-            try:
-                use(layer)
-            except ReelpackError:
-                pass
-        for block in pack.blocks(layer):
-            assert block.intact == (block.codes is not None)
-    inspect(raw)
-    return not report.ok
 
 
 def test_pristine_pack_is_clean():

@@ -5,6 +5,7 @@ The byte layout is specified in docs/FORMAT.md. Write with :func:`write_pack` or
 views), :func:`iter_blocks_stream` (blocks as bytes arrive) or :func:`inspect`.
 """
 
+from reelpack.format import container
 from reelpack.format.container import (
     FORMAT_MAJOR,
     FORMAT_MINOR,
@@ -22,22 +23,7 @@ from reelpack.format.container import (
     write_pack,
 )
 
-__all__ = [
-    "MAGIC",
-    "FORMAT_MAJOR",
-    "FORMAT_MINOR",
-    "SectionType",
-    "Block",
-    "LayerData",
-    "LayerInfo",
-    "VerifyReport",
-    "PackWriter",
-    "PackReader",
-    "PackStream",
-    "write_pack",
-    "iter_blocks_stream",
-    "inspect",
-]
+__all__ = list(container.__all__)
 
 from reelpack.format.delta import DeltaReport, apply_delta, build_pack, make_delta  # noqa: E402
 
