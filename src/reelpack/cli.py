@@ -130,17 +130,36 @@ def bench(
             "vary it to measure the spread of randomised codecs on the same cached embeddings."
         ),
     ] = None,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            "--sweep",
+            help="Rate-quality sweep at 8/16/32 bytes per item: reelpack's codecs (incl. compression-aware "
+            "training) and faiss's PQ, OPQ, RQ, LSQ, SQ and RaBitQ in one run; JSON has 'extra.rate_quality'.",
+        ),
+    ] = False,
+    baselines: Annotated[
+        Optional[str], typer.Option(help="Extra faiss factory strings to measure, e.g. 'RQ16x8 LSQ16x8 RaBitQ'.")
+    ] = None,
+    qat: Annotated[
+        Optional[str], typer.Option(help="'qat-...' specs to fine-tune by compression-aware training, e.g. 'qat-rq8+8'.")
+    ] = None,
+    qat_epochs: Annotated[int, typer.Option(help="Epochs of compression-aware training.")] = 3,
 ) -> None:
     """Train (or load) embeddings, then measure float32, every codec and its faiss twin in one run."""
-    from reelpack.eval.bench import DEFAULT_CODECS, BenchConfig
+    from reelpack.eval.bench import DEFAULT_CODECS, SWEEP_BASELINES, SWEEP_CODECS, SWEEP_QAT, BenchConfig
 
     try:
+        default_codecs = SWEEP_CODECS if sweep else DEFAULT_CODECS
         config = BenchConfig(
-            codecs=_parse_codecs(codecs) if codecs else DEFAULT_CODECS,
-            faiss_twins=not no_faiss,
+            codecs=_parse_codecs(codecs) if codecs else default_codecs,
+            faiss_twins=not no_faiss and not sweep,
             max_users=max_users,
             seed=seed if codec_seed is None else codec_seed,
             threads=threads,
+            baselines=_parse_codecs(baselines) if baselines else (SWEEP_BASELINES if sweep else ()),
+            qat=_parse_codecs(qat) if qat else (SWEEP_QAT if sweep else ()),
+            qat_epochs=qat_epochs,
         )
         split = _load_split(data, seed)
         emb = _embeddings(split, dim, epochs, cache_dir, retrain, seed)

@@ -134,3 +134,7 @@ class EntropyCodingError(SerializationError):
 
 class DeltaError(PackFormatError):
     """A delta pack cannot be made or applied: it was made for another base pack, is not a delta, or is inconsistent."""
+
+
+class UnsupportedOperationError(ReelpackError):
+    """The codec does not provide this operation (for example score bounds, or more than one stage)."""

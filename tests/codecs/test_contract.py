@@ -28,6 +28,17 @@ ALL_SPECS = [
     "simhash64",
     "simhash64-hamming",
     "countsketch16",
+    "rabitq",
+    "rabitq4",
+    "apq8",
+    "opq8,apq8",
+    "rq4+4",
+    "rq2+2-b",
+    "wsq8",
+    "usq8",
+    "wsq12-mm",
+    "qat-pq8",
+    "qat-rq4+4",
 ]
 
 # bytes_per_vector as each module documents it, at d = 32
@@ -42,18 +53,33 @@ EXPECTED_BYTES = {
     "simhash64": 64 // 8,
     "simhash64-hamming": 64 // 8,
     "countsketch16": 16,
+    "rabitq": 32 // 8 + 4,  # signs + two float16 factors
+    "rabitq4": 32 // 8 + 4 + 32 * 3 // 8 + 4,  # + three extended bits per dimension + two factors
+    "apq8": 8,
+    "opq8,apq8": 8,
+    "rq4+4": 8,
+    "rq2+2-b": 6,  # one bound byte after each stage
+    "wsq8": 8,
+    "usq8": 8,
+    "wsq12-mm": 12,
+    "qat-pq8": 8,
+    "qat-rq4+4": 8,
 }
 
 # encode(decode(encode(X))) == encode(X) holds for these: decode returns a grid point / centroid
 # (float32, fp16 and sq exactly; pq/opq whenever no two centroids of a subspace coincide).
 # It does not hold for simhash (sign(R R^T s) != s) nor countsketch (colliding dimensions add up again).
-STABLE = {"float32", "fp16", "sq8", "sq4", "sq8-p99.9", "pq8", "opq8,pq8"}
+STABLE = {"float32", "fp16", "sq8", "sq4", "sq8-p99.9", "pq8", "opq8,pq8", "wsq8", "usq8", "wsq12-mm", "qat-pq8"}
 
 # score == queries @ decode(codes).T for all but the symmetric Hamming variant.
-SCORE_IS_DECODE = set(ALL_SPECS) - {"simhash64-hamming"}
+# qat- scores by cosine (the reconstruction's direction), so it is excluded too.
+SCORE_IS_DECODE = set(ALL_SPECS) - {"simhash64-hamming", "qat-pq8", "qat-rq4+4"}
 
 # codecs whose fit draws random numbers (so another seed gives other parameters)
-RANDOMISED = {"pq8", "opq8,pq8", "simhash64", "simhash64-hamming", "countsketch16"}
+RANDOMISED = {
+    "pq8", "opq8,pq8", "simhash64", "simhash64-hamming", "countsketch16", "rabitq", "rabitq4",
+    "apq8", "opq8,apq8", "rq4+4", "rq2+2-b", "qat-pq8", "qat-rq4+4",
+}  # fmt: skip
 
 spec_param = pytest.mark.parametrize("spec", ALL_SPECS)
 

@@ -14,7 +14,7 @@ from reelpack.codecs import codec_from_bytes, make_codec
 from reelpack.codecs.base import MAX_DIM, STATE_MAGIC, STATE_VERSION, pack_state, unpack_state
 from reelpack.errors import SerializationError
 
-FUZZ_SPECS = ["float32", "fp16", "sq8", "sq4-p99", "pq4", "opq4,pq4", "simhash16", "simhash16-hamming", "countsketch4"]
+FUZZ_SPECS = ["float32", "fp16", "sq8", "sq4-p99", "pq4", "opq4,pq4", "simhash16", "simhash16-hamming", "countsketch4", "rabitq2", "wsq3", "usq4", "wsq5-mm"]
 
 
 def _fitted_blobs() -> list[bytes]:

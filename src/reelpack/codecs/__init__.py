@@ -13,7 +13,7 @@
 >>> sq.score(X[:2], codes).shape
 (2, 1000)
 >>> sorted(available_codecs())
-['countsketch', 'float32', 'fp16', 'opq', 'pq', 'simhash', 'sq']
+['apq', 'countsketch', 'float32', 'fp16', 'opq', 'opq-apq', 'pq', 'qat', 'rabitq', 'rq', 'simhash', 'sq', 'usq', 'wsq']
 """
 
 from reelpack.codecs.base import Codec
@@ -25,5 +25,10 @@ from reelpack.codecs import scalar  # noqa: E402,F401  isort: skip
 from reelpack.codecs import pq  # noqa: E402,F401  isort: skip
 from reelpack.codecs import simhash  # noqa: E402,F401  isort: skip
 from reelpack.codecs import countsketch  # noqa: E402,F401  isort: skip
+from reelpack.codecs import residual  # noqa: E402,F401  isort: skip
+from reelpack.codecs import rabitq  # noqa: E402,F401  isort: skip
+from reelpack.codecs import bitalloc  # noqa: E402,F401  isort: skip
+from reelpack.codecs import anisotropic  # noqa: E402,F401  isort: skip
+from reelpack.codecs import additive  # noqa: E402,F401  isort: skip
 
 __all__ = ["Codec", "make_codec", "codec_from_bytes", "available_codecs", "register_codec"]

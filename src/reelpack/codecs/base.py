@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from reelpack._validate import as_codes, as_float_matrix
-from reelpack.errors import NotFittedError, SerializationError
+from reelpack.errors import InvalidInputError, NotFittedError, SerializationError, UnsupportedOperationError
 
 __all__ = ["Codec", "pack_state", "unpack_state", "STATE_MAGIC", "STATE_VERSION"]
 
@@ -238,6 +238,86 @@ class Codec(ABC):
         self._require_fitted("to_bytes")
         meta, arrays = self._state()
         return pack_state(self.spec, int(self.dim), meta, arrays)  # type: ignore[arg-type]
+
+    # ---- progressive stages and score bounds -----------------------------------------------------
+    @property
+    def stage_bytes(self) -> tuple[int, ...]:
+        """Widths in bytes of the code's progressive stages; they sum to :attr:`bytes_per_vector`.
+
+        A code is the concatenation of its stages: columns ``[0, stage_bytes[0])`` are
+        stage 0 (the coarse code a pack's layer 0 holds for every item), the next
+        ``stage_bytes[1]`` columns refine it, and so on. Single-stage codecs return
+        ``(bytes_per_vector,)``.
+        """
+        self._require_fitted("stage_bytes")
+        return self._stage_bytes()
+
+    def _stage_bytes(self) -> tuple[int, ...]:
+        return (self._bytes_per_vector(),)
+
+    def prefix_bytes(self, stages: int) -> int:
+        """Bytes of the first ``stages`` stages (``1 <= stages <= len(stage_bytes)``)."""
+        widths = self.stage_bytes
+        if isinstance(stages, bool) or not isinstance(stages, (int, np.integer)) or not 1 <= stages <= len(widths):
+            raise InvalidInputError(f"stages must be an integer in [1, {len(widths)}] for {self.spec!r}, got {stages!r}")
+        return int(sum(widths[: int(stages)]))
+
+    def score_prefix(self, queries: np.ndarray, codes: np.ndarray, stages: int) -> np.ndarray:
+        """Scores float32 [q, n] of queries [q, d] from the first ``stages`` stages of each code.
+
+        ``codes`` is uint8 [n, prefix_bytes(stages)]. With all stages this equals :meth:`score`.
+        """
+        self._require_fitted("score_prefix")
+        width = self.prefix_bytes(stages)
+        queries = as_float_matrix(queries, "queries", dim=self.dim)
+        codes = as_codes(codes, width)
+        if int(stages) == len(self.stage_bytes):
+            return np.ascontiguousarray(self._score(queries, codes), dtype=np.float32)
+        return np.ascontiguousarray(self._score_prefix(queries, codes, int(stages)), dtype=np.float32)
+
+    def _score_prefix(self, queries: np.ndarray, codes: np.ndarray, stages: int) -> np.ndarray:
+        raise UnsupportedOperationError(f"{self.spec!r} has a single stage; it cannot score a code prefix")
+
+    @property
+    def has_bounds(self) -> bool:
+        """True when :meth:`score_bounds` gives per (query, item) error bounds."""
+        return False
+
+    def score_bounds(
+        self, queries: np.ndarray, codes: np.ndarray, stages: int | None = None, confidence: float = 0.99
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Estimated scores and error half-widths from the first ``stages`` stages.
+
+        Args:
+            queries: float [q, d].
+            codes: uint8 [n, prefix_bytes(stages)] (all stages when ``stages`` is None).
+            stages: how many stages the codes hold.
+            confidence: the probability, over the codec's randomness (or, for calibrated
+                bounds, over the calibration distribution), that the true inner product
+                lies in ``estimate +- half_width``; in (0, 1).
+
+        Returns:
+            ``(estimate, half_width)``, both float32 [q, n]; ``half_width >= 0``.
+
+        Raises:
+            UnsupportedOperationError: the codec has no bounds (``has_bounds`` is False).
+        """
+        self._require_fitted("score_bounds")
+        if not self.has_bounds:
+            raise UnsupportedOperationError(f"{self.spec!r} gives no score bounds; use a fixed top-R refinement instead")
+        stages = len(self.stage_bytes) if stages is None else stages
+        width = self.prefix_bytes(stages)
+        if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.0 < float(confidence) < 1.0:
+            raise InvalidInputError(f"confidence must lie in (0, 1), got {confidence!r}")
+        queries = as_float_matrix(queries, "queries", dim=self.dim)
+        codes = as_codes(codes, width)
+        est, half = self._score_bounds(queries, codes, int(stages), float(confidence))
+        return np.ascontiguousarray(est, dtype=np.float32), np.ascontiguousarray(half, dtype=np.float32)
+
+    def _score_bounds(
+        self, queries: np.ndarray, codes: np.ndarray, stages: int, confidence: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        raise UnsupportedOperationError(f"{self.spec!r} gives no score bounds")
 
     # ---- hooks ----------------------------------------------------------------------------------
     def _check_fit_input(self, X: np.ndarray) -> None:

@@ -35,7 +35,7 @@ from reelpack.eval.baselines import faiss_rank_users, faiss_twin_spec, fit_faiss
 from reelpack.eval.metrics import ranking_metrics, relative, topk_overlap
 from reelpack.eval.ranking import dense_score_fn, rank_users
 
-__all__ = ["BenchConfig", "BenchResult", "run_bench", "DEFAULT_CODECS", "RESULTS_SCHEMA_VERSION"]
+__all__ = ["BenchConfig", "BenchResult", "run_bench", "rate_quality", "DEFAULT_CODECS", "RESULTS_SCHEMA_VERSION", "SWEEP_CODECS", "SWEEP_BASELINES", "SWEEP_QAT"]
 
 RESULTS_SCHEMA_VERSION = 1
 DEFAULT_CODECS: tuple[str, ...] = (
@@ -49,6 +49,21 @@ DEFAULT_CODECS: tuple[str, ...] = (
     "simhash128-hamming",
     "countsketch32",
 )
+
+# The rate-quality sweep (``reelpack bench --sweep``): reelpack codecs at 8, 16 and 32 bytes per item
+# (for d = 64; "pqM"/"apqM" need M to divide d), faiss's strongest codecs at the same budgets (PQ, OPQ,
+# the additive quantisers RQ and LSQ, SQ, RaBitQ), and the codecs tuned by compression-aware training.
+SWEEP_CODECS: tuple[str, ...] = (
+    "pq8", "apq8-t0.3", "qat-rq4+4",
+    "pq16", "apq16-t0.3", "qat-apq16-t0.3", "qat-rq8+8", "wsq16", "rabitq",
+    "sq4", "pq32", "apq32-t0.3", "qat-pq32", "wsq32-mm", "rabitq2",
+)  # fmt: skip
+SWEEP_BASELINES: tuple[str, ...] = (
+    "PQ8np", "OPQ8,PQ8np", "RQ8x8", "LSQ8x8",
+    "PQ16np", "OPQ16,PQ16np", "RQ16x8", "LSQ16x8", "RaBitQ",
+    "SQ4", "PQ32np", "RQ32x8",
+)  # fmt: skip
+SWEEP_QAT: tuple[str, ...] = ("qat-rq4+4", "qat-rq8+8", "qat-apq16-t0.3", "qat-pq32")
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,10 @@ class BenchConfig:
     batch_size: int = 1024
     seed: int = 0
     threads: int = 1
+    baselines: tuple[str, ...] = ()
+    qat: tuple[str, ...] = ()
+    qat_epochs: int = 3
+    max_train: int = 100_000
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) <= 0:
@@ -82,6 +101,11 @@ class BenchConfig:
             raise InvalidInputError("batch_size and threads must be positive")
         for spec in self.codecs:
             make_codec(spec)  # fail early on a bad spec
+        for spec in self.qat:
+            if make_codec(spec).family != "qat":
+                raise InvalidInputError(f"compression-aware training needs a 'qat-...' spec, got {spec!r}")
+        if self.qat and self.qat_epochs < 1:
+            raise InvalidInputError(f"qat_epochs must be >= 1, got {self.qat_epochs}")
 
 
 @dataclass
@@ -244,6 +268,7 @@ def run_bench(
         ref_row.update(relative(reference, reference))
         ref_row[f"overlap@{k}"] = 1.0
 
+        fitted: dict[str, tuple[Any, np.ndarray]] = {}
         for spec in config.codecs:
             codec = make_codec(spec)
             t0 = time.perf_counter()
@@ -251,6 +276,8 @@ def run_bench(
             t1 = time.perf_counter()
             codes = codec.encode(item_emb)
             t2 = time.perf_counter()
+            if codec.spec in config.qat:
+                fitted[codec.spec] = (codec, codes)  # compression-aware training starts from these
 
             def score(batch: np.ndarray, codec=codec, codes=codes) -> np.ndarray:
                 return codec.score(user_emb[batch], codes)
@@ -266,6 +293,7 @@ def run_bench(
                 "fit_s": t1 - t0,
                 "encode_s": t2 - t1,
                 "rank_s": t3 - t2,
+                **_codec_mse(codec, codes, item_emb),
             }
             finish(row, ranked, reference, ref_ranked)
 
@@ -284,18 +312,130 @@ def run_bench(
                 "compression": float_bytes / ft.bytes_per_vector,
                 "fit_s": ft.fit_seconds,
                 "encode_s": ft.encode_seconds,
-                "rank_s": search_s,
+                "rank_s": search_s,                "rank_s": search_s,
+                **_faiss_mse(ft, item_emb),
             }
             finish(frow, ranked, reference, ref_ranked)
             key = f"rel_recall@{k}"
             row[f"delta_{key}_vs_faiss"] = row[key] - frow[key]
             row["rank_time_vs_faiss"] = row["rank_s"] / frow["rank_s"] if frow["rank_s"] > 0 else float("nan")
             # the twin row was appended after the codec row; keep that order
+
+        for factory in config.baselines:
+            ft = fit_faiss_twin(factory, item_emb, seed=config.seed, max_train=config.max_train)
+            ranked, search_s = faiss_rank_users(ft, user_emb, split, users, k, config.batch_size, report(ft.name))
+            frow = {
+                "method": ft.name,
+                "kind": "faiss",
+                "twin_of": None,
+                "bytes_per_item": ft.bytes_per_vector,
+                "compression": float_bytes / ft.bytes_per_vector,
+                "fit_s": ft.fit_seconds,
+                "encode_s": ft.encode_seconds,
+                "rank_s": search_s,
+                **_faiss_mse(ft, item_emb),
+            }
+            finish(frow, ranked, reference, ref_ranked)
+
+        for spec in config.qat:
+            from reelpack.train.qat import QATConfig, finetune_codebooks
+
+            t0 = time.perf_counter()
+            codec, codes = fitted.get(make_codec(spec).spec, (None, None))
+            if codec is None:
+                codec = make_codec(spec).fit(item_emb, seed=config.seed)
+            qat_config = QATConfig(epochs=config.qat_epochs, seed=config.seed, num_threads=config.threads, progress=False)
+            tuned = finetune_codebooks(user_emb, item_emb, codec, qat_config, codes=codes)
+            t1 = time.perf_counter()
+            tuned_users = tuned.user_emb
+
+            def score_tuned(batch: np.ndarray, tuned=tuned, tuned_users=tuned_users) -> np.ndarray:
+                return tuned.codec.score(tuned_users[batch], tuned.codes)
+
+            ranked = rank_users(score_tuned, split, users, k, config.batch_size, report(spec + " +QAT"))
+            t2 = time.perf_counter()
+            row = {
+                "method": f"{spec} +QAT",
+                "kind": "reelpack",
+                "twin_of": None,
+                "bytes_per_item": tuned.codec.bytes_per_vector,
+                "compression": float_bytes / tuned.codec.bytes_per_vector,
+                "fit_s": t1 - t0,
+                "encode_s": 0.0,
+                "rank_s": t2 - t1,
+                "qat_epochs": config.qat_epochs,
+                "qat_loss": tuned.loss_history,
+                **_codec_mse(tuned.codec, tuned.codes, item_emb),
+            }
+            finish(row, ranked, reference, ref_ranked)
     prov = provenance(split, dim, provenance_extra)
+    extra = {"rate_quality": rate_quality(rows, k)}
     prov["n_eval_users"] = int(len(users))
     prov["threads"] = config.threads
     prov["config"] = {**asdict(config), "codecs": list(config.codecs), "ks": list(config.ks)}
-    return BenchResult(rows=rows, provenance=prov)
+    return BenchResult(rows=rows, provenance=prov, extra=extra)
+
+
+def _rd_bound(item_emb: np.ndarray, bytes_per_item: float) -> float:
+    """Gaussian rate-distortion bound (squared error per vector) of ``item_emb`` at ``8 * bytes_per_item`` bits."""
+    from reelpack.eval.ratedistortion import gaussian_distortion_bound, pca_variances
+
+    return float(gaussian_distortion_bound(pca_variances(item_emb), 8.0 * bytes_per_item))
+
+
+def _codec_mse(codec, codes: np.ndarray, item_emb: np.ndarray) -> dict[str, float]:
+    """``mse`` (mean squared reconstruction error per vector) and ``rd_bound`` of a reelpack codec's codes."""
+    try:
+        recon = codec.decode(codes)
+    except Exception:  # noqa: BLE001 - a codec without a reconstruction (e.g. Hamming-only) gets no MSE
+        return {}
+    mse = float(np.mean(np.sum((recon.astype(np.float64) - item_emb) ** 2, axis=1)))
+    return {"mse": mse, "rd_bound": _rd_bound(item_emb, codec.bytes_per_vector)}
+
+
+def _faiss_mse(ft, item_emb: np.ndarray) -> dict[str, float]:
+    """The same for a faiss index, through ``sa_encode``/``sa_decode`` (absent where faiss cannot decode)."""
+    try:
+        recon = ft.index.sa_decode(ft.index.sa_encode(item_emb))
+    except RuntimeError:
+        return {}
+    mse = float(np.mean(np.sum((recon.astype(np.float64) - item_emb) ** 2, axis=1)))
+    return {"mse": mse, "rd_bound": _rd_bound(item_emb, ft.bytes_per_vector)}
+
+
+def rate_quality(rows: Sequence[dict[str, Any]], k: int = 50, budgets: Sequence[int] = (8, 16, 32)) -> dict[str, Any]:
+    """The rate-quality sweep of a run: every compressed method's (bytes/item, rel Recall@k, rel NDCG@10),
+    and per byte budget the best reelpack and best faiss method at or under it.
+
+    ``closes_half_gap`` is True when the best reelpack method reaches
+    ``faiss + (1 - faiss) / 2`` relative Recall@k (it beats the best faiss method
+    and closes at least half of that method's remaining gap to float32).
+    """
+    key = f"rel_recall@{k}"
+    points = [
+        {
+            "method": r["method"],
+            "kind": r["kind"],
+            "bytes_per_item": r["bytes_per_item"],
+            key: r.get(key),
+            "rel_ndcg@10": r.get("rel_ndcg@10"),
+        }
+        for r in rows
+        if r["kind"] != "reference" and r.get(key) is not None
+    ]
+    per_budget = {}
+    for budget in budgets:
+        best: dict[str, dict[str, Any] | None] = {}
+        for kind in ("reelpack", "faiss"):
+            cands = [p for p in points if p["kind"] == kind and p["bytes_per_item"] <= budget]
+            best[kind] = max(cands, key=lambda p: p[key]) if cands else None
+        entry: dict[str, Any] = {"best_reelpack": best["reelpack"], "best_faiss": best["faiss"]}
+        if best["reelpack"] and best["faiss"]:
+            f = best["faiss"][key]
+            entry["bar"] = max(f, f + (1.0 - f) / 2.0)
+            entry["closes_half_gap"] = bool(best["reelpack"][key] >= entry["bar"])
+        per_budget[str(budget)] = entry
+    return {"metric": key, "points": sorted(points, key=lambda p: (p["bytes_per_item"], p["method"])), "budgets": per_budget}
 
 
 def _metric_keys(ks: Sequence[int]) -> set[str]:

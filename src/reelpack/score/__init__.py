@@ -54,3 +54,13 @@ __all__ = [
 from reelpack.score.progressive import PackLayerFetcher, ProgressiveResult, progressive_topk  # noqa: E402
 
 __all__ += ["progressive_topk", "ProgressiveResult", "PackLayerFetcher"]
+
+# Certified progressive retrieval (issue 5): bounds-guided refinement over a codec's stages.
+from reelpack.score.certified import (  # noqa: E402
+    CertifiedBatchResult,
+    CertifiedResult,
+    certified_topk,
+    certified_topk_batch,
+)
+
+__all__ += ["certified_topk", "certified_topk_batch", "CertifiedResult", "CertifiedBatchResult"]

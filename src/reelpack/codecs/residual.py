@@ -1,0 +1,510 @@
+"""Residual quantisation in progressive stages (``"rq8+8"``, ``"rq4+4+8-b"``, ``"rq16"``).
+
+An additive residual quantiser (RQ) of ``M`` codebooks, each of 256 codewords over
+the full dimension ``d``, approximates ``x`` by ``sum_m C[m, code[m]]``. Codebook
+``m`` is trained (by faiss's ``ResidualQuantizer``, beam search) on what the first
+``m`` codebooks leave over, so any prefix of the code is itself a coarser
+reconstruction: ``prefix_decode_j(x) = sum_{m < j} C[m, code[m]]``. That is what maps
+an RQ code onto a pack's progressive layers.
+
+Spec grammar (lower-case, no spaces)::
+
+    rq S1 [+ S2 [+ S3 ...]] [-b]
+
+``S_k >= 1`` codebooks in stage ``k``; ``M = S1 + S2 + ...`` codebooks in all,
+``1 <= M <= 64``. ``"rq8+8"`` is 16 codebooks (16 bytes) in two stages of 8
+bytes; ``"rq16"`` is the same quantiser as one stage. Bad values raise
+:class:`~reelpack.errors.CodecSpecError` with the valid range.
+
+Code layout (uint8 [n, bytes_per_vector])::
+
+    stage 0: S1 bytes (indexes in codebooks 0..S1-1) [+ 1 bound byte with "-b"]
+    stage 1: S2 bytes (codebooks S1..S1+S2-1)        [+ 1 bound byte with "-b"]
+    ...
+
+Byte ``j`` of a stage's codebook bytes is the codeword index in that stage's
+``j``-th codebook. faiss packs 8-bit RQ codes one byte per codebook in codebook
+order, so its codes are our codebook bytes unchanged (checked on every encode).
+
+Bounds (``"-b"``): after stage ``k``'s codebook bytes comes one byte ``b`` that
+encodes an upper bound of the item's residual norm after that stage,
+``rho_k = ||x - prefix_decode_{through stage k}(x)||``, on a logarithmic grid::
+
+    bound_k(b) = norm_scale[k] * 2 ** ((b - 191) / 24)   for b in 0..254
+    bound_k(255) = +inf                                  (residual beyond the grid)
+
+(24 steps per octave: the bound exceeds the norm by at most 2.9 %, plus the
+1e-3 relative margin below; ``bound_k(254) = 6.2 * norm_scale[k]``, ``bound_k(0) =
+norm_scale[k] / 249``.) ``norm_scale[k]`` is the largest residual norm after stage
+``k`` over the calibration rows of the training sample. The encoder inflates the
+float32-computed norm by ``1 + 1e-3`` (room for float32 rounding of the norm and
+of the scores), rounds the grid position up, and checks the result in float64,
+so ``bound_k(b) >= rho_k`` for every encoded item, whatever its distribution.
+
+:meth:`ResidualCodec.score_bounds` with ``stages = k`` returns ``estimate =
+score_prefix(q, codes, k) = <q, prefix_decode_k(x)>`` (exactly what stage ``k``
+codes give) and, since ``<q, x> - estimate = <q, r_k>``::
+
+    half_width = ||q|| * bound_k * min(1, z(confidence) * calib[k] / sqrt(d))
+
+where ``z(c)`` is the two-sided standard normal quantile (``P(|N(0,1)| <= z) = c``).
+
+* ``||q|| * bound_k`` is the Cauchy-Schwarz bound: certain (up to float32 rounding
+  below the 1e-3 margin). The half width equals it whenever
+  ``z(confidence) * calib[k] >= sqrt(d)``, so ``confidence -> 1`` gives the
+  certain bound (at d = 16 already from z >= 4 / calib, i.e. about 0.99994 for
+  calib = 1; at d = 64 from z >= 8 / calib, about 1 - 1e-15).
+* The calibrated term models ``<q, r> / (||q|| ||r|| / sqrt(d))`` as a standard
+  normal scaled by ``calib[k]``: true for a random direction in high dimension
+  with ``calib = 1``. ``calib[k]`` is measured at fit time on the training data:
+  training vectors act as queries (1024 rows) against the stage-``k`` residuals of
+  2048 other training rows; with ``t = |<q, r>| sqrt(d) / (||q|| ||r||)`` over those
+  pairs, ``calib[k] = max_p quantile_p(t) / z(p)`` for ``p`` in 0.5, 0.9, 0.99, 0.999
+  (the most conservative of the four, so that the normal-shaped rule covers at
+  least the empirical quantile at each of these levels).
+
+What the confidence means: for a (query, item) pair drawn like the calibration
+pairs (a query distributed like the training vectors, an item like the training
+vectors), ``|<q, x> - estimate| <= half_width`` holds with probability at least
+about ``confidence`` (exactly so at the four calibrated levels, up to sampling
+error of the quantiles, and by the normal tail beyond 0.999). It is a statement
+about the calibration distribution, not about every pair: queries from another
+distribution (user towers against item vectors) may be covered less often, and
+only the Cauchy-Schwarz limit holds for every pair. Without ``"-b"`` the codec
+has no bounds (``has_bounds`` is False).
+
+Scoring is asymmetric: ``LUT[i, m, k] = queries[i] . C[m, k]`` and ``score[i, t] =
+sum_m LUT[i, m, code[t, m]]`` (:func:`reelpack.score.pq_adc`) for up to
+:data:`~reelpack.score.GEMM_MIN_QUERIES` queries, decode + GEMM for more; both
+equal ``queries @ decode(codes).T`` up to float32 rounding. Decoding and scoring
+need only numpy/numba and the stored codebooks; encoding rebuilds faiss's
+quantiser from the stored codebooks (beam search of width ``max_beam_size``).
+
+Training: faiss ``ResidualQuantizer(d, M, 8)`` on a seeded sample of at most 65536
+rows (at least 256 rows are needed, one per codeword): plain k-means per codebook
+(``train_type = 0``, 10 iterations, seeded through ``cp.seed``) on greedy residuals
+(training beam :data:`TRAIN_BEAM_SIZE` = 1), then encoding with beam search of width
+``max_beam_size`` (:data:`MAX_BEAM_SIZE` = 16, stored in the state). Training with a
+wide beam was both far slower (faiss then clusters the residuals of every beam
+entry) and worse: on 2000 clustered 32-d rows with 8 codebooks the training error was
+0.36 (beam 1) against 1.03 (beam 16). faiss's default progressive-dimension k-means
+(``train_type = 1``) lowered that 0.36 to 0.29 but trained 10x slower, too slow for
+the 2-core budget here. On the amazon-book 64-d items with 16 codebooks,
+greedy training took 51 s on a loaded 2-core machine; encoding with beam 16
+instead of 1 raised relative Recall@50 from 0.942 to 0.962 (3000 users) at 20x the
+encode time, which is why the encoder, not the trainer, gets the wide beam.
+
+Serialised state (meta empty): ``codebooks`` float32 [M, 256, d];
+``max_beam_size`` int32 [1]; with ``"-b"`` also ``norm_scale`` float32 [n_stages]
+and ``calib`` float32 [n_stages] (both finite and positive).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from statistics import NormalDist
+from typing import Any
+
+import faiss
+import numba
+import numpy as np
+
+from reelpack._validate import as_codes
+from reelpack.codecs._common import check_state_keys, row_blocks, state_array, sub_seeds
+from reelpack.codecs.base import Codec
+from reelpack.codecs.pq import _faiss_kmeans_settings
+from reelpack.codecs.registry import register_codec
+from reelpack.errors import CodecSpecError, InvalidInputError, SerializationError
+from reelpack.score.kernels import GEMM_MIN_QUERIES, pq_adc
+
+__all__ = [
+    "ResidualCodec",
+    "rq_lut",
+    "rq_decode",
+    "rq_decode_reference",
+    "rq_residual_norms",
+    "rq_residual_norms_reference",
+    "KSUB",
+    "MAX_CODEBOOKS",
+    "MAX_BEAM_SIZE",
+    "TRAIN_BEAM_SIZE",
+    "TRAIN_TYPE",
+    "BOUND_STEPS_PER_OCTAVE",
+    "BOUND_ZERO_CODE",
+    "BOUND_INF_CODE",
+]
+
+KSUB = 256
+MAX_CODEBOOKS = 64
+#: beam width of the encoder (faiss ``max_beam_size`` at encode time)
+MAX_BEAM_SIZE = 16
+#: beam width while training the codebooks (see the module docstring)
+TRAIN_BEAM_SIZE = 1
+#: faiss ``train_type``: 0 is plain k-means per codebook (faiss's default adds progressive-dimension k-means)
+TRAIN_TYPE = 0
+MAX_TRAIN_SAMPLE = 65536
+ENCODE_BLOCK = 8192
+#: residual-norm grid: ``bound(b) = norm_scale * 2 ** ((b - BOUND_ZERO_CODE) / BOUND_STEPS_PER_OCTAVE)``
+BOUND_STEPS_PER_OCTAVE = 24
+BOUND_ZERO_CODE = 191
+#: bound byte meaning "no finite bound" (the residual lies beyond the grid)
+BOUND_INF_CODE = 255
+BOUND_MARGIN = 1e-3
+CALIB_QUERIES = 1024
+CALIB_ITEMS = 2048
+CALIB_LEVELS = (0.5, 0.9, 0.99, 0.999)
+_MAX_BEAM_LOADED = 4096
+
+
+# ---- kernels ------------------------------------------------------------------------------------------
+@numba.njit(cache=True, nogil=True)
+def _rq_decode_kernel(codebooks, codes, out):  # pragma: no cover - compiled
+    m = codes.shape[1]
+    d = codebooks.shape[2]
+    for t in range(codes.shape[0]):
+        for j in range(d):
+            out[t, j] = 0.0
+        for c in range(m):
+            w = codebooks[c, codes[t, c]]
+            for j in range(d):
+                out[t, j] += w[j]
+
+
+def rq_decode(codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Sum of the selected codewords: float32 [n, d] from codebooks float32 [m, 256, d] and codes uint8 [n, m].
+
+    Codes with fewer columns than ``m`` use the first ``codes.shape[1]`` codebooks (a prefix decode).
+    """
+    codebooks = np.ascontiguousarray(codebooks, np.float32)
+    codes = np.ascontiguousarray(codes, np.uint8)
+    if codes.shape[1] > codebooks.shape[0]:
+        raise InvalidInputError(f"codes have {codes.shape[1]} columns, only {codebooks.shape[0]} codebooks")
+    out = np.empty((codes.shape[0], codebooks.shape[2]), np.float32)
+    if out.size:
+        _rq_decode_kernel(codebooks, codes, out)
+    return out
+
+
+def rq_decode_reference(codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Oracle for :func:`rq_decode` (fancy indexing, float64 sum)."""
+    codebooks = np.asarray(codebooks, np.float64)
+    codes = np.asarray(codes).astype(np.int64)
+    m = codes.shape[1]
+    return codebooks[np.arange(m)[None, :], codes].sum(axis=1).astype(np.float32)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rq_residual_norms_kernel(codebooks, codes, X, ends, out):  # pragma: no cover - compiled
+    d = X.shape[1]
+    acc = np.empty(d, np.float32)
+    for t in range(X.shape[0]):
+        for j in range(d):
+            acc[j] = X[t, j]
+        c = 0
+        for s in range(ends.shape[0]):
+            while c < ends[s]:
+                w = codebooks[c, codes[t, c]]
+                for j in range(d):
+                    acc[j] -= w[j]
+                c += 1
+            ss = 0.0
+            for j in range(d):
+                ss += np.float64(acc[j]) * np.float64(acc[j])
+            out[t, s] = math.sqrt(ss)
+
+
+def rq_residual_norms(codebooks: np.ndarray, codes: np.ndarray, X: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Residual norms after each stage: float64 [n, len(ends)].
+
+    ``out[t, s] = ||X[t] - sum_{c < ends[s]} codebooks[c, codes[t, c]]||`` (residual kept
+    in float32 as the decoder adds codewords in float32; the norm is summed in float64).
+
+    Args:
+        codebooks: float32 [m, 256, d]; codes: uint8 [n, m]; X: float32 [n, d];
+        ends: int64 [s], increasing, each in 1..m (the codebook count through each stage).
+    """
+    ends = np.ascontiguousarray(ends, np.int64)
+    out = np.empty((X.shape[0], ends.shape[0]), np.float64)
+    if out.size:
+        _rq_residual_norms_kernel(
+            np.ascontiguousarray(codebooks, np.float32),
+            np.ascontiguousarray(codes, np.uint8),
+            np.ascontiguousarray(X, np.float32),
+            ends,
+            out,
+        )
+    return out
+
+
+def rq_residual_norms_reference(
+    codebooks: np.ndarray, codes: np.ndarray, X: np.ndarray, ends: np.ndarray
+) -> np.ndarray:
+    """Oracle for :func:`rq_residual_norms` (float64 throughout)."""
+    cb = np.asarray(codebooks, np.float64)
+    idx = np.asarray(codes).astype(np.int64)
+    X = np.asarray(X, np.float64)
+    words = cb[np.arange(idx.shape[1])[None, :], idx]  # [n, m, d]
+    return np.stack([np.linalg.norm(X - words[:, : int(e)].sum(axis=1), axis=1) for e in ends], axis=1)
+
+
+def rq_lut(queries: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """Lookup tables float32 [q, m, 256]: ``LUT[i, c, k] = queries[i] . codebooks[c, k]`` (one GEMM)."""
+    m, ksub, d = codebooks.shape
+    lut = np.ascontiguousarray(queries, np.float32) @ np.ascontiguousarray(codebooks, np.float32).reshape(m * ksub, d).T
+    return np.ascontiguousarray(lut.reshape(queries.shape[0], m, ksub))
+
+
+def _rq_ip(queries: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``queries @ rq_decode(codebooks, codes).T`` float32 [q, n]: LUT + ADC for few queries, else decode + GEMM."""
+    cb = np.ascontiguousarray(codebooks[: codes.shape[1]])
+    if queries.shape[0] <= GEMM_MIN_QUERIES:
+        return pq_adc(rq_lut(queries, cb), codes)
+    out = np.empty((queries.shape[0], codes.shape[0]), np.float32)
+    for sl in row_blocks(codes.shape[0], cb.shape[2] * cb.shape[0]):
+        out[:, sl] = queries @ rq_decode(cb, codes[sl]).T
+    return out
+
+
+def _two_sided_z(confidence: float) -> float:
+    """``z`` with ``P(|N(0, 1)| <= z) = confidence`` (accurate for tails down to ~1e-300)."""
+    return -NormalDist().inv_cdf((1.0 - confidence) / 2.0)
+
+
+# ---- codec --------------------------------------------------------------------------------------------
+class ResidualCodec(Codec):
+    """Residual quantiser of ``sum(stages)`` 8-bit codebooks split into progressive stages.
+
+    Args:
+        stages: codebooks per stage, each >= 1, total 1..64.
+        bounds: append one residual-norm bound byte to each stage (``"-b"``).
+
+    Fitted attributes:
+        codebooks: float32 [M, 256, d].
+        norm_scale, calib: float32 [n_stages] (bounds only; see the module docstring).
+    """
+
+    family = "rq"
+
+    def __init__(self, stages: tuple[int, ...], bounds: bool = False) -> None:
+        super().__init__()
+        stages = tuple(int(s) for s in stages)
+        if not stages or any(s < 1 for s in stages):
+            raise CodecSpecError(f"rq stages must each hold at least 1 codebook, got {'+'.join(map(str, stages))}")
+        if not 1 <= sum(stages) <= MAX_CODEBOOKS:
+            raise CodecSpecError(
+                f"rq needs 1..{MAX_CODEBOOKS} codebooks in all, got {'+'.join(map(str, stages))} = {sum(stages)}"
+            )
+        self.stages = stages
+        self.bounds = bool(bounds)
+        self.n_codebooks = sum(stages)
+        self.codebooks: np.ndarray | None = None
+        self.norm_scale: np.ndarray | None = None
+        self.calib: np.ndarray | None = None
+        self.max_beam_size = MAX_BEAM_SIZE
+        self._faiss_rq: Any = None
+        extra = 1 if self.bounds else 0
+        widths = [s + extra for s in stages]
+        starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
+        self._widths = tuple(widths)
+        #: code column of each codebook's byte, int64 [M]; bound byte columns int64 [n_stages]
+        self._cb_cols = np.concatenate([np.arange(s0, s0 + s) for s0, s in zip(starts, stages)]).astype(np.int64)
+        self._bound_cols = (starts + np.asarray(stages)).astype(np.int64)
+        self._ends = np.cumsum(stages).astype(np.int64)
+
+    # ---- identity -----------------------------------------------------------------------------------
+    @property
+    def spec(self) -> str:
+        return "rq" + "+".join(map(str, self.stages)) + ("-b" if self.bounds else "")
+
+    def _bytes_per_vector(self) -> int:
+        return int(sum(self._widths))
+
+    def _stage_bytes(self) -> tuple[int, ...]:
+        return self._widths
+
+    @property
+    def has_bounds(self) -> bool:
+        return self.bounds
+
+    # ---- fit ----------------------------------------------------------------------------------------
+    def _check_fit_input(self, X: np.ndarray) -> None:
+        if X.shape[0] < KSUB:
+            raise InvalidInputError(
+                f"{self.spec} needs at least {KSUB} training rows (one per codeword of each codebook), got {X.shape[0]}"
+            )
+
+    def _fit(self, X: np.ndarray, seed: int) -> None:
+        n, d = X.shape
+        s_sample, s_faiss, s_calib = sub_seeds(seed, 3)
+        rng = np.random.default_rng(s_sample)
+        sample = X if n <= MAX_TRAIN_SAMPLE else X[np.sort(rng.choice(n, MAX_TRAIN_SAMPLE, replace=False))]
+        rq = faiss.ResidualQuantizer(d, self.n_codebooks, 8)
+        rq.max_beam_size = TRAIN_BEAM_SIZE
+        rq.train_type = TRAIN_TYPE
+        rq.cp.seed = s_faiss
+        rq.cp.verbose = False
+        rq.verbose = False
+        with _faiss_kmeans_settings():
+            rq.train(np.ascontiguousarray(sample, np.float32))
+        rq.max_beam_size = self.max_beam_size
+        self.codebooks = np.ascontiguousarray(
+            faiss.vector_to_array(rq.codebooks).astype(np.float32).reshape(self.n_codebooks, KSUB, d)
+        )
+        self._faiss_rq = rq
+        if self.bounds:
+            self._calibrate(sample, s_calib)
+
+    def _calibrate(self, sample: np.ndarray, seed: int) -> None:
+        """Set ``norm_scale`` and ``calib`` [n_stages] from disjoint query and item rows of the sample."""
+        n, d = sample.shape
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(n)
+        n_items = min(CALIB_ITEMS, n - min(CALIB_QUERIES, n // 2))
+        items = sample[np.sort(perm[:n_items])]
+        queries = sample[np.sort(perm[n_items : n_items + CALIB_QUERIES])]
+        codes = self._faiss_codes(items)
+        norms = rq_residual_norms(self.codebooks, codes, items, self._ends)  # [n_items, n_stages]
+        qn = np.linalg.norm(queries.astype(np.float64), axis=1)
+        queries = queries[qn > 0]
+        qn = qn[qn > 0]
+        scale = np.empty(len(self.stages), np.float32)
+        calib = np.ones(len(self.stages), np.float32)
+        for k, end in enumerate(self._ends):
+            rmax = float(norms[:, k].max())
+            scale[k] = rmax if rmax > 0 else 1.0
+            ok = norms[:, k] > 0
+            if not ok.any() or queries.shape[0] == 0:
+                continue
+            R = items[ok].astype(np.float64) - rq_decode(self.codebooks, codes[ok, : int(end)]).astype(np.float64)
+            t = np.abs(queries.astype(np.float64) @ R.T) * math.sqrt(d) / (qn[:, None] * norms[ok, k][None, :])
+            quant = np.quantile(t.ravel(), CALIB_LEVELS)
+            calib[k] = max(float(qv) / _two_sided_z(p) for qv, p in zip(quant, CALIB_LEVELS))
+        self.norm_scale = scale
+        self.calib = np.maximum(calib, np.float32(1e-6))
+
+    # ---- faiss encoder ------------------------------------------------------------------------------
+    def _rq(self) -> Any:
+        """faiss's quantiser, rebuilt from the stored codebooks after loading."""
+        if self._faiss_rq is None:
+            m, _, d = self.codebooks.shape  # type: ignore[union-attr]
+            rq = faiss.ResidualQuantizer(d, m, 8)
+            faiss.copy_array_to_vector(np.ascontiguousarray(self.codebooks, np.float32).ravel(), rq.codebooks)
+            rq.max_beam_size = self.max_beam_size
+            rq.is_trained = True
+            self._faiss_rq = rq
+        return self._faiss_rq
+
+    def _faiss_codes(self, X: np.ndarray) -> np.ndarray:
+        """Beam-search codes uint8 [n, M] (codebook m's index in column m)."""
+        rq = self._rq()
+        if rq.code_size != self.n_codebooks:  # 8-bit codes: faiss writes one byte per codebook, in order
+            raise AssertionError(f"faiss RQ code size {rq.code_size} != {self.n_codebooks} codebooks")
+        out = np.empty((X.shape[0], self.n_codebooks), np.uint8)
+        with _faiss_kmeans_settings():
+            for s in range(0, X.shape[0], ENCODE_BLOCK):
+                out[s : s + ENCODE_BLOCK] = rq.compute_codes(np.ascontiguousarray(X[s : s + ENCODE_BLOCK]))
+        return out
+
+    # ---- bounds grid ----------------------------------------------------------------------------------
+    def _bound_table(self) -> np.ndarray:
+        """float64 [n_stages, 256]: the residual-norm upper bound each bound byte stands for."""
+        b = np.arange(256, dtype=np.float64)
+        grid = np.exp2((b - BOUND_ZERO_CODE) / BOUND_STEPS_PER_OCTAVE)
+        table = self.norm_scale.astype(np.float64)[:, None] * grid[None, :]  # type: ignore[union-attr]
+        table[:, BOUND_INF_CODE] = np.inf
+        return table
+
+    def _bound_bytes(self, norms: np.ndarray) -> np.ndarray:
+        """Quantise residual norms float64 [n, n_stages] up onto the grid: uint8 [n, n_stages]."""
+        table = self._bound_table()
+        target = norms * (1.0 + BOUND_MARGIN)
+        with np.errstate(divide="ignore"):
+            pos = np.log2(target / self.norm_scale.astype(np.float64)[None, :])  # type: ignore[union-attr]
+        b = np.ceil(pos * BOUND_STEPS_PER_OCTAVE) + BOUND_ZERO_CODE
+        b = np.clip(np.nan_to_num(b, nan=BOUND_INF_CODE, neginf=0.0), 0, BOUND_INF_CODE).astype(np.int64)
+        rows = np.arange(len(self.stages))[None, :]
+        short = table[rows, b] < target  # log2 rounding: step up once
+        b[short] += 1
+        b = np.minimum(b, BOUND_INF_CODE)
+        return b.astype(np.uint8)
+
+    # ---- encode / decode / score --------------------------------------------------------------------
+    def _encode(self, X: np.ndarray) -> np.ndarray:
+        out = np.empty((X.shape[0], self._bytes_per_vector()), np.uint8)
+        if X.shape[0] == 0:
+            return out
+        codes = self._faiss_codes(X)
+        out[:, self._cb_cols] = codes
+        if self.bounds:
+            norms = rq_residual_norms(self.codebooks, codes, X, self._ends)
+            out[:, self._bound_cols] = self._bound_bytes(norms)
+        return out
+
+    def _cb_codes(self, codes: np.ndarray, stages: int) -> np.ndarray:
+        """Codebook bytes uint8 [n, codebooks through ``stages``] of a code prefix."""
+        if not self.bounds:
+            return codes[:, : int(self._ends[stages - 1])]
+        return np.ascontiguousarray(codes[:, self._cb_cols[: int(self._ends[stages - 1])]])
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        return rq_decode(self.codebooks, self._cb_codes(codes, len(self.stages)))  # type: ignore[arg-type]
+
+    def decode_prefix(self, codes: np.ndarray, stages: int) -> np.ndarray:
+        """Coarse reconstruction float32 [n, d] from the first ``stages`` stages (codes uint8 [n, prefix_bytes])."""
+        self._require_fitted("decode_prefix")
+        codes = as_codes(codes, self.prefix_bytes(stages))
+        return rq_decode(self.codebooks, self._cb_codes(codes, int(stages)))  # type: ignore[arg-type]
+
+    def _score(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return _rq_ip(queries, self.codebooks, self._cb_codes(codes, len(self.stages)))  # type: ignore[arg-type]
+
+    def _score_prefix(self, queries: np.ndarray, codes: np.ndarray, stages: int) -> np.ndarray:
+        return _rq_ip(queries, self.codebooks, self._cb_codes(codes, stages))  # type: ignore[arg-type]
+
+    def _score_bounds(
+        self, queries: np.ndarray, codes: np.ndarray, stages: int, confidence: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        est = _rq_ip(queries, self.codebooks, self._cb_codes(codes, stages))  # type: ignore[arg-type]
+        k = stages - 1
+        rnorm = self._bound_table()[k][codes[:, int(self._bound_cols[k])]]  # float64 [n]
+        factor = min(1.0, _two_sided_z(confidence) * float(self.calib[k]) / math.sqrt(self.dim))  # type: ignore[index]
+        qn = np.linalg.norm(queries.astype(np.float64), axis=1) * factor
+        with np.errstate(invalid="ignore"):
+            half = qn[:, None] * rnorm[None, :]
+        half[np.isnan(half)] = 0.0  # 0 * inf: a zero query has an exact score
+        return est, half
+
+    # ---- state --------------------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        arrays = {"codebooks": self.codebooks, "max_beam_size": np.array([self.max_beam_size], np.int32)}
+        if self.bounds:
+            arrays["norm_scale"] = self.norm_scale
+            arrays["calib"] = self.calib
+        return {}, arrays  # type: ignore[return-value]
+
+    def _load_state(self, dim: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        names = ("codebooks", "max_beam_size") + (("norm_scale", "calib") if self.bounds else ())
+        check_state_keys(self.spec, meta, arrays, names)
+        codebooks = state_array(self.spec, arrays, "codebooks", (self.n_codebooks, KSUB, dim), "<f4")
+        beam = state_array(self.spec, arrays, "max_beam_size", (1,), "<i4")
+        if not 1 <= int(beam[0]) <= _MAX_BEAM_LOADED:
+            raise SerializationError(f"{self.spec} state max_beam_size {int(beam[0])} is outside 1..{_MAX_BEAM_LOADED}")
+        if self.bounds:
+            s = len(self.stages)
+            scale = state_array(self.spec, arrays, "norm_scale", (s,), "<f4")
+            calib = state_array(self.spec, arrays, "calib", (s,), "<f4")
+            if not ((scale > 0).all() and (calib > 0).all()):
+                raise SerializationError(f"{self.spec} state norm_scale and calib must be positive")
+            if not (scale < 1e30).all():
+                raise SerializationError(f"{self.spec} state norm_scale must stay below 1e30")
+            self.norm_scale, self.calib = scale, calib
+        self.codebooks = codebooks
+        self.max_beam_size = int(beam[0])
+        self._faiss_rq = None
+
+
+@register_codec("rq", r"rq(?P<stages>\d{1,4}(?:\+\d{1,4})*)(?P<b>-b)?", "rq8+8")
+def _build_rq(match: re.Match[str]) -> Codec:
+    stages = tuple(int(s) for s in match.group("stages").split("+"))
+    return ResidualCodec(stages, bounds=match.group("b") is not None)
