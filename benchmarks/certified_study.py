@@ -31,12 +31,6 @@ from reelpack.eval.metrics import ranking_metrics
 from reelpack.score.certified import certified_topk_batch
 from reelpack.train import TwoTowerConfig, load_cached
 
-for _module in ("residual", "rabitq"):  # codec families with bounds, registered on import when present
-    try:
-        __import__(f"reelpack.codecs.{_module}")
-    except ImportError:
-        pass
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -38,7 +38,7 @@ import numpy as np
 from reelpack.codecs._common import row_blocks
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import make_codec, register_codec
-from reelpack.errors import CodecSpecError, SerializationError
+from reelpack.errors import CodecSpecError, InvalidInputError, SerializationError
 from reelpack.score.kernels import pq_adc
 
 __all__ = ["AdditiveCodebookCodec", "to_additive_codebooks"]
@@ -91,6 +91,8 @@ class AdditiveCodebookCodec(Codec):
         base = make_codec(base_spec)  # validates the base spec
         if base.family not in ("pq", "opq", "apq", "opq-apq", "rq"):
             raise CodecSpecError(f"qat- needs a codebook codec (pqM, opqM,pqM, apqM, rqS1+...), got {base_spec!r}")
+        if getattr(base, "bounds", False):  # rq "-b": bound bytes have no additive form
+            raise CodecSpecError(f"qat- needs one byte per codebook: drop the bound bytes '-b' from {base_spec!r}")
         self.base_spec = base.spec
         self.codebooks: np.ndarray | None = None
         self.stages: tuple[int, ...] = ()
@@ -121,7 +123,7 @@ class AdditiveCodebookCodec(Codec):
         self._require_fitted("set_codebooks")
         cb = np.ascontiguousarray(codebooks, dtype=np.float32)
         if cb.shape != self.codebooks.shape or not np.isfinite(cb).all():  # type: ignore[union-attr]
-            raise SerializationError(f"codebooks must be finite with shape {self.codebooks.shape}, got {cb.shape}")  # type: ignore[union-attr]
+            raise InvalidInputError(f"codebooks must be finite with shape {self.codebooks.shape}, got {cb.shape}")  # type: ignore[union-attr]
         self.codebooks = cb
         self._base_encoder = None
 
@@ -155,14 +157,17 @@ class AdditiveCodebookCodec(Codec):
     def _check_codes(self, codes: np.ndarray) -> None:
         ksub = self.codebooks.shape[1]  # type: ignore[union-attr]
         if codes.size and ksub < 256 and int(codes.max()) >= ksub:
-            from reelpack.errors import InvalidInputError
-
             raise InvalidInputError(f"codes hold value {int(codes.max())}, but each codebook has only {ksub} rows")
 
     def item_norms(self, codes: np.ndarray) -> np.ndarray:
         """``|x_hat|`` float32 [n] of the reconstructions of ``codes`` uint8 [n, B'] (B' codebooks used)."""
         self._require_fitted("item_norms")
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        m_books = self.codebooks.shape[0]  # type: ignore[union-attr]
+        if codes.ndim != 2 or not 1 <= codes.shape[1] <= m_books:
+            from reelpack.errors import InvalidInputError
+
+            raise InvalidInputError(f"codes must be uint8 [n, 1..{m_books}] (a prefix of the codebooks), got shape {codes.shape}")
         out = np.empty(codes.shape[0], np.float32)
         for sl in row_blocks(codes.shape[0], self.codebooks.shape[2]):  # type: ignore[union-attr]
             out[sl] = np.linalg.norm(self._prefix_decode(codes[sl], codes.shape[1]), axis=1)

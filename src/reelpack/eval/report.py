@@ -28,6 +28,8 @@ def _columns(result: BenchResult) -> list[tuple[str, str, str]]:
         ("rel NDCG@10", "rel_ndcg@10", ".3f"),
         (f"top-{k} overlap", f"overlap@{k}", ".3f"),
         ("vs faiss twin", f"delta_rel_recall@{k}_vs_faiss", "+.3f"),
+        ("MSE", "mse", ".4f"),
+        ("Gaussian D(R)", "rd_bound", ".4f"),
         ("fit s", "fit_s", ".2f"),
         ("encode s", "encode_s", ".2f"),
         ("rank s", "rank_s", ".2f"),
@@ -77,6 +79,7 @@ def results_markdown(result: BenchResult) -> str:
         if row.get("kind") == "faiss":
             cells[0] = f"&nbsp;&nbsp;{cells[0]}"
         lines.append("| " + " | ".join(cells) + " |")
+    lines += rate_quality_markdown(result)
     m = p.get("machine", {})
     versions = ", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items())
     lines += [
@@ -90,6 +93,38 @@ def results_markdown(result: BenchResult) -> str:
     if p.get("embeddings"):
         lines.append(f"- embeddings: {p['embeddings']}")
     return "\n".join(lines) + "\n"
+
+
+def rate_quality_markdown(result: BenchResult) -> list[str]:
+    """Lines of a Markdown table: per byte budget, the best reelpack and faiss methods and the bar.
+
+    Empty when the run has no ``extra["rate_quality"]`` (see :func:`reelpack.eval.bench.rate_quality`).
+    """
+    rq = (result.extra or {}).get("rate_quality")
+    if not rq:
+        return []
+    key = rq["metric"]
+    lines = [
+        "",
+        f"Rate-quality: best method at or under each budget (bar = best faiss + half its gap to float32, {key}).",
+        "",
+        f"| budget B/item | best reelpack | {key} | rel NDCG@10 | best faiss | {key} | bar | met |",
+        "|---:|---|---:|---:|---|---:|---:|---|",
+    ]
+    for budget, entry in rq["budgets"].items():
+        r, f = entry.get("best_reelpack"), entry.get("best_faiss")
+        cells = [
+            budget,
+            r["method"] if r else "-",
+            _fmt(r[key] if r else None, ".3f"),
+            _fmt(r.get("rel_ndcg@10") if r else None, ".3f"),
+            f["method"] if f else "-",
+            _fmt(f[key] if f else None, ".3f"),
+            _fmt(entry.get("bar"), ".3f"),
+            {True: "yes", False: "no"}.get(entry.get("closes_half_gap"), "-"),
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

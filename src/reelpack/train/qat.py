@@ -220,7 +220,7 @@ def finetune_codebooks(
                     xo = F.normalize(decode(own.reshape(-1)), dim=1).reshape(len(u), own.shape[1], d)
                     student = [(uv[:, None, :] * xo).sum(-1)]
                     with torch.no_grad():
-                        tu = U0[u]
+                        tu = F.normalize(U0[u], dim=1)  # cosine on the teacher side too (docstring)
                         teacher = [(tu[:, None, :] * I0[own]).sum(-1)]
                     if config.random_items:
                         student.append(uv @ F.normalize(decode(rnd), dim=1).T)
