@@ -20,6 +20,17 @@ def clustered(n: int, d: int, n_clusters: int = 32, seed: int = 0) -> np.ndarray
     return (centers[labels] + noise).astype(np.float32)
 
 
+@pytest.fixture(scope="module")
+def faiss_single_thread():
+    """Run faiss single-threaded here: OpenMP spin-waiting makes it several times slower on a busy 2-core box."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def make_clustered():
     """The :func:`clustered` generator, for tests that need their own sizes."""

@@ -17,15 +17,6 @@ N_TRAIN, N_BASE, N_QUERY = 3000, 3000, 200
 
 
 @pytest.fixture(scope="module")
-def faiss_single_thread():
-    """Run faiss single-threaded here: OpenMP spin-waiting makes it several times slower on a busy 2-core box."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def quality_data(make_clustered):
     X = make_clustered(N_TRAIN + N_BASE + N_QUERY, D, n_clusters=64, seed=11)
     train, base, queries = X[:N_TRAIN], X[N_TRAIN : N_TRAIN + N_BASE], X[N_TRAIN + N_BASE :]

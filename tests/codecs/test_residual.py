@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import faiss
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -32,12 +31,7 @@ D = 16
 N_TRAIN, N_HELD = 1200, 400
 
 
-@pytest.fixture(scope="module", autouse=True)
-def faiss_single_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("faiss_single_thread")
 
 
 @pytest.fixture(scope="module")

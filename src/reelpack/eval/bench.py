@@ -304,17 +304,7 @@ def run_bench(
             ranked, search_s = faiss_rank_users(
                 ft, user_emb, split, users, k, config.batch_size, report(ft.name)
             )
-            frow = {
-                "method": ft.name,
-                "kind": "faiss",
-                "twin_of": codec.spec,
-                "bytes_per_item": ft.bytes_per_vector,
-                "compression": float_bytes / ft.bytes_per_vector,
-                "fit_s": ft.fit_seconds,
-                "encode_s": ft.encode_seconds,
-                "rank_s": search_s,
-                **_faiss_mse(ft, item_emb),
-            }
+            frow = _faiss_row(ft, search_s, codec.spec, item_emb)
             finish(frow, ranked, reference, ref_ranked)
             key = f"rel_recall@{k}"
             row[f"delta_{key}_vs_faiss"] = row[key] - frow[key]
@@ -324,17 +314,7 @@ def run_bench(
         for factory in config.baselines:
             ft = fit_faiss_twin(factory, item_emb, seed=config.seed, max_train=config.max_train)
             ranked, search_s = faiss_rank_users(ft, user_emb, split, users, k, config.batch_size, report(ft.name))
-            frow = {
-                "method": ft.name,
-                "kind": "faiss",
-                "twin_of": None,
-                "bytes_per_item": ft.bytes_per_vector,
-                "compression": float_bytes / ft.bytes_per_vector,
-                "fit_s": ft.fit_seconds,
-                "encode_s": ft.encode_seconds,
-                "rank_s": search_s,
-                **_faiss_mse(ft, item_emb),
-            }
+            frow = _faiss_row(ft, search_s, None, item_emb)
             finish(frow, ranked, reference, ref_ranked)
 
         for spec in config.qat:
@@ -390,6 +370,22 @@ def _codec_mse(codec, codes: np.ndarray, item_emb: np.ndarray) -> dict[str, floa
     recon = codec.decode(codes)
     mse = float(np.mean(np.sum((recon.astype(np.float64) - item_emb) ** 2, axis=1)))
     return {"mse": mse, "rd_bound": _rd_bound(item_emb, codec.bytes_per_vector)}
+
+
+def _faiss_row(ft, search_s: float, twin_of: str | None, item_emb: np.ndarray) -> dict[str, Any]:
+    """The result row of a faiss index (metrics are added by the caller)."""
+    float_bytes = 4 * item_emb.shape[1]
+    return {
+        "method": ft.name,
+        "kind": "faiss",
+        "twin_of": twin_of,
+        "bytes_per_item": ft.bytes_per_vector,
+        "compression": float_bytes / ft.bytes_per_vector,
+        "fit_s": ft.fit_seconds,
+        "encode_s": ft.encode_seconds,
+        "rank_s": search_s,
+        **_faiss_mse(ft, item_emb),
+    }
 
 
 def _faiss_mse(ft, item_emb: np.ndarray) -> dict[str, float]:

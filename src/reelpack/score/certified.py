@@ -411,6 +411,23 @@ def _refine(plan: _Plan, query: np.ndarray, est: np.ndarray, half: np.ndarray, e
 
 
 # ---- public entry points ------------------------------------------------------------------------
+def _make_plan(
+    codec: Codec, layer0, fetch, k, confidence, exact, exact_bytes_per_item, budget_bytes, fallback_candidates
+) -> _Plan:
+    """The validated plan shared by :func:`certified_topk` and :func:`certified_topk_batch`."""
+    return _Plan(
+        codec,
+        layer0,
+        fetch,
+        _check_k_int(k),
+        _check_confidence(confidence),
+        exact,
+        exact_bytes_per_item,
+        _check_budget(budget_bytes),
+        fallback_candidates,
+    )
+
+
 def certified_topk(
     query: np.ndarray,
     codec: Codec,
@@ -466,16 +483,8 @@ def certified_topk(
     q = as_float_matrix(np.asarray(query).reshape(1, -1) if np.ndim(query) == 1 else query, "query", dim=codec.dim)
     if q.shape[0] != 1:
         raise DimensionMismatchError(f"query must be one vector [d], got shape {np.shape(query)}")
-    plan = _Plan(
-        codec,
-        layer0,
-        fetch,
-        _check_k_int(k),
-        _check_confidence(confidence),
-        exact,
-        exact_bytes_per_item,
-        _check_budget(budget_bytes),
-        fallback_candidates,
+    plan = _make_plan(
+        codec, layer0, fetch, k, confidence, exact, exact_bytes_per_item, budget_bytes, fallback_candidates
     )
     excluded = _check_exclude(exclude, plan.n)
     check_k(k, plan.n)
@@ -506,16 +515,8 @@ def certified_topk_batch(
     """
     codec = _check_codec(codec)
     Q = as_float_matrix(queries, "queries", dim=codec.dim)
-    plan = _Plan(
-        codec,
-        layer0,
-        fetch,
-        _check_k_int(k),
-        _check_confidence(confidence),
-        exact,
-        exact_bytes_per_item,
-        _check_budget(budget_bytes),
-        fallback_candidates,
+    plan = _make_plan(
+        codec, layer0, fetch, k, confidence, exact, exact_bytes_per_item, budget_bytes, fallback_candidates
     )
     check_k(k, plan.n)
     if exclude is not None and len(exclude) != Q.shape[0]:
