@@ -39,6 +39,7 @@ __all__ = [
     "PackReader",
     "iter_blocks_stream",
     "progressive_topk",
+    "make_scanner",
 ]
 
 _LAZY = {
@@ -51,12 +52,14 @@ _LAZY = {
     "PackReader": "reelpack.format",
     "iter_blocks_stream": "reelpack.format",
     "progressive_topk": "reelpack.score.progressive",
+    "make_scanner": "reelpack.score.scan",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from reelpack.eval.bench import BenchConfig, run_bench
     from reelpack.format import PackReader, iter_blocks_stream, write_pack
     from reelpack.score.progressive import progressive_topk
+    from reelpack.score.scan import make_scanner
     from reelpack.train import TwoTowerConfig, load_or_train, train_two_tower
 
 

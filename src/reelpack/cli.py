@@ -1,4 +1,4 @@
-"""The ``reelpack`` command line: demo, bench, train, codecs, pack, inspect, verify, delta make/apply."""
+"""The ``reelpack`` command line: demo, bench, bench-speed, train, codecs, pack, inspect, verify, delta, export-onnx."""
 
 from __future__ import annotations
 
@@ -145,6 +145,13 @@ def bench(
         Optional[str], typer.Option(help="'qat-...' specs to fine-tune by compression-aware training, e.g. 'qat-rq8+8'.")
     ] = None,
     qat_epochs: Annotated[int, typer.Option(help="Epochs of compression-aware training.")] = 3,
+    device_model: Annotated[
+        str,
+        typer.Option(
+            help="Phone preset for the latency/energy ESTIMATES ('est.' columns): midrange-2024 or flagship-2023; "
+            "constants and sources in docs/ENERGY.md."
+        ),
+    ] = "midrange-2024",
 ) -> None:
     """Train (or load) embeddings, then measure float32, every codec and its faiss twin in one run."""
     from reelpack.eval.bench import DEFAULT_CODECS, SWEEP_BASELINES, SWEEP_CODECS, SWEEP_QAT, BenchConfig
@@ -160,6 +167,7 @@ def bench(
             baselines=_parse_codecs(baselines) if baselines else (SWEEP_BASELINES if sweep else ()),
             qat=_parse_codecs(qat) if qat else (SWEEP_QAT if sweep else ()),
             qat_epochs=qat_epochs,
+            device_model=device_model,
         )
         split = _load_split(data, seed)
         emb = _embeddings(split, dim, epochs, cache_dir, retrain, seed)
@@ -581,6 +589,98 @@ def delta_apply(
         _fail(exc)
     console.print(f"wrote {path}: {path.stat().st_size} bytes")
     typer.echo(f"sha256 {_sha256(path)}")
+
+
+@app.command("export-onnx")
+def export_onnx_cmd(
+    path: Annotated[Path, typer.Argument(help="Pack file.")],
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="ONNX model to write (default: PACK with suffix .onnx; replaced atomically)."),
+    ] = None,
+    layer: Annotated[
+        int,
+        typer.Option(help="Pack layer whose codec (and codes, with --embed-codes) to export. Default 0 (the coarse "
+                     "layer every item has); each layer's codec scores full vectors, so any layer works."),  # fmt: skip
+    ] = 0,
+    k: Annotated[int, typer.Option("--k", "-k", help="Results per query (TopK size).")] = 50,
+    embed_codes: Annotated[
+        bool,
+        typer.Option("--embed-codes", help="Bake the layer's codes and item ids into the model: its only input is the "
+                     "query and 'ids' are item ids. Default: codes are an input and 'ids' are row indexes."),  # fmt: skip
+    ] = False,
+) -> None:
+    """Write a layer's codec as an ONNX model: query (q x d floats) + codes (n x B bytes) -> top-K ids and scores."""
+    from reelpack.score.onnx_export import export_onnx
+
+    target = out if out is not None else path.with_suffix(".onnx")
+    try:
+        with _open_pack(path) as reader:
+            codec = reader.codec(layer)
+            codes = reader.layer_codes(layer) if embed_codes else None  # a view of the file, read while open
+            ids = reader.item_ids if embed_codes else None
+            data = export_onnx(codec, k, codes=codes, item_ids=ids, path=target)
+    except ReelpackError as exc:
+        _fail(exc)
+    except OSError as exc:
+        err_console.print(f"[bold red]error:[/] cannot write {target}: {exc.strerror or exc}")
+        raise typer.Exit(code=2) from None
+    inputs = f"query float32 (q x {codec.dim})"
+    inputs += "" if embed_codes else f" and codes uint8 (n x {codec.bytes_per_vector})"
+    what = f"{len(codes)} embedded items, ids are item ids" if codes is not None else "ids are row indexes into codes"
+    console.print(f"wrote {target}: {len(data)} bytes; layer {layer} codec {codec.spec} (d={codec.dim}, "
+                  f"{codec.bytes_per_vector} B/item), K={k}; inputs {inputs}; {what}")  # fmt: skip
+
+
+@app.command("bench-speed")
+def bench_speed(
+    sizes: Annotated[str, typer.Option(help="Catalog sizes, comma-separated.")] = "100000,1000000",
+    dim: Annotated[int, typer.Option(help="Vector dimension (multiple of 32).")] = 64,
+    queries: Annotated[int, typer.Option(help="Single queries timed per method and size.")] = 200,
+    k: Annotated[int, typer.Option("--k", "-k", help="Top-K.")] = 50,
+    methods: Annotated[
+        Optional[str], typer.Option(help="Subset of: flat pq16 pq32x4-fastscan pq32x4-exact sq8 sq4 binary128 rabitq.")
+    ] = None,
+    no_memory: Annotated[bool, typer.Option("--no-memory", help="Skip the memmapped-pack peak-memory probe.")] = False,
+    train_rows: Annotated[int, typer.Option(help="Rows used to train every codec.")] = 50_000,
+    seed: Annotated[int, typer.Option(help="Data and training seed.")] = 0,
+    device_model: Annotated[str, typer.Option(help="Phone preset for the 'est.' latency column.")] = "midrange-2024",
+    out: Annotated[Path, typer.Option(help="Folder for the JSON and Markdown results.")] = Path("results"),
+) -> None:
+    """Single-core speed of reelpack's fused kernels vs faiss on the same codes and queries (SYNTHETIC catalog).
+
+    Every thread pool is pinned to one thread; each query is timed alone, reelpack and faiss alternating.
+    Also measures decode throughput and the peak memory of scoring the largest catalog from a memmapped pack.
+    """
+    from reelpack.eval.report import atomic_write_text
+    from reelpack.eval.speed import SPEED_METHODS, SpeedConfig, run_speed_bench, speed_markdown
+
+    try:
+        try:
+            size_list = tuple(int(x.replace("_", "")) for x in sizes.split(",") if x.strip())
+        except ValueError:
+            raise typer.BadParameter(f"--sizes must be integers separated by commas, got {sizes!r}") from None
+        config = SpeedConfig(
+            sizes=size_list,
+            dim=dim,
+            n_queries=queries,
+            k=k,
+            methods=_parse_codecs(methods) if methods else SPEED_METHODS,
+            train_rows=train_rows,
+            memory_check=not no_memory,
+            seed=seed,
+            device_model=device_model,
+        )
+        with err_console.status("speed bench") as status:
+            result = run_speed_bench(config, log=lambda msg: status.update(f"speed bench: {msg}"))
+        markdown = speed_markdown(result)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        json_path = atomic_write_text(out / f"speed-d{dim}-{stamp}.json", json.dumps(result, indent=1))
+        md_path = atomic_write_text(out / f"speed-d{dim}-{stamp}.md", markdown + "\n")
+        console.print(markdown)
+        console.print(f"wrote {json_path} and {md_path}")
+    except ReelpackError as exc:
+        _fail(exc)
 
 
 def main() -> None:  # pragma: no cover - console entry

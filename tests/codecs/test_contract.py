@@ -24,6 +24,7 @@ ALL_SPECS = [
     "sq4",
     "sq8-p99.9",
     "pq8",
+    "pq8x4",
     "opq8,pq8",
     "simhash64",
     "simhash64-hamming",
@@ -49,6 +50,7 @@ EXPECTED_BYTES = {
     "sq4": (D + 1) // 2,
     "sq8-p99.9": D,
     "pq8": 8,
+    "pq8x4": 4,  # eight 4-bit sub-codes, two per byte
     "opq8,pq8": 8,
     "simhash64": 64 // 8,
     "simhash64-hamming": 64 // 8,
@@ -69,7 +71,7 @@ EXPECTED_BYTES = {
 # encode(decode(encode(X))) == encode(X) holds for these: decode returns a grid point / centroid
 # (float32, fp16 and sq exactly; pq/opq whenever no two centroids of a subspace coincide).
 # It does not hold for simhash (sign(R R^T s) != s) nor countsketch (colliding dimensions add up again).
-STABLE = {"float32", "fp16", "sq8", "sq4", "sq8-p99.9", "pq8", "opq8,pq8", "wsq8", "usq8", "wsq12-mm", "qat-pq8"}
+STABLE = {"float32", "fp16", "sq8", "sq4", "sq8-p99.9", "pq8", "pq8x4", "opq8,pq8", "wsq8", "usq8", "wsq12-mm", "qat-pq8"}
 
 # score == queries @ decode(codes).T for all but the symmetric Hamming variant.
 # qat- scores by cosine (the reconstruction's direction), so it is excluded too.
@@ -77,7 +79,7 @@ SCORE_IS_DECODE = set(ALL_SPECS) - {"simhash64-hamming", "qat-pq8", "qat-rq4+4"}
 
 # codecs whose fit draws random numbers (so another seed gives other parameters)
 RANDOMISED = {
-    "pq8", "opq8,pq8", "simhash64", "simhash64-hamming", "countsketch16", "rabitq", "rabitq4",
+    "pq8", "pq8x4", "opq8,pq8", "simhash64", "simhash64-hamming", "countsketch16", "rabitq", "rabitq4",
     "apq8", "opq8,apq8", "rq4+4", "rq2+2-b", "qat-pq8", "qat-rq4+4",
 }  # fmt: skip
 

@@ -77,7 +77,7 @@ def test_bench_bad_input(setup, tmp_path):
 
 @pytest.mark.parametrize(
     "spec, twin",
-    [("float32", "Flat"), ("fp16", "SQfp16"), ("sq4", "SQ4"), ("sq8-p99.9", None), ("pq16", "PQ16np"),
+    [("float32", "Flat"), ("fp16", "SQfp16"), ("sq4", "SQ4"), ("sq8-p99.9", None), ("pq16", "PQ16np"), ("pq32x4", "PQ32x4np"),
      ("opq8,pq8", "OPQ8,PQ8np"), ("simhash128", "LSH128"), ("simhash64-hamming", "LSH64"), ("countsketch32", None)],
 )
 def test_faiss_twin_spec(spec, twin):

@@ -37,6 +37,14 @@ Product Quantization", the non-parametric alternation):
    orthogonal Procrustes update ``R = V U^T`` where ``U S V^T = svd(X^T Y_hat)``;
 4. final PQ training (25 warm-started k-means iterations) on the rotated training set.
 
+4-bit PQ (``"pqMx4"``, ``M`` even): ``ksub`` = 16 centroids per sub-quantiser,
+codes nibble-packed into ``M/2`` bytes (sub-code ``2p`` in the low nibble of
+byte ``p``, ``2p + 1`` in the high nibble). Scoring combines each pair of
+16-entry tables into one 256-entry table per byte
+(:func:`reelpack.score.kernels.pair_tables`) and runs the same ADC over the
+``M/2`` bytes; :func:`reelpack.score.scan.fastscan_search` scans these codes
+with in-register uint8 tables. ``"pq32x4"`` is 16 bytes, like ``"pq16"``.
+
 Serialised state: ``centroids`` float32 [m, ksub, dsub]; OPQ adds ``rotation``
 float32 [d, d] (checked orthogonal on load). Meta is empty.
 """
@@ -54,8 +62,8 @@ import numpy as np
 from reelpack.codecs._common import check_state_keys, orthogonal_rows, row_blocks, state_array, sub_seeds
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
-from reelpack.errors import CodecSpecError, DimensionMismatchError, SerializationError
-from reelpack.score.kernels import pq_decode, pq_ip
+from reelpack.errors import CodecSpecError, DimensionMismatchError, InvalidInputError, SerializationError
+from reelpack.score.kernels import pack_int4, pair_tables, pq_adc, pq_decode, pq_ip, pq_lut, unpack_int4
 
 __all__ = ["ProductQuantizer", "OPQProductQuantizer"]
 
@@ -155,10 +163,11 @@ def _procrustes(X: np.ndarray, Yhat: np.ndarray) -> np.ndarray:
 
 
 class ProductQuantizer(Codec):
-    """PQ with ``m`` sub-quantisers of 8 bits each (``m`` bytes per vector).
+    """PQ with ``m`` sub-quantisers of ``nbits`` bits each (``m`` bytes per vector at 8 bits, ``m/2`` at 4).
 
     Args:
         m: number of sub-quantisers; must divide the data dimension (checked at fit).
+        nbits: 8 (256 centroids, one byte per sub-code) or 4 (16 centroids, nibble-packed; m even).
 
     Fitted attributes:
         centroids: float32 [m, ksub, d/m].
@@ -166,17 +175,22 @@ class ProductQuantizer(Codec):
 
     family = "pq"
 
-    def __init__(self, m: int) -> None:
+    def __init__(self, m: int, nbits: int = 8) -> None:
         super().__init__()
-        m = int(m)
+        m, nbits = int(m), int(nbits)
         if not 1 <= m <= MAX_M:
             raise CodecSpecError(f"pq sub-quantiser count must be in 1..{MAX_M}, got {m}")
+        if nbits not in (4, 8):
+            raise CodecSpecError(f"pq bits per sub-code must be 4 or 8, got {nbits}")
+        if nbits == 4 and m % 2:
+            raise CodecSpecError(f"4-bit pq packs two sub-codes per byte: m must be even, got {m}")
         self.m = m
+        self.nbits = nbits
         self.centroids: np.ndarray | None = None
 
     @property
     def spec(self) -> str:
-        return f"pq{self.m}"
+        return f"pq{self.m}" + ("x4" if self.nbits == 4 else "")
 
     @property
     def ksub(self) -> int:
@@ -185,7 +199,11 @@ class ProductQuantizer(Codec):
         return int(self.centroids.shape[1])  # type: ignore[union-attr]
 
     def _bytes_per_vector(self) -> int:
-        return self.m
+        return self.m if self.nbits == 8 else self.m // 2
+
+    @property
+    def _max_ksub(self) -> int:
+        return 1 << self.nbits
 
     # ---- fit ------------------------------------------------------------------------------------
     def _check_fit_input(self, X: np.ndarray) -> None:
@@ -196,7 +214,7 @@ class ProductQuantizer(Codec):
             )
 
     def _fit(self, X: np.ndarray, seed: int) -> None:
-        ksub = min(MAX_KSUB, X.shape[0])
+        ksub = min(self._max_ksub, X.shape[0])
         self.centroids = _train_pq(X, self.m, ksub, sub_seeds(seed, self.m), KMEANS_NITER)
 
     # ---- transform hooks (identity for plain PQ) ------------------------------------------------
@@ -208,13 +226,33 @@ class ProductQuantizer(Codec):
 
     # ---- encode / decode / score ----------------------------------------------------------------
     def _encode(self, X: np.ndarray) -> np.ndarray:
-        return pq_assign(self._rotate(X), self.centroids)  # type: ignore[arg-type]
+        codes = pq_assign(self._rotate(X), self.centroids)  # type: ignore[arg-type]
+        return codes if self.nbits == 8 else pack_int4(codes)
+
+    def _subcodes(self, codes: np.ndarray) -> np.ndarray:
+        """One uint8 per sub-code [n, m] (unpacks 4-bit codes)."""
+        return codes if self.nbits == 8 else unpack_int4(codes, self.m)
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
-        return self._unrotate(pq_decode(self.centroids, codes))  # type: ignore[arg-type]
+        return self._unrotate(pq_decode(self.centroids, self._subcodes(codes)))  # type: ignore[arg-type]
 
     def _score(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        return pq_ip(self._rotate(queries), self.centroids, codes)  # type: ignore[arg-type]
+        if self.nbits == 8:
+            return pq_ip(self._rotate(queries), self.centroids, codes)  # type: ignore[arg-type]
+        ksub = self.centroids.shape[1]  # type: ignore[union-attr]
+        if ksub < 16:
+            top = max(int((codes & 15).max(initial=0)), int((codes >> 4).max(initial=0)))
+            if top >= ksub:
+                raise InvalidInputError(f"codes hold value {top}, but each sub-quantiser has only {ksub} centroids")
+        queries = self._rotate(queries)
+        if queries.shape[0] > 64:  # decode + GEMM amortises over many queries
+            out = np.empty((queries.shape[0], codes.shape[0]), np.float32)
+            for sl in row_blocks(codes.shape[0], queries.shape[1]):
+                out[:, sl] = queries @ pq_decode(self.centroids, self._subcodes(codes[sl])).T  # type: ignore[arg-type]
+            return out
+        luts = np.zeros((queries.shape[0], self.m, 16), np.float32)
+        luts[:, :, :ksub] = pq_lut(queries, self.centroids)  # type: ignore[arg-type]
+        return pq_adc(pair_tables(luts), codes)
 
     # ---- state ----------------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -225,8 +263,10 @@ class ProductQuantizer(Codec):
             raise SerializationError(f"{self.spec} state has dim {dim}, not divisible by {self.m}")
         shape = arrays["centroids"].shape
         ksub = shape[1] if len(shape) == 3 else -1
-        if not 1 <= ksub <= MAX_KSUB:
-            raise SerializationError(f"{self.spec} state centroids have shape {shape}, expected [m, 1..256, d/m]")
+        if not 1 <= ksub <= self._max_ksub:
+            raise SerializationError(
+                f"{self.spec} state centroids have shape {shape}, expected [m, 1..{self._max_ksub}, d/m]"
+            )
         self.centroids = state_array(self.spec, arrays, "centroids", (self.m, ksub, dim // self.m), "<f4")
 
     def _load_state(self, dim: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -302,6 +342,6 @@ def _build_opq(match: re.Match[str]) -> Codec:
     return OPQProductQuantizer(m)
 
 
-@register_codec("pq", r"pq(?P<m>\d{1,6})", "pq16")
+@register_codec("pq", r"pq(?P<m>\d{1,6})(?P<x4>x4)?", "pq16")
 def _build_pq(match: re.Match[str]) -> Codec:
-    return ProductQuantizer(int(match.group("m")))
+    return ProductQuantizer(int(match.group("m")), nbits=4 if match.group("x4") else 8)

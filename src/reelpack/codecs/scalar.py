@@ -46,7 +46,7 @@ from reelpack.codecs._common import (
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.errors import CodecSpecError, SerializationError
-from reelpack.score.kernels import pack_int4, sq4_dot, sq_dot, unpack_int4
+from reelpack.score.kernels import pack_int4, sq4_dot, sq_decode, sq_dot, unpack_int4
 
 __all__ = ["ScalarQuantizer"]
 
@@ -117,7 +117,7 @@ class ScalarQuantizer(Codec):
         return codes if self.bits == 8 else unpack_int4(codes, int(self.dim))  # type: ignore[arg-type]
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
-        return self.lo + self._levels_of(codes).astype(np.float32) * self.step  # type: ignore[operator]
+        return sq_decode(self.lo, self.step, codes, self.bits)  # type: ignore[arg-type]
 
     def _score(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
         scaled = queries * self.step

@@ -53,6 +53,8 @@ def faiss_twin_spec(spec: str) -> str | None:
         return f"SQ{m.group(1)}" if m.group(2) is None else None
     if m := re.fullmatch(r"pq(\d+)", s):
         return f"PQ{m.group(1)}np"
+    if m := re.fullmatch(r"pq(\d+)x4", s):
+        return f"PQ{m.group(1)}x4np"
     if m := re.fullmatch(r"opq(\d+),pq(\d+)", s):
         return f"OPQ{m.group(1)},PQ{m.group(2)}np"
     if m := re.fullmatch(r"simhash(\d+)(-hamming)?", s):

@@ -32,6 +32,7 @@ from reelpack.codecs import make_codec
 from reelpack.data.interactions import Split
 from reelpack.errors import DimensionMismatchError, InvalidInputError
 from reelpack.eval.baselines import faiss_rank_users, faiss_twin_spec, fit_faiss_twin
+from reelpack.eval.energy import DEFAULT_DEVICE_MODEL, estimate_row, get_device_model
 from reelpack.eval.metrics import ranking_metrics, relative, topk_overlap
 from reelpack.eval.ranking import dense_score_fn, rank_users
 
@@ -78,6 +79,8 @@ class BenchConfig:
         batch_size: users scored per batch.
         seed: seed for codec fitting, faiss training and the user sample.
         threads: threads for BLAS/faiss during the run (1 for comparable timings).
+        device_model: preset of :mod:`reelpack.eval.energy` used for the phone latency and energy
+            ESTIMATES (``est_*`` row fields; constants and sources in docs/ENERGY.md).
     """
 
     codecs: tuple[str, ...] = DEFAULT_CODECS
@@ -91,8 +94,10 @@ class BenchConfig:
     qat: tuple[str, ...] = ()
     qat_epochs: int = 3
     max_train: int = 100_000
+    device_model: str = DEFAULT_DEVICE_MODEL
 
     def __post_init__(self) -> None:
+        get_device_model(self.device_model)  # unknown preset -> InvalidInputError listing the presets
         if not self.ks or min(self.ks) <= 0:
             raise InvalidInputError(f"ks must be positive cut-offs, got {self.ks}")
         if self.max_users is not None and self.max_users <= 0:
@@ -211,6 +216,11 @@ def run_bench(
     ``mrr``...), ``rel_*`` metrics vs float32, ``overlap@K`` with the float32
     top-K, ``fit_s``, ``encode_s``, ``rank_s`` (ranking every evaluated user),
     and for reelpack rows with a twin ``delta_rel_recall@K_vs_faiss``.
+
+    Every row also gets ``query_ms`` (MEASURED: ``rank_s * 1000 / n_users``, batched scoring of all
+    items plus top-K, amortised per user), ``payload_bytes`` and the phone ESTIMATES of
+    :func:`reelpack.eval.energy.estimate_row` (keys ``est_*``, for ``config.device_model``);
+    ``provenance["device_model"]`` holds the model's constants and their sources.
     """
     item_emb = as_float_matrix(item_emb, "item_emb")
     user_emb = as_float_matrix(user_emb, "user_emb", dim=item_emb.shape[1])
@@ -348,7 +358,11 @@ def run_bench(
                 **_codec_mse(tuned.codec, tuned.codes, item_emb),
             }
             finish(row, ranked, reference, ref_ranked)
+    device = get_device_model(config.device_model)
+    for row in rows:
+        row.update(estimate_row(row, split.n_items, device))
     prov = provenance(split, dim, provenance_extra)
+    prov["device_model"] = device.to_dict()
     extra = {"rate_quality": rate_quality(rows, k)}
     prov["n_eval_users"] = int(len(users))
     prov["threads"] = config.threads

@@ -33,7 +33,25 @@ def _columns(result: BenchResult) -> list[tuple[str, str, str]]:
         ("fit s", "fit_s", ".2f"),
         ("encode s", "encode_s", ".2f"),
         ("rank s", "rank_s", ".2f"),
+        ("query ms", "query_ms", ".3f"),
+        ("est. phone ms", "est_phone_query_ms", ".3f"),
+        ("est. download J (4G)", "est_download_J_4g", ".2f"),
     ]
+
+
+def _estimate_note(result: BenchResult) -> str | None:
+    """The footnote under the Markdown table saying which columns are estimates and where the constants live."""
+    dm = result.provenance.get("device_model")
+    if not dm and not any("est_phone_query_ms" in r for r in result.rows):
+        return None
+    name = dm.get("name") if isinstance(dm, dict) else dm
+    return (
+        f"Columns headed \"est.\" are ESTIMATES for a phone, not measurements: \"est. phone ms\" is the measured "
+        f"\"query ms\" (rank s / users: batched scoring of every item plus top-K, amortised per user, on this machine) "
+        f"times the core-speed ratio of device model `{name}`; \"est. download J (4G)\" is the codes' bytes "
+        "(bytes/item x items) through an LTE power model, promotion and tail included. Constants and their sources: "
+        "docs/ENERGY.md."
+    )
 
 
 def _fmt(value: object, fmt: str) -> str:
@@ -79,6 +97,9 @@ def results_markdown(result: BenchResult) -> str:
         if row.get("kind") == "faiss":
             cells[0] = f"&nbsp;&nbsp;{cells[0]}"
         lines.append("| " + " | ".join(cells) + " |")
+    note = _estimate_note(result)
+    if note:
+        lines += ["", note]
     lines += rate_quality_markdown(result)
     m = p.get("machine", {})
     versions = ", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items())
@@ -92,6 +113,12 @@ def results_markdown(result: BenchResult) -> str:
     ]
     if p.get("embeddings"):
         lines.append(f"- embeddings: {p['embeddings']}")
+    dm = p.get("device_model")
+    if isinstance(dm, dict):
+        lines.append(
+            f"- device model (estimates only, docs/ENERGY.md): {dm.get('name')}, core-speed ratio "
+            f"{dm.get('core_speed_ratio')}, {dm.get('cpu_watts_active')} W per busy core"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -11,12 +11,14 @@ from reelpack.score.kernels import (
     pq_decode,
     pq_decode_reference,
     pq_ip,
+    pair_tables,
     pq_lut,
     pq_lut_reference,
     signs_dot,
     signs_dot_reference,
     sq4_dot,
     sq4_dot_reference,
+    sq_decode,
     sq_dot,
     sq_dot_reference,
     unpack_int4,
@@ -36,6 +38,8 @@ __all__ = [
     "pq_decode",
     "pq_decode_reference",
     "pq_ip",
+    "pair_tables",
+    "sq_decode",
     "hamming",
     "hamming_reference",
     "sq_dot",
@@ -64,3 +68,24 @@ from reelpack.score.certified import (  # noqa: E402
 )
 
 __all__ += ["certified_topk", "certified_topk_batch", "CertifiedResult", "CertifiedBatchResult"]
+
+# Fused single-query scans and the portable ONNX scorer (issue 6).
+from reelpack.score.scan import (  # noqa: E402
+    FastScanBlocks,
+    PQ8Blocks,
+    Scanner,
+    binary_ip_search,
+    fastscan_search,
+    hamming_search,
+    make_scanner,
+    pq_search,
+    sq4_search,
+    sq8_search,
+)
+from reelpack.score.onnx_export import OnnxScorer, export_onnx, onnx_supported  # noqa: E402
+from reelpack.score.simd import host_simd  # noqa: E402
+
+__all__ += [
+    "make_scanner", "Scanner", "pq_search", "PQ8Blocks", "fastscan_search", "FastScanBlocks", "hamming_search",
+    "binary_ip_search", "sq8_search", "sq4_search", "host_simd", "export_onnx", "onnx_supported", "OnnxScorer",
+]  # fmt: skip

@@ -43,11 +43,13 @@ __all__ = [
     "pq_decode",
     "pq_decode_reference",
     "pq_ip",
+    "pair_tables",
     "GEMM_MIN_QUERIES",
     "hamming",
     "hamming_reference",
     "sq_dot",
     "sq_dot_reference",
+    "sq_decode",
     "sq4_dot",
     "sq4_dot_reference",
     "unpack_int4",
@@ -172,16 +174,33 @@ def pq_adc_reference(luts: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return gathered.sum(axis=2).astype(np.float32)
 
 
+@numba.njit(cache=True, nogil=True)
+def _pq_decode_kernel(centroids, codes, out):  # pragma: no cover - compiled
+    n, m = codes.shape
+    dsub = centroids.shape[2]
+    for t in range(n):
+        for j in range(m):
+            c = centroids[j, codes[t, j]]
+            base = j * dsub
+            for s in range(dsub):
+                out[t, base + s] = c[s]
+
+
 def pq_decode(centroids: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Reconstruct PQ vectors: float32 [n, m*dsub] from centroids [m, ksub, dsub] and codes uint8 [n, m]."""
+    """Reconstruct PQ vectors: float32 [n, m*dsub] from centroids [m, ksub, dsub] and codes uint8 [n, m].
+
+    A numba copy loop (one centroid row per sub-code); codes may be a read-only memmap.
+    """
     centroids = _f32_matrix(centroids, "centroids", ndim=3)
     codes = _u8_matrix(codes, "codes")
     m, ksub, dsub = centroids.shape
     if codes.shape[1] != m:
         raise DimensionMismatchError(f"codes have {codes.shape[1]} sub-codes, centroids have {m} sub-quantisers")
     _check_code_range(codes, ksub)
-    out = centroids[np.arange(m)[None, :], codes]  # [n, m, dsub]
-    return np.ascontiguousarray(out.reshape(codes.shape[0], m * dsub))
+    out = np.empty((codes.shape[0], m * dsub), np.float32)
+    if out.size:
+        _pq_decode_kernel(centroids, codes, out)
+    return out
 
 
 def pq_decode_reference(centroids: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -222,6 +241,20 @@ def pq_ip(
     for s in range(0, codes.shape[0], step):
         out[:, s : s + step] = queries @ pq_decode(centroids, codes[s : s + step]).T
     return out
+
+
+def pair_tables(luts: np.ndarray) -> np.ndarray:
+    """Tables per byte of nibble-packed 4-bit PQ codes: [q, m, 16] -> [q, m/2, 256] (same dtype).
+
+    ``out[i, p, b] = luts[i, 2p, b & 15] + luts[i, 2p + 1, b >> 4]``: byte ``p`` of a code holds
+    sub-code ``2p`` in its low nibble and ``2p + 1`` in its high nibble, so ADC over the
+    ``m/2`` bytes with these tables equals ADC over the ``m`` nibbles.
+    """
+    luts = np.asarray(luts)
+    if luts.ndim != 3 or luts.shape[1] % 2 or luts.shape[2] != 16:
+        raise DimensionMismatchError(f"4-bit tables must be [q, even m, 16], got shape {luts.shape}")
+    b = np.arange(256)
+    return np.ascontiguousarray(luts[:, 0::2, :][:, :, b & 15] + luts[:, 1::2, :][:, :, b >> 4])
 
 
 # ---- Hamming distance -------------------------------------------------------------------------------
@@ -317,6 +350,46 @@ def sq_dot(queries_scaled: np.ndarray, codes: np.ndarray) -> np.ndarray:
     step = _block_rows(codes.shape[1])
     for s in range(0, codes.shape[0], step):
         out[:, s : s + step] = queries_scaled @ codes[s : s + step].astype(np.float32).T
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _sq_decode_kernel(lo, step, codes, d, bits, out):  # pragma: no cover - compiled
+    n = codes.shape[0]
+    for t in range(n):
+        if bits == 8:
+            for j in range(d):
+                out[t, j] = lo[j] + step[j] * np.float32(codes[t, j])
+        else:
+            for j in range(d):
+                c = codes[t, j >> 1]
+                v = (c >> 4) if j & 1 else (c & 15)
+                out[t, j] = lo[j] + step[j] * np.float32(v)
+
+
+def sq_decode(lo: np.ndarray, step: np.ndarray, codes: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Affine decode ``lo + step * code`` of uint8 codes [n, d] (bits 8) or nibble-packed [n, ceil(d/2)] (bits 4).
+
+    Args:
+        lo, step: float32 [d]; codes: uint8 (a memmap is fine); bits: 8 or 4.
+
+    Returns:
+        float32 [n, d].
+    """
+    lo = np.ascontiguousarray(lo, np.float32).reshape(-1)
+    step = np.ascontiguousarray(step, np.float32).reshape(-1)
+    codes = _u8_matrix(codes, "codes")
+    d = lo.shape[0]
+    if step.shape[0] != d:
+        raise DimensionMismatchError(f"lo has {d} entries, step {step.shape[0]}")
+    if bits not in (4, 8):
+        raise InvalidInputError(f"bits must be 4 or 8, got {bits}")
+    width = d if bits == 8 else (d + 1) // 2
+    if codes.shape[1] != width:
+        raise DimensionMismatchError(f"{bits}-bit codes for d={d} need {width} bytes per vector, got {codes.shape[1]}")
+    out = np.empty((codes.shape[0], d), np.float32)
+    if out.size:
+        _sq_decode_kernel(lo, step, codes, d, bits, out)
     return out
 
 
