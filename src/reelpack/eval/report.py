@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from rich.table import Table
 
+from reelpack._atomic import atomic_write_bytes
 from reelpack.eval.bench import BenchResult
 
 __all__ = ["results_table", "results_markdown", "write_results", "atomic_write_text"]
@@ -155,21 +155,8 @@ def rate_quality_markdown(result: BenchResult) -> list[str]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file in the same folder, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``text`` (UTF-8) to ``path`` through a temp file in the same folder, fsync, then rename."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_results(result: BenchResult, out_dir: str | os.PathLike, stem: str = "bench") -> tuple[Path, Path]:

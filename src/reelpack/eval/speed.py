@@ -510,6 +510,7 @@ def run_speed_bench(config: SpeedConfig = SpeedConfig(), log: Callable[[str], No
                     **timing,
                     "reelpack_prepare_s": prep_s,
                     "faiss_build_s": build_s,
+                    "train_encode_s": p.extra["train_encode_s"],
                     "est_phone_ms": estimate_phone_ms(timing["reelpack_ms"], model),
                 }
                 if p.notes:

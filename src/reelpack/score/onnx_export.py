@@ -59,12 +59,12 @@ only), ``reelpack.ids`` = ``"rows"`` or ``"item_ids"``, ``reelpack.max_code``,
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from reelpack._atomic import atomic_write_bytes
 from reelpack._validate import as_codes, as_float_matrix, check_k
 from reelpack.codecs.base import Codec
 from reelpack.errors import (
@@ -482,20 +482,7 @@ def _offsets(text: str) -> list[int]:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace`` (no partial file)."""
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, data)
 
 
 # ---- runner ------------------------------------------------------------------------------------

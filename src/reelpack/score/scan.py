@@ -145,20 +145,6 @@ def _check_values(values: np.ndarray, ksub: int, what: str) -> None:
         raise InvalidInputError(f"{what} hold value {int(values.max())}, but each sub-quantiser has only {ksub} centroids")
 
 
-def _quantize_tables(luts: np.ndarray, levels: int = 255) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """uint8 tables from float tables [q, m, ksub]: ``round((lut - min_j) * scale)``, one scale per query.
-
-    Returns (qluts uint8 [q, m, ksub], scale float64 [q], bias float64 [q] = sum_j min_j).
-    Each entry's rounding error is at most 1/2 unit.
-    """
-    mins = luts.min(axis=2, keepdims=True)
-    span = (luts - mins).max(axis=(1, 2)).astype(np.float64)
-    scale = np.where(span > 0, levels / np.where(span > 0, span, 1.0), 1.0)
-    q = np.rint((luts - mins).astype(np.float64) * scale[:, None, None])
-    qluts = np.clip(q, 0, levels).astype(np.uint8)
-    return qluts, scale, mins[:, :, 0].astype(np.float64).sum(axis=1)
-
-
 def _candidate_slack(m: int) -> int:
     """Quantised units below the K-th best quantised sum that an exact top-K item can sit.
 
@@ -555,6 +541,9 @@ def _fs4_finish(blocks, n, n_pairs, width, lut2, accs, bmax, slack, scale_inv, b
     _heap_drain(hv, hi, out_ids, out_vals)
 
 
+# The AVX2 and AVX-512 scans differ only in the intrinsic and the block width. They stay two functions
+# on purpose: numba compiles every branch of a function, and a branch holding an AVX-512 intrinsic
+# fails instruction selection on a CPU without AVX-512, even if it never runs.
 @numba.njit(cache=True, nogil=True)
 def _fs4_scan_avx2(blocks, n, n_pairs, q, centroids, lut, qlut, tab, lut16, slack, accs, bmax, hv, hi, out_ids, out_vals):  # pragma: no cover
     for s_ in range(q.shape[0]):
@@ -748,27 +737,29 @@ def _fs4_work(m: int, n: int, width: int, k: int) -> tuple[np.ndarray, ...]:
     )  # fmt: skip
 
 
+def _fs4_call(centroids: np.ndarray, blocks: FastScanBlocks, k: int, exact: bool, want_simd: bool) -> tuple:
+    """The numba batch scan for these blocks and CPU, with its arguments before and after the queries.
+
+    Returns ``(fn, head, tail)``: ``fn(*head, queries, *tail)`` gives ``(ids, vals, all_finite)``; the
+    scratch arrays in ``tail`` are reused by every call made with them (one thread at a time).
+    """
+    m, n, width = centroids.shape[0], blocks.n, blocks.width
+    lut, qlut, tab, lut16, accs, bmax, hv, hi = _fs4_work(m, n, width, k)
+    slack = np.float32(_candidate_slack(m) if exact else -1.0)
+    tail = (centroids, lut, qlut, tab, lut16, slack, accs, bmax, hv, hi)
+    if want_simd and width == 64 and HAS_AVX512BW:
+        return _fs4_batch_avx512, (blocks.data, n, m // 2), tail
+    if want_simd and width == 32 and HAS_AVX2:
+        return _fs4_batch_avx2, (blocks.data, n, m // 2), tail
+    return _fs4_batch_portable, (blocks.data, n, m // 2, width), tail
+
+
 def _fs4_run(
-    queries: np.ndarray,
-    centroids: np.ndarray,
-    blocks: FastScanBlocks,
-    k: int,
-    exact: bool,
-    want_simd: bool,
-    work: tuple[np.ndarray, ...] | None = None,
+    queries: np.ndarray, centroids: np.ndarray, blocks: FastScanBlocks, k: int, exact: bool, want_simd: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`fastscan_search` after its checks (queries float32 C-contiguous [q, d]; NaN is re-checked)."""
-    m = centroids.shape[0]
-    n, width = blocks.n, blocks.width
-    if work is None:
-        work = _fs4_work(m, n, width, k)
-    slack = np.float32(_candidate_slack(m) if exact else -1.0)
-    if want_simd and width == 64 and HAS_AVX512BW:
-        ids, vals, ok = _fs4_batch_avx512(blocks.data, n, m // 2, queries, centroids, *work[:4], slack, *work[4:])
-    elif want_simd and width == 32 and HAS_AVX2:
-        ids, vals, ok = _fs4_batch_avx2(blocks.data, n, m // 2, queries, centroids, *work[:4], slack, *work[4:])
-    else:
-        ids, vals, ok = _fs4_batch_portable(blocks.data, n, m // 2, width, queries, centroids, *work[:4], slack, *work[4:])
+    fn, head, tail = _fs4_call(centroids, blocks, k, exact, want_simd)
+    ids, vals, ok = fn(*head, queries, *tail)
     if not ok:
         _queries(queries, queries.shape[1])  # raises NonFiniteError naming the rows
     return ids, vals
@@ -1151,15 +1142,7 @@ class _FastScanScanner(Scanner):
 
     def _make_call(self, k: int) -> tuple:
         """The numba batch kernel and its arguments before and after the queries (per thread and K)."""
-        m, width = self.centroids.shape[0], self.blocks.width
-        lut, qlut, tab, lut16, accs, bmax, hv, hi = _fs4_work(m, self.n_items, width, k)
-        slack = np.float32(_candidate_slack(m) if self.exact else -1.0)
-        tail = (self.centroids, lut, qlut, tab, lut16, slack, accs, bmax, hv, hi)
-        if width == 64 and HAS_AVX512BW:
-            return _fs4_batch_avx512, (self.blocks.data, self.n_items, m // 2), tail
-        if width == 32 and HAS_AVX2:
-            return _fs4_batch_avx2, (self.blocks.data, self.n_items, m // 2), tail
-        return _fs4_batch_portable, (self.blocks.data, self.n_items, m // 2, width), tail
+        return _fs4_call(self.centroids, self.blocks, k, self.exact, True)
 
 
 class _SQScanner(Scanner):
