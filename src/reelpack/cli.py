@@ -683,6 +683,198 @@ def bench_speed(
         _fail(exc)
 
 
+@app.command("serve")
+def serve_cmd(
+    store: Annotated[Path, typer.Option("--store", help="Catalog store folder (written by build-catalog).")],
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key_env: Annotated[
+        str, typer.Option("--api-key-env", help="Environment variable holding the admin API key (unset: admin off).")
+    ] = "REELPACK_API_KEY",
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    max_body_mb: Annotated[int, typer.Option(help="Largest accepted publish upload, MiB.")] = 512,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Log every request (costs CPU under load).")
+    ] = False,
+) -> None:
+    """Serve a catalog store over HTTP (FastAPI + uvicorn): manifests, resumable pack and delta downloads,
+    refinement codes, user-vector updates and online HNSW retrieval. API docs at http://HOST:PORT/docs."""
+    import uvicorn
+
+    from reelpack.serve.app import create_app
+
+    try:
+        if not 1 <= port <= 65535:
+            raise typer.BadParameter(f"--port must be in 1..65535, got {port}")
+        if not 1 <= workers <= 64:
+            raise typer.BadParameter(f"--workers must be in 1..64, got {workers}")
+        if not 1 <= max_body_mb <= 1 << 20:
+            raise typer.BadParameter(f"--max-body-mb must be in 1..{1 << 20}, got {max_body_mb}")
+        key = os.environ.get(api_key_env) or None
+        service = create_app(store, api_key=key, max_body_bytes=max_body_mb << 20)
+        catalogs = service.state.store.catalogs()
+        err_console.print(f"serving {len(catalogs)} catalog(s) from {store} on http://{host}:{port} (docs: /docs)")
+        if key is None:
+            err_console.print(f"[yellow]${api_key_env} is not set: admin endpoints answer 403[/]")
+        if workers == 1:
+            uvicorn.run(service, host=host, port=port, log_level=log_level, access_log=access_log)
+        else:  # each worker process builds its own app from the environment
+            os.environ["REELPACK_SERVE_STORE"] = str(Path(store).resolve())
+            os.environ["REELPACK_SERVE_API_KEY_ENV"] = api_key_env
+            os.environ["REELPACK_SERVE_MAX_BODY_BYTES"] = str(max_body_mb << 20)
+            uvicorn.run("reelpack.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                        log_level=log_level, access_log=access_log)  # fmt: skip
+    except ReelpackError as exc:
+        _fail(exc)
+
+
+@app.command("build-catalog")
+def build_catalog_cmd(
+    embeddings: Annotated[
+        Optional[Path],
+        typer.Argument(help="Item embeddings: .npy floats n x d (ids from --ids, default 0..n-1), .npz with 'ids' "
+                       "and 'vectors', or Parquet with an 'id' column and 'embedding' (list) or e0..e{d-1}. "
+                       "Omit with --synthetic."),  # fmt: skip
+    ] = None,
+    store: Annotated[Path, typer.Option("--store", help="Store root folder (created if missing).")] = ...,
+    catalog: Annotated[str, typer.Option("--catalog", help="Catalog name: 1-64 of a-z 0-9 _ -.")] = ...,
+    ids: Annotated[Optional[Path], typer.Option("--ids", help="Item ids .npy ints (n) for a .npy EMBEDDINGS.")] = None,
+    codecs: Annotated[
+        Optional[str],
+        typer.Option(help="Codec specs, layer 0 first, separated by spaces or ';'. Default: the previous version's, "
+                     "else 'pq4 sq8'. Other codecs than the previous version's start a fresh chain (no delta)."),  # fmt: skip
+    ] = None,
+    users: Annotated[Optional[Path], typer.Option("--users", help="User vectors .npy floats m x d (optional).")] = None,
+    user_ids: Annotated[Optional[Path], typer.Option("--user-ids", help="User ids .npy ints (m) (default 0..m-1).")] = None,
+    items_per_block: Annotated[
+        Optional[int], typer.Option(help="Items per block. Default: the previous version's, else 1024.")
+    ] = None,
+    no_index: Annotated[bool, typer.Option("--no-index", help="Skip the server-side HNSW index.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of codec fitting, HNSW insertion order and recall queries.")] = 0,
+    synthetic: Annotated[
+        Optional[int],
+        typer.Option("--synthetic", help="Build from a SYNTHETIC clustered catalog of N unit vectors (ids 0..N-1, "
+                     "drawn with --seed) plus min(N, 1000) synthetic users from the same clusters."),  # fmt: skip
+    ] = None,
+    dim: Annotated[int, typer.Option(help="Dimension of the --synthetic catalog.")] = 64,
+    threads: Annotated[int, typer.Option(help="HNSW build threads (1 = deterministic, 0 = all cores).")] = 1,
+) -> None:
+    """Publish the next version of a catalog in a store: packs, deltas from the previous version, HNSW index."""
+    import numpy as np
+
+    from reelpack.errors import InvalidInputError
+    from reelpack.serve.store import CatalogStore, build_catalog, load_embeddings, validate_catalog_name
+
+    try:
+        validate_catalog_name(catalog)
+        if synthetic is not None:
+            from reelpack.eval.speed import synthetic_catalog
+
+            if embeddings is not None or ids is not None or users is not None or user_ids is not None:
+                raise InvalidInputError("--synthetic builds its own items and users: omit EMBEDDINGS, --ids, --users")
+            if not (1 <= synthetic <= 50_000_000 and 1 <= dim <= 4096):
+                raise InvalidInputError(f"--synthetic must be in 1..5e7 and --dim in 1..4096, got {synthetic}, {dim}")
+            m = min(synthetic, 1000)
+            allv = synthetic_catalog(synthetic + m, dim, seed=seed)
+            item_ids, X = np.arange(synthetic, dtype=np.int64), allv[:synthetic]
+            U, uids = allv[synthetic:], np.arange(m, dtype=np.int64)
+            source = f"SYNTHETIC clustered catalog {synthetic}x{dim} (seed {seed}) + {m} users"
+        else:
+            if embeddings is None:
+                raise InvalidInputError("give an EMBEDDINGS file or --synthetic N")
+            item_ids, X = load_embeddings(embeddings, ids)
+            U = uids = None
+            if users is not None:
+                uids, U = load_embeddings(users, user_ids)
+            elif user_ids is not None:
+                raise InvalidInputError("--user-ids needs --users")
+            source = f"{embeddings.name} {X.shape[0]}x{X.shape[1]}"
+        console.print(f"building catalog {catalog!r} in {store} from {source}")
+        with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:  # fmt: skip
+            task = bar.add_task("prepare", total=None)
+
+            def progress(stage: str, done: int, total: int) -> None:
+                bar.update(task, description=stage, completed=done, total=total)
+
+            entry = build_catalog(
+                CatalogStore(store), catalog, item_ids, X, codecs=codecs, users=U, user_ids=uids,
+                items_per_block=items_per_block, seed=seed, index=not no_index, progress=progress, threads=threads,
+            )  # fmt: skip
+    except ReelpackError as exc:
+        _fail(exc)
+    idx = entry["index"]
+    recall = "no index" if idx is None else f"HNSW recall@{idx['recall_k']} {idx['recall_at_50']:.4f} ({idx['recall_queries']})"
+    delta = "first of its chain" if entry["delta_from"] is None else f"delta from version {entry['delta_from']}"
+    console.print(f"published {catalog} version {entry['version']}: {entry['n_items']} items, d={entry['dim']}, "
+                  f"codecs {' '.join(entry['codecs'])}, {delta}; {recall}")  # fmt: skip
+    typer.echo(json.dumps(entry, indent=1))
+
+
+@app.command("client")
+def client_cmd(
+    server: Annotated[str, typer.Option(help="Base URL of the pack service, e.g. http://127.0.0.1:8000.")],
+    catalog: Annotated[str, typer.Option(help="Catalog name.")],
+    cache: Annotated[Path, typer.Option(help="SQLite cache file of this simulated phone (created if missing).")],
+    profile: Annotated[
+        Optional[str], typer.Option(help="Simulated network: 1mbit, 3g or 4g (virtual clock). Default: none.")
+    ] = None,
+    real_clock: Annotated[bool, typer.Option("--real-clock", help="Sleep for the simulated network time.")] = False,
+    user_vector: Annotated[Optional[Path], typer.Option(help="User vector (.npy, float32, d values).")] = None,
+    random_user: Annotated[bool, typer.Option("--random-user", help="Use a random unit user vector.")] = False,
+    user_id: Annotated[Optional[str], typer.Option(help="Fetch this user's vector from the service.")] = None,
+    k: Annotated[int, typer.Option("-k", help="Items to recommend.")] = 50,
+    refine: Annotated[int, typer.Option(help="Layer-0 candidates rescored with layer-1 codes (0: layer 0 only).")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of --random-user and of the simulated losses.")] = 0,
+) -> None:
+    """Simulate a phone: sync the catalog's layer 0, recommend, print the time to first recommendation and bytes."""
+    import numpy as np
+
+    from reelpack.errors import InvalidInputError
+
+    try:
+        import httpx
+
+        from reelpack.serve.client import PhoneClient
+        from reelpack.serve.shaper import ShapedTransport, get_profile
+
+        if sum((user_vector is not None, random_user, user_id is not None)) != 1:
+            raise InvalidInputError("give exactly one of --user-vector V.npy, --random-user, --user-id ID")
+        transport: httpx.BaseTransport = httpx.HTTPTransport()
+        if profile is not None:
+            transport = ShapedTransport(transport, get_profile(profile), clock="real" if real_clock else "virtual",
+                                        seed=seed)  # fmt: skip
+        with PhoneClient(server, catalog, cache, transport=transport) as phone:
+            report = phone.sync()
+            t_user = time.perf_counter()
+            sim_user = getattr(transport, "simulated_seconds", 0.0)
+            if user_vector is not None:
+                q = np.asarray(_load_npy(user_vector, "user vector"), dtype=np.float32).reshape(-1)
+            elif user_id is not None:
+                q = phone.user_vector(user_id)
+            else:
+                q = np.random.default_rng(seed).standard_normal(phone.dim).astype(np.float32)
+                q /= np.linalg.norm(q)
+            user_wall = time.perf_counter() - t_user
+            user_sim = getattr(transport, "simulated_seconds", 0.0) - sim_user
+            rec = phone.recommend(q, k=k, refine=refine)
+        sim = report.simulated_seconds + user_sim + rec.simulated_seconds
+        wall = report.wall_seconds + user_wall + rec.wall_seconds
+        console.print(
+            f"catalog {catalog} v{rec.version}: sync {'by delta' if report.used_delta else 'full' if report.bytes_downloaded else 'up to date'}, "
+            f"{report.bytes_downloaded} file bytes + {report.metadata_bytes} metadata bytes, {report.retries} retries"
+        )
+        console.print(
+            f"time to first recommendation: {sim + wall:.3f} s ({sim:.3f} s simulated network"
+            f"{' (' + profile + ')' if profile else ''} + {wall:.3f} s wall); refinement {rec.bytes_downloaded} bytes, "
+            f"{'refined' if rec.refined else 'NOT refined: ' + str(rec.note)}"
+        )
+        console.print(json.dumps({"ids": rec.ids.tolist(), "scores": [round(float(s), 5) for s in rec.scores]}))
+    except ReelpackError as exc:
+        _fail(exc)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

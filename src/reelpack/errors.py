@@ -31,6 +31,10 @@ __all__ = [
     "TrainingError",
     "EntropyCodingError",
     "DeltaError",
+    "UnsupportedOperationError",
+    "NotFoundError",
+    "StoreError",
+    "ServiceError",
 ]
 
 
@@ -138,3 +142,23 @@ class DeltaError(PackFormatError):
 
 class UnsupportedOperationError(ReelpackError):
     """The codec does not provide this operation (for example score bounds, or more than one stage)."""
+
+
+class NotFoundError(ReelpackError, LookupError):
+    """A catalog, version, delta, item id or user the store or service was asked for does not exist."""
+
+
+class StoreError(ReelpackError):
+    """The catalog store on disk is inconsistent or cannot be written (corrupt manifest, missing file)."""
+
+
+class ServiceError(ReelpackError):
+    """A reelpack service answered with an error, could not be reached, or sent a response that fails its checks.
+
+    Attributes:
+        status: the HTTP status (``None`` when no response came back).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,4 +1,4 @@
-"""Interaction data: the file loader, the synthetic default, and the train/test split."""
+"""Interaction data: the file loader, the synthetic default (with SYNTHETIC item metadata), and the train/test split."""
 
 from reelpack.data.interactions import (
     DATA_ENV_VAR,
@@ -19,3 +19,7 @@ __all__ = [
     "synthetic_interactions",
     "train_test_split",
 ]
+
+from reelpack.data.metadata import ItemMetadata, replay_synthetic_latents, synthetic_item_metadata  # noqa: E402
+
+__all__ += ["ItemMetadata", "synthetic_item_metadata", "replay_synthetic_latents"]

@@ -1,4 +1,4 @@
-"""Two-tower model training and the embedding cache.
+"""Two-tower model training, the embedding cache, and the cold-start content tower.
 
 >>> from reelpack.data import synthetic_interactions, train_test_split
 >>> from reelpack.train import TwoTowerConfig, train_two_tower
@@ -43,3 +43,13 @@ __all__ = [
     "save_cached",
     "train_two_tower",
 ]
+
+from reelpack.train.content import (  # noqa: E402
+    ColdStartResult,
+    ContentTower,
+    ContentTowerConfig,
+    cold_start_eval,
+    train_content_tower,
+)
+
+__all__ += ["ContentTowerConfig", "ContentTower", "train_content_tower", "cold_start_eval", "ColdStartResult"]
