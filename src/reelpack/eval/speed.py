@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from reelpack._memory import reset_peak_rss, status_kb
 from reelpack.codecs.base import pack_state
 from reelpack.codecs.registry import codec_from_bytes
 from reelpack.errors import InvalidInputError
@@ -380,16 +381,6 @@ def _decode_rows(prepared: dict[str, _Prepared], n: int) -> list[dict[str, Any]]
 
 
 # ---- peak memory of scoring a memmapped pack (run in a fresh subprocess) --------------------------
-def _status_kb(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:  # pragma: no cover - not Linux
-        return None
-    return None
-
 
 def memory_probe(pack_path: str, k: int, n_queries: int, seed: int) -> dict[str, Any]:
     """Open a pack through a memmap, build the fused scanner of layer 0, answer queries; report memory.
@@ -407,14 +398,10 @@ def memory_probe(pack_path: str, k: int, n_queries: int, seed: int) -> dict[str,
         tiny = codec.encode(rng.standard_normal((2000, codec.dim)).astype(np.float32))
         scan.make_scanner(codec, tiny).search(rng.standard_normal((1, codec.dim)).astype(np.float32), k)
     queries = rng.standard_normal((n_queries, codec.dim)).astype(np.float32)
-    reset = False
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        reset = True
-    except OSError:  # pragma: no cover - not Linux / not permitted
-        pass
-    base_kb = _status_kb("VmRSS")
+    base_kb = reset_peak_rss()
+    reset = base_kb is not None
+    if base_kb is None:
+        base_kb = status_kb("VmRSS")
     t0 = time.perf_counter()
     with PackReader(pack_path) as reader:
         codes = reader.layer_codes(0)  # CRC-checked, a view of the memmap
@@ -429,7 +416,7 @@ def memory_probe(pack_path: str, k: int, n_queries: int, seed: int) -> dict[str,
         code_bytes = int(codes.nbytes)
         kernel = scanner.kernel
         prepared = scanner.prepared_bytes
-    peak_kb = _status_kb("VmHWM")
+    peak_kb = status_kb("VmHWM")
     out = {
         "pack": os.path.basename(pack_path),
         "spec": codec.spec,

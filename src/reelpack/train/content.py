@@ -44,7 +44,7 @@ import math
 import os
 import time
 import zipfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,14 @@ from reelpack.errors import (
     SerializationError,
     TrainingError,
 )
-from reelpack.train.twotower import TwoTowerConfig, _check_float, _check_int, train_two_tower
+from reelpack.train.twotower import (
+    TwoTowerConfig,
+    _check_float,
+    _check_int,
+    config_from_dict,
+    config_to_dict,
+    train_two_tower,
+)
 
 __all__ = [
     "ContentTowerConfig",
@@ -134,23 +141,12 @@ class ContentTowerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (``hidden`` as a list)."""
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ContentTowerConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`InvalidInputError`."""
-        if not isinstance(d, dict):
-            raise InvalidInputError(f"config must be a dict, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidInputError(f"unknown ContentTowerConfig field(s) {unknown}; expected some of {sorted(known)}")
-        kw = dict(d)
-        if isinstance(kw.get("hidden"), list):
-            kw["hidden"] = tuple(kw["hidden"])
-        return cls(**kw)
+        """Inverse of :meth:`to_dict`; missing keys take defaults, unknown keys raise :class:`InvalidInputError`."""
+        return config_from_dict(cls, d)
 
 
 # ----------------------------------------------------------------------------- inference

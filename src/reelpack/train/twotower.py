@@ -66,6 +66,30 @@ __all__ = [
 ]
 
 
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """JSON-ready dict of a config dataclass (its ``hidden`` tuple as a list)."""
+    d = asdict(config)
+    d["hidden"] = list(config.hidden)
+    return d
+
+
+def config_from_dict(cls: type, d: object) -> Any:
+    """Rebuild config dataclass ``cls`` from :func:`config_to_dict` output (missing keys take defaults).
+
+    Raises :class:`InvalidInputError` for a non-dict or unknown keys; the dataclass checks the values.
+    """
+    if not isinstance(d, dict):
+        raise InvalidInputError(f"config must be a dict, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise InvalidInputError(f"unknown {cls.__name__} field(s) {unknown}; expected some of {sorted(known)}")
+    kw = dict(d)
+    if isinstance(kw.get("hidden"), list):
+        kw["hidden"] = tuple(kw["hidden"])
+    return cls(**kw)
+
+
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise InvalidInputError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
@@ -151,23 +175,12 @@ class TwoTowerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (``hidden`` as a list)."""
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TwoTowerConfig:
         """Inverse of :meth:`to_dict`; missing keys take defaults, unknown keys raise :class:`InvalidInputError`."""
-        if not isinstance(d, dict):
-            raise InvalidInputError(f"config must be a dict, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidInputError(f"unknown TwoTowerConfig field(s) {unknown}; expected some of {sorted(known)}")
-        kw = dict(d)
-        if "hidden" in kw and isinstance(kw["hidden"], list):
-            kw["hidden"] = tuple(kw["hidden"])
-        return cls(**kw)
+        return config_from_dict(cls, d)
 
     @classmethod
     def for_synthetic(cls, **overrides: Any) -> TwoTowerConfig:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from reelpack._memory import reset_peak_rss, status_kb
 from reelpack.data.interactions import Split
 from reelpack.errors import DimensionMismatchError, InvalidInputError, NonFiniteError, TrainingError
 from reelpack.train.twotower import _lr_lambda, in_batch_softmax_loss, item_log_q
@@ -184,27 +185,6 @@ class VideoTrainResult:
         }
 
 
-def _status_kb(name: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(name + ":"):
-                    return int(line.split()[1])
-    except OSError:  # pragma: no cover - not Linux
-        return None
-    return None
-
-
-def _reset_peak() -> int | None:
-    """Reset VmHWM to the current RSS; return the RSS in kB (``None`` if not possible)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:  # pragma: no cover - not Linux / not permitted
-        return None
-    return _status_kb("VmRSS")
-
-
 def _check_chunk(
     frames: np.ndarray, n_frames: np.ndarray, title: np.ndarray, start: int, chunk: int, d: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -343,11 +323,11 @@ def train_video_two_tower(
         with torch.random.fork_rng(devices=[]):
             if config.measure_memory:
                 _warm_up(model_name, catalog, config)
-            base_kb = _reset_peak() if config.measure_memory else None
+            base_kb = reset_peak_rss() if config.measure_memory else None
             torch.manual_seed(config.seed)
             tower = _ItemTower(model_name, catalog, config)
             user_emb, hist, secs, cpu = _fit(split, tower, config, users_np, items_np)
-            peak_kb = _status_kb("VmHWM") if base_kb is not None else None
+            peak_kb = status_kb("VmHWM") if base_kb is not None else None
             tower.model.eval()
             item_emb = tower.embed_all(config.eval_batch)
     finally:
