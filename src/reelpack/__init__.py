@@ -2,7 +2,8 @@
 
 The public surface is small; everything else lives in the submodules
 (:mod:`reelpack.codecs`, :mod:`reelpack.data`, :mod:`reelpack.eval`, :mod:`reelpack.format`,
-:mod:`reelpack.score`, :mod:`reelpack.train`). Training and benchmarking names load lazily, so ``import reelpack``
+:mod:`reelpack.score`, :mod:`reelpack.train`, :mod:`reelpack.serve`, :mod:`reelpack.rerank`,
+:mod:`reelpack.video`). Training and benchmarking names load lazily, so ``import reelpack``
 does not import torch.
 """
 
@@ -40,6 +41,13 @@ __all__ = [
     "iter_blocks_stream",
     "progressive_topk",
     "make_scanner",
+    "contest_scores",
+    "write_html_report",
+    "build_catalog_sharded",
+    "Reranker",
+    "load_reranker",
+    "EdgeCatalog",
+    "EdgeRetriever",
 ]
 
 _LAZY = {
@@ -53,13 +61,25 @@ _LAZY = {
     "iter_blocks_stream": "reelpack.format",
     "progressive_topk": "reelpack.score.progressive",
     "make_scanner": "reelpack.score.scan",
+    "contest_scores": "reelpack.eval.contest",
+    "write_html_report": "reelpack.eval.html_report",
+    "build_catalog_sharded": "reelpack.serve.scale",
+    "Reranker": "reelpack.rerank",
+    "load_reranker": "reelpack.rerank",
+    "EdgeCatalog": "reelpack.serve.edge",
+    "EdgeRetriever": "reelpack.serve.edge",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from reelpack.eval.bench import BenchConfig, run_bench
+    from reelpack.eval.contest import contest_scores
+    from reelpack.eval.html_report import write_html_report
     from reelpack.format import PackReader, iter_blocks_stream, write_pack
     from reelpack.score.progressive import progressive_topk
+    from reelpack.rerank import Reranker, load_reranker
     from reelpack.score.scan import make_scanner
+    from reelpack.serve.edge import EdgeCatalog, EdgeRetriever
+    from reelpack.serve.scale import build_catalog_sharded
     from reelpack.train import TwoTowerConfig, load_or_train, train_two_tower
 
 

@@ -152,9 +152,29 @@ def bench(
             "constants and sources in docs/ENERGY.md."
         ),
     ] = "midrange-2024",
+    loss_rates: Annotated[
+        str,
+        typer.Option(
+            help="i.i.d. block-loss rates of the robustness curves, comma-separated (0.1 is always measured: "
+            "it gives each row's robust_rel_recall@K); '' turns robustness off."
+        ),
+    ] = "0,0.05,0.1,0.2",
+    robust_users: Annotated[
+        int, typer.Option(help="Users (a seeded sample of the evaluated ones) ranked under loss; 0 turns robustness off.")
+    ] = 2000,
 ) -> None:
-    """Train (or load) embeddings, then measure float32, every codec and its faiss twin in one run."""
+    """Train (or load) embeddings, then measure float32, every codec and its faiss twin in one run.
+
+    Each row also gets its rank quality under packet loss (a real pack with lost blocks corrupted,
+    found by CRC) and engineering checks; the JSON (schema version 2) holds the contest score
+    (docs/SCORING.md; print it with `reelpack contest RESULTS.json`).
+    """
     from reelpack.eval.bench import DEFAULT_CODECS, SWEEP_BASELINES, SWEEP_CODECS, SWEEP_QAT, BenchConfig
+
+    try:
+        rates = tuple(float(x) for x in loss_rates.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise typer.BadParameter(f"--loss-rates must be comma-separated numbers, got {loss_rates!r}") from None
 
     try:
         default_codecs = SWEEP_CODECS if sweep else DEFAULT_CODECS
@@ -168,6 +188,8 @@ def bench(
             qat=_parse_codecs(qat) if qat else (SWEEP_QAT if sweep else ()),
             qat_epochs=qat_epochs,
             device_model=device_model,
+            loss_rates=rates,
+            robust_users=robust_users,
         )
         split = _load_split(data, seed)
         emb = _embeddings(split, dim, epochs, cache_dir, retrain, seed)
@@ -196,7 +218,7 @@ def demo(
     try:
         split = _synthetic_split(seed)
         emb = _embeddings(split, 32, None, cache_dir, False, seed)
-        config = BenchConfig(codecs=DEMO_CODECS, seed=seed)
+        config = BenchConfig(codecs=DEMO_CODECS, seed=seed, robust_users=500)  # robustness on, but small
         _run_and_report(split, emb, config, out, "demo", {"embeddings": _describe(emb)})
     except ReelpackError as exc:
         _fail(exc)
@@ -735,7 +757,7 @@ def build_catalog_cmd(
         Optional[Path],
         typer.Argument(help="Item embeddings: .npy floats n x d (ids from --ids, default 0..n-1), .npz with 'ids' "
                        "and 'vectors', or Parquet with an 'id' column and 'embedding' (list) or e0..e{d-1}. "
-                       "Omit with --synthetic."),  # fmt: skip
+                       "Omit with --synthetic. With --scheduler: .npy only (memory-mapped by the workers)."),  # fmt: skip
     ] = None,
     store: Annotated[Path, typer.Option("--store", help="Store root folder (created if missing).")] = ...,
     catalog: Annotated[str, typer.Option("--catalog", help="Catalog name: 1-64 of a-z 0-9 _ -.")] = ...,
@@ -755,42 +777,85 @@ def build_catalog_cmd(
     synthetic: Annotated[
         Optional[int],
         typer.Option("--synthetic", help="Build from a SYNTHETIC clustered catalog of N unit vectors (ids 0..N-1, "
-                     "drawn with --seed) plus min(N, 1000) synthetic users from the same clusters."),  # fmt: skip
+                     "drawn with --seed, chunk by chunk) plus min(N, 1000) synthetic users from the same clusters."),  # fmt: skip
     ] = None,
     dim: Annotated[int, typer.Option(help="Dimension of the --synthetic catalog.")] = 64,
     threads: Annotated[int, typer.Option(help="HNSW build threads (1 = deterministic, 0 = all cores).")] = 1,
+    scheduler: Annotated[
+        Optional[str],
+        typer.Option("--scheduler", help="Encode in shards on Dask: 'local' (a LocalCluster of --workers processes) "
+                     "or a scheduler address such as tcp://host:8786. Default: one process, no Dask. "
+                     "Same files either way (see docs/SCALE.md)."),  # fmt: skip
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes of --scheduler local.")] = 2,
+    shard_size: Annotated[
+        int, typer.Option("--shard-size", help="Rows per shard (rounded up to a multiple of the items per block).")
+    ] = 262_144,
+    work_dir: Annotated[
+        Optional[Path],
+        typer.Option("--work-dir", help="Folder of the shard files, shared with the workers; a rerun resumes from "
+                     "it (finished shards are kept after their CRC32C check). Default: STORE/CATALOG/.work."),  # fmt: skip
+    ] = None,
+    keep_work: Annotated[bool, typer.Option("--keep-work", help="Keep the shard files after publishing.")] = False,
+    connect_timeout: Annotated[
+        float, typer.Option("--connect-timeout", help="Seconds to reach the --scheduler address.")
+    ] = 10.0,
+    edge: Annotated[
+        bool, typer.Option("--edge", help="Also build the hierarchical index's edge catalog (edge.rpec: coarse "
+                           "clusters + sq8 codes) the service cuts device summaries from (single-process only).")
+    ] = False,
+    edge_nlist: Annotated[
+        Optional[int], typer.Option("--edge-nlist", help="Coarse clusters of --edge (default min(1024, n // 64)).")
+    ] = None,
 ) -> None:
-    """Publish the next version of a catalog in a store: packs, deltas from the previous version, HNSW index."""
+    """Publish the next version of a catalog in a store: packs, deltas from the previous version, HNSW index.
+
+    With --scheduler the rows are encoded in shards on Dask workers (resumable) and the packs are streamed
+    from the shard files; such a build always starts a fresh chain (no delta)."""
     import numpy as np
 
     from reelpack.errors import InvalidInputError
+    from reelpack.serve.scale import NpySource, SyntheticSource, build_catalog_sharded
     from reelpack.serve.store import CatalogStore, build_catalog, load_embeddings, validate_catalog_name
 
     try:
         validate_catalog_name(catalog)
+        if scheduler is None and (work_dir is not None or keep_work):
+            raise InvalidInputError("--work-dir and --keep-work need --scheduler")
+        if scheduler is not None and edge:
+            raise InvalidInputError("--edge needs the single-process build: omit --scheduler")
+        if edge_nlist is not None and not edge:
+            raise InvalidInputError("--edge-nlist needs --edge")
+        src = None
         if synthetic is not None:
-            from reelpack.eval.speed import synthetic_catalog
-
             if embeddings is not None or ids is not None or users is not None or user_ids is not None:
                 raise InvalidInputError("--synthetic builds its own items and users: omit EMBEDDINGS, --ids, --users")
             if not (1 <= synthetic <= 50_000_000 and 1 <= dim <= 4096):
                 raise InvalidInputError(f"--synthetic must be in 1..5e7 and --dim in 1..4096, got {synthetic}, {dim}")
             m = min(synthetic, 1000)
-            allv = synthetic_catalog(synthetic + m, dim, seed=seed)
-            item_ids, X = np.arange(synthetic, dtype=np.int64), allv[:synthetic]
-            U, uids = allv[synthetic:], np.arange(m, dtype=np.int64)
+            src = SyntheticSource(synthetic, dim, seed=seed)
+            U, uids = SyntheticSource(synthetic + m, dim, seed=seed).rows(synthetic, synthetic + m), np.arange(m)
+            item_ids = X = None
+            if scheduler is None:
+                item_ids, X = src.ids(), src.rows(0, synthetic)
             source = f"SYNTHETIC clustered catalog {synthetic}x{dim} (seed {seed}) + {m} users"
         else:
             if embeddings is None:
                 raise InvalidInputError("give an EMBEDDINGS file or --synthetic N")
-            item_ids, X = load_embeddings(embeddings, ids)
+            if scheduler is None:
+                item_ids, X = load_embeddings(embeddings, ids)
+                shape = X.shape
+            else:
+                src = NpySource(embeddings, ids)
+                shape = (src.n, src.d)
             U = uids = None
             if users is not None:
                 uids, U = load_embeddings(users, user_ids)
             elif user_ids is not None:
                 raise InvalidInputError("--user-ids needs --users")
-            source = f"{embeddings.name} {X.shape[0]}x{X.shape[1]}"
-        console.print(f"building catalog {catalog!r} in {store} from {source}")
+            source = f"{embeddings.name} {shape[0]}x{shape[1]}"
+        how = "" if scheduler is None else f" on Dask ({scheduler}{', %d workers' % workers if scheduler == 'local' else ''})"
+        console.print(f"building catalog {catalog!r} in {store} from {source}{how}")
         with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as bar:  # fmt: skip
             task = bar.add_task("prepare", total=None)
@@ -798,10 +863,25 @@ def build_catalog_cmd(
             def progress(stage: str, done: int, total: int) -> None:
                 bar.update(task, description=stage, completed=done, total=total)
 
-            entry = build_catalog(
-                CatalogStore(store), catalog, item_ids, X, codecs=codecs, users=U, user_ids=uids,
-                items_per_block=items_per_block, seed=seed, index=not no_index, progress=progress, threads=threads,
-            )  # fmt: skip
+            if scheduler is None:
+                entry = build_catalog(
+                    CatalogStore(store), catalog, item_ids, X, codecs=codecs, users=U, user_ids=uids,
+                    items_per_block=items_per_block, seed=seed, index=not no_index, progress=progress, threads=threads,
+                    edge=edge, edge_nlist=edge_nlist,
+                )  # fmt: skip
+            else:
+                stats: dict = {}
+                entry = build_catalog_sharded(
+                    CatalogStore(store), catalog, src, codecs=codecs, users=U, user_ids=uids,
+                    items_per_block=items_per_block, seed=seed, index=not no_index, scheduler=scheduler,
+                    n_workers=workers, shard_size=shard_size, work_dir=work_dir, keep_work=keep_work,
+                    connect_timeout=connect_timeout, progress=progress, threads=threads, stats=stats,
+                )  # fmt: skip
+        if scheduler is not None:
+            console.print(f"shards: {stats['shards']} ({stats['encoded']} encoded, {stats['rebuilt']} rebuilt, "
+                          f"{stats['verified']} kept); fit {stats['fit_s']:.1f} s"
+                          f"{' (cached)' if stats['codecs_cached'] else ''}, encode {stats['encode_s']:.1f} s, "
+                          f"assemble {stats['assemble_s']:.1f} s")  # fmt: skip
     except ReelpackError as exc:
         _fail(exc)
     idx = entry["index"]
@@ -871,6 +951,197 @@ def client_cmd(
             f"{'refined' if rec.refined else 'NOT refined: ' + str(rec.note)}"
         )
         console.print(json.dumps({"ids": rec.ids.tolist(), "scores": [round(float(s), 5) for s in rec.scores]}))
+    except ReelpackError as exc:
+        _fail(exc)
+
+
+@app.command("contest")
+def contest(
+    results: Annotated[Path, typer.Argument(help="A results JSON written by `reelpack bench` (schema version 2).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON instead of a rich table.")] = False,
+) -> None:
+    """Print the contest score of every method of a bench run (formula: docs/SCORING.md)."""
+    from reelpack.eval.bench import load_results
+    from reelpack.eval.contest import contest_scores, contest_table
+    from reelpack.eval.report import contest_rich_table
+
+    try:
+        result = load_results(results)
+        if as_json:
+            typer.echo(json.dumps(contest_table(contest_scores(result)), indent=2))
+        else:
+            console.print(contest_rich_table(result))
+    except ReelpackError as exc:
+        _fail(exc)
+
+
+@app.command("report")
+def report_cmd(
+    results: Annotated[Path, typer.Argument(help="Results JSON written by `reelpack bench`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write (replaced atomically).")] = Path("report.html"),
+) -> None:
+    """Write one self-contained HTML report (no network): rate-quality curves, latency, loss robustness,
+    contest score and provenance of a bench run."""
+    from reelpack.eval.html_report import write_html_report
+
+    try:
+        path = write_html_report(results, out)
+    except ReelpackError as exc:
+        _fail(exc)
+    console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+@app.command("train-reranker")
+def train_reranker_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Re-ranker file to write (replaced atomically).")],
+    codec: Annotated[str, typer.Option(help="Codec spec the phone ranks with (e.g. pq8, 'opq8,pq8', apq8).")] = "pq8",
+    data: DataOpt = None,
+    dim: Annotated[int, typer.Option(help="Embedding dimension (two-tower, cached or trained).")] = 64,
+    train_users: Annotated[int, typer.Option(help="Training users (seeded sample of all users).")] = 10000,
+    r: Annotated[int, typer.Option("--r", help="Candidates per user (the codec's top-R).")] = 200,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
+    hidden: Annotated[int, typer.Option(help="Hidden units of the MLP.")] = 32,
+    temperature: Annotated[float, typer.Option(help="Teacher softmax temperature (x std of float32 scores).")] = 0.03,
+    popularity: Annotated[
+        bool,
+        typer.Option("--popularity/--no-popularity",
+                     help="Use the per-item popularity byte (log_pop feature); --no-popularity: codes only."),
+    ] = True,
+    onnx_out: Annotated[Optional[Path], typer.Option(help="Also write the model as ONNX here.")] = None,
+    codec_out: Annotated[
+        Optional[Path], typer.Option(help="Write the fitted codec (Codec.to_bytes) here; default OUT with suffix .codec.")
+    ] = None,
+    embed_epochs: Annotated[Optional[int], typer.Option(help="Two-tower epochs when training embeddings.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split, codec fit, user sample and training.")] = 0,
+) -> None:
+    """Fit a codec and train an on-device re-ranker for it on the train split (float32 distillation targets)."""
+    import numpy as np
+
+    from reelpack._atomic import atomic_write_bytes
+    from reelpack.codecs import make_codec
+    from reelpack.rerank import train_reranker
+
+    try:
+        split = _load_split(data, seed)
+        emb = _embeddings(split, dim, embed_epochs, None, False, seed)
+        fitted = make_codec(codec).fit(emb.item_emb, seed=seed)
+        codes = fitted.encode(emb.item_emb)
+        rng = np.random.default_rng(seed)
+        users = np.sort(rng.choice(split.n_users, min(train_users, split.n_users), replace=False))
+        rr = train_reranker(fitted, codes, split, emb.user_emb, emb.item_emb, users, r=min(r, split.n_items),
+                            epochs=epochs, hidden=hidden, temperature=temperature, popularity=popularity,
+                            seed=seed)  # fmt: skip
+        rr.save(out)
+        codec_path = codec_out if codec_out is not None else out.with_suffix(".codec")
+        atomic_write_bytes(codec_path, fitted.to_bytes())
+        if onnx_out is not None:
+            atomic_write_bytes(onnx_out, rr.to_onnx())
+    except ReelpackError as exc:
+        _fail(exc)
+    console.print(f"wrote {out} ({out.stat().st_size} bytes): re-ranker for {fitted.spec} (d={fitted.dim}), "
+                  f"{rr.n_params} parameters, {len(rr.feature_names)} features "
+                  f"(popularity {'on: codes + 1 B/item' if rr.uses_popularity else 'off: codes only'}); "
+                  f"codec -> {codec_path}"
+                  + (f"; ONNX -> {onnx_out}" if onnx_out is not None else ""))  # fmt: skip
+
+
+@app.command("rerank-bench")
+def rerank_bench_cmd(
+    codecs: Annotated[str, typer.Option(help="Codec specs separated by ';' or spaces.")] = "pq8;opq8,pq8;apq8",
+    data: DataOpt = None,
+    dim: Annotated[int, typer.Option(help="Embedding dimension (two-tower, cached or trained).")] = 64,
+    users: Annotated[int, typer.Option(help="Evaluated users (seeded sample; 0 = all with test items).")] = 5000,
+    train_users: Annotated[int, typer.Option(help="Training users, drawn outside the evaluated ones.")] = 10000,
+    r: Annotated[int, typer.Option("--r", help="Candidates per user (the codec's top-R).")] = 200,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
+    latency_users: Annotated[int, typer.Option(help="Users timed one at a time.")] = 300,
+    popularity: Annotated[
+        str, typer.Option(help="Re-ranker variants: both, on (log_pop feature, codes + 1 B/item), off (codes only).")
+    ] = "both",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSON results file.")] = None,
+    embed_epochs: Annotated[Optional[int], typer.Option(help="Two-tower epochs when training embeddings.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split, fits, samples and training.")] = 0,
+) -> None:
+    """Float32 vs each codec's own ranking vs the re-ranked ranking (rel Recall@50, NDCG@10, MRR; latency)."""
+    import numpy as np
+
+    from reelpack._atomic import atomic_write_bytes
+    from reelpack.rerank.evaluate import rerank_benchmark
+
+    specs = _parse_codecs(codecs)
+    variants = {"both": (True, False), "on": (True,), "off": (False,)}
+    if popularity not in variants:
+        err_console.print(f"[bold red]error:[/] --popularity must be one of both, on, off; got {popularity!r}")
+        raise typer.Exit(2)
+    try:
+        split = _load_split(data, seed)
+        emb = _embeddings(split, dim, embed_epochs, None, False, seed)
+        rng = np.random.default_rng(seed)
+        ev = split.eval_users()
+        ev_users = ev if users <= 0 or users >= len(ev) else np.sort(rng.choice(ev, users, replace=False))
+        pool = np.setdiff1d(np.arange(split.n_users), ev_users)
+        pool = pool if len(pool) >= train_users else np.arange(split.n_users)  # reads train items only
+        tr_users = np.sort(rng.choice(pool, min(train_users, len(pool)), replace=False))
+        result = rerank_benchmark(split, emb.user_emb, emb.item_emb, specs, ev_users, tr_users,
+                                  r=min(r, split.n_items), latency_users=latency_users, seed=seed,
+                                  popularity=variants[popularity], train_kwargs={"epochs": epochs},
+                                  progress=console.print)  # fmt: skip
+    except ReelpackError as exc:
+        _fail(exc)
+    from rich.table import Table
+
+    table = Table(title=f"re-ranking the top-{r} ({len(ev_users)} users; float32 = 1.000)")
+    for col in ("codec", "popularity", "B/item", "rel R@50", "rel NDCG@10", "rel MRR", "numpy ms/user", "onnx ms/user"):
+        table.add_column(col)
+    for row in result["rows"]:
+        c, n = row["codec_rel"], row["rerank_rel"]
+        cells = [f"{c[k]:.3f} -> {n[k]:.3f} ({n[k] - c[k]:+.3f})" for k in ("rel_recall@50", "rel_ndcg@10", "rel_mrr")]
+        lat = row["latency"]
+        table.add_row(row["codec"], "on" if row["popularity"] else "off", str(row["bytes_per_item"]), *cells,
+                      f"{lat['numpy_ms_mean']:.3f}", f"{lat['onnx_ms_mean']:.3f}")  # fmt: skip
+    console.print(table)
+    if out is not None:
+        atomic_write_bytes(out, json.dumps(result, indent=2).encode())
+        console.print(f"wrote {out}")
+
+
+@app.command("edge-summary")
+def edge_summary_cmd(
+    vectors: Annotated[Path, typer.Option("--vectors", help="Catalog item vectors, float32 [n, d] .npy.")],
+    user_vector: Annotated[Path, typer.Option("--user-vector", help="The device's user vector, float [d] .npy.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Device summary file to write (.rpes).")],
+    ids: Annotated[Optional[Path], typer.Option("--ids", help="Item ids int64 [n] .npy (default 0..n-1).")] = None,
+    budget_bytes: Annotated[
+        Optional[int], typer.Option("--budget-bytes", help="Device byte budget (default: --budget-frac).")
+    ] = None,
+    budget_frac: Annotated[float, typer.Option(help="Budget as a share of the float32 catalog bytes.")] = 0.05,
+    nlist: Annotated[int, typer.Option(help="Coarse clusters (faiss k-means).")] = 1024,
+    codec: Annotated[str, typer.Option(help="Codec of the device item codes.")] = "sq8",
+    lam: Annotated[float, typer.Option(help="Radius multiplier of the local-vs-cloud bound (1 = guaranteed).")] = 0.35,
+    catalog_version: Annotated[int, typer.Option(help="Catalog version the summary belongs to.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of k-means and codec fitting.")] = 0,
+) -> None:
+    """Cut the hierarchical index's device summary (all coarse centroids + the codes of the clusters nearest the
+    user) within a byte budget, and write it (reelpack.serve.edge; the cloud keeps the HNSW index)."""
+    import numpy as np
+
+    from reelpack._atomic import atomic_write_bytes
+    from reelpack.serve.edge import EdgeCatalog
+
+    try:
+        X = np.asarray(_load_npy(vectors, "vectors"), dtype=np.float32)
+        item_ids = np.asarray(_load_npy(ids, "ids")) if ids is not None else np.arange(X.shape[0], dtype=np.int64)
+        u = np.asarray(_load_npy(user_vector, "user vector"), dtype=np.float32).reshape(-1)
+        budget = int(budget_bytes) if budget_bytes is not None else int(budget_frac * X.nbytes)
+        cat = EdgeCatalog.build(X, item_ids, nlist=nlist, codec=codec, catalog_version=catalog_version, seed=seed)
+        summary = cat.summary_for(u, budget, lam=lam)
+        data = summary.to_bytes()
+        path = atomic_write_bytes(out, data)
+        console.print(
+            f"wrote {path}: {len(data)} bytes ({100 * len(data) / X.nbytes:.2f} % of the float32 catalog, budget "
+            f"{budget}), {summary.clusters.size}/{summary.nlist} clusters, {summary.n_items}/{X.shape[0]} items, "
+            f"codec {codec}, lam {lam}, fingerprint {summary.fingerprint.hex()}"
+        )
     except ReelpackError as exc:
         _fail(exc)
 

@@ -36,9 +36,29 @@ from reelpack.eval.energy import DEFAULT_DEVICE_MODEL, estimate_row, get_device_
 from reelpack.eval.metrics import ranking_metrics, relative, topk_overlap
 from reelpack.eval.ranking import dense_score_fn, rank_users
 
-__all__ = ["BenchConfig", "BenchResult", "run_bench", "rate_quality", "DEFAULT_CODECS", "RESULTS_SCHEMA_VERSION", "SWEEP_CODECS", "SWEEP_BASELINES", "SWEEP_QAT"]
+__all__ = [
+    "BenchConfig",
+    "BenchResult",
+    "run_bench",
+    "rate_quality",
+    "load_results",
+    "DEFAULT_CODECS",
+    "DEFAULT_LOSS_RATES",
+    "REFERENCE_LOSS_RATE",
+    "LOSS_ITEMS_PER_BLOCK",
+    "RESULTS_SCHEMA_VERSION",
+    "SWEEP_CODECS",
+    "SWEEP_BASELINES",
+    "SWEEP_QAT",
+]
 
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 2
+"""Version 2 added ``robust_rel_recall@K``, ``engineering_checks`` per row and ``extra.robustness``/``extra.contest``."""
+DEFAULT_LOSS_RATES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
+REFERENCE_LOSS_RATE = 0.1
+"""The loss rate of the rows' ``robust_rel_recall@K`` (always measured, added to the rates when absent)."""
+LOSS_ITEMS_PER_BLOCK = 64
+"""Items per block (= per lost packet) of the packs written for the robustness measurement."""
 DEFAULT_CODECS: tuple[str, ...] = (
     "fp16",
     "sq8",
@@ -81,6 +101,12 @@ class BenchConfig:
         threads: threads for BLAS/faiss during the run (1 for comparable timings).
         device_model: preset of :mod:`reelpack.eval.energy` used for the phone latency and energy
             ESTIMATES (``est_*`` row fields; constants and sources in docs/ENERGY.md).
+        loss_rates: i.i.d. block-loss rates of the robustness curves (``REFERENCE_LOSS_RATE`` is added
+            when absent); empty: no robustness measurement.
+        robust_users: seeded sample (drawn from the evaluated users) ranked under loss; 0 turns the
+            robustness measurement off.
+        engineering_checks: run the per-method engineering checks (pack round trip, CRC detection,
+            deterministic encoding, typed error on a bad query).
     """
 
     codecs: tuple[str, ...] = DEFAULT_CODECS
@@ -95,8 +121,16 @@ class BenchConfig:
     qat_epochs: int = 3
     max_train: int = 100_000
     device_model: str = DEFAULT_DEVICE_MODEL
+    loss_rates: tuple[float, ...] = DEFAULT_LOSS_RATES
+    robust_users: int = 2000
+    engineering_checks: bool = True
 
     def __post_init__(self) -> None:
+        rates = tuple(self.loss_rates)
+        if any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0 for r in rates):
+            raise InvalidInputError(f"loss_rates must be numbers in [0, 1), got {self.loss_rates!r}")
+        if isinstance(self.robust_users, bool) or not isinstance(self.robust_users, int) or self.robust_users < 0:
+            raise InvalidInputError(f"robust_users must be an integer >= 0 (0: no robustness), got {self.robust_users!r}")
         get_device_model(self.device_model)  # unknown preset -> InvalidInputError listing the presets
         if not self.ks or min(self.ks) <= 0:
             raise InvalidInputError(f"ks must be positive cut-offs, got {self.ks}")
@@ -221,6 +255,13 @@ def run_bench(
     items plus top-K, amortised per user), ``payload_bytes`` and the phone ESTIMATES of
     :func:`reelpack.eval.energy.estimate_row` (keys ``est_*``, for ``config.device_model``);
     ``provenance["device_model"]`` holds the model's constants and their sources.
+
+    Schema version 2 adds, per row, ``robust_rel_recall@K`` (relative Recall@K at 10 % i.i.d. block
+    loss), ``robust_base_rel_recall@K`` (the same user sample without loss), ``engineering_checks``
+    (``{name: bool | None}``, ``None`` for the float32 row) and ``robust_s`` (seconds spent on both);
+    ``extra["robustness"]`` (the loss curves of every method), ``extra["contest"]`` (the
+    :func:`reelpack.eval.contest.contest_scores` of the run, serialised) and ``extra["contest_weights"]``.
+    See docs/SCORING.md.
     """
     item_emb = as_float_matrix(item_emb, "item_emb")
     user_emb = as_float_matrix(user_emb, "user_emb", dim=item_emb.shape[1])
@@ -237,6 +278,8 @@ def run_bench(
         users = np.sort(rng.choice(users, config.max_users, replace=False))
     float_bytes = 4 * dim
     rows: list[dict[str, Any]] = []
+    lossy = _LossSetup.make(config, split, users, item_emb.shape[0])
+    check_sample = np.sort(np.random.default_rng([config.seed, 3]).choice(split.n_items, min(split.n_items, 2048), replace=False))
 
     def report(method: str) -> Callable[[int], None]:
         done = [0]
@@ -277,6 +320,12 @@ def run_bench(
         reference = {key: v for key, v in ref_row.items() if key in _metric_keys(config.ks)}
         ref_row.update(relative(reference, reference))
         ref_row[f"overlap@{k}"] = 1.0
+        if lossy is not None:
+            lossy.set_reference(ref_ranked)
+            t0 = time.perf_counter()
+            lossy.measure_dense(ref_row, dense_score_fn(user_emb, item_emb))
+            ref_row["robust_s"] = time.perf_counter() - t0
+        ref_row["engineering_checks"] = None  # the reference is not a contestant (docs/SCORING.md)
 
         fitted: dict[str, tuple[Any, np.ndarray]] = {}
         for spec in config.codecs:
@@ -306,6 +355,7 @@ def run_bench(
                 **_codec_mse(codec, codes, item_emb),
             }
             finish(row, ranked, reference, ref_ranked)
+            _pack_measure(row, codec, codes, user_emb, item_emb[check_sample], lossy, config)
 
             twin = faiss_twin_spec(codec.spec) if config.faiss_twins else None
             if twin is None:
@@ -316,6 +366,7 @@ def run_bench(
             )
             frow = _faiss_row(ft, search_s, codec.spec, item_emb)
             finish(frow, ranked, reference, ref_ranked)
+            _faiss_measure(frow, ft, user_emb, item_emb[check_sample], lossy, config)
             key = f"rel_recall@{k}"
             row[f"delta_{key}_vs_faiss"] = row[key] - frow[key]
             row["rank_time_vs_faiss"] = row["rank_s"] / frow["rank_s"] if frow["rank_s"] > 0 else float("nan")
@@ -326,6 +377,7 @@ def run_bench(
             ranked, search_s = faiss_rank_users(ft, user_emb, split, users, k, config.batch_size, report(ft.name))
             frow = _faiss_row(ft, search_s, None, item_emb)
             finish(frow, ranked, reference, ref_ranked)
+            _faiss_measure(frow, ft, user_emb, item_emb[check_sample], lossy, config)
 
         for spec in config.qat:
             from reelpack.train.qat import QATConfig, finetune_codebooks
@@ -358,16 +410,342 @@ def run_bench(
                 **_codec_mse(tuned.codec, tuned.codes, item_emb),
             }
             finish(row, ranked, reference, ref_ranked)
+            _pack_measure(row, tuned.codec, tuned.codes, tuned_users, item_emb[check_sample], lossy, config)
     device = get_device_model(config.device_model)
     for row in rows:
         row.update(estimate_row(row, split.n_items, device))
     prov = provenance(split, dim, provenance_extra)
     prov["device_model"] = device.to_dict()
-    extra = {"rate_quality": rate_quality(rows, k)}
+    extra: dict[str, Any] = {"rate_quality": rate_quality(rows, k)}
+    for row in rows:  # schema 2: every row has these keys (None where not measured)
+        row.setdefault(f"robust_rel_recall@{k}", None)
+        row.setdefault(f"robust_base_rel_recall@{k}", None)
+        row.setdefault("engineering_checks", None)
+    extra["robustness"] = lossy.summary() if lossy is not None else None
     prov["n_eval_users"] = int(len(users))
     prov["threads"] = config.threads
-    prov["config"] = {**asdict(config), "codecs": list(config.codecs), "ks": list(config.ks)}
-    return BenchResult(rows=rows, provenance=prov, extra=extra)
+    prov["config"] = {
+        **asdict(config),
+        "codecs": list(config.codecs),
+        "ks": list(config.ks),
+        "loss_rates": list(config.loss_rates),
+    }
+    result = BenchResult(rows=rows, provenance=prov, extra=extra)
+    from reelpack.eval.contest import WEIGHTS, contest_scores
+
+    extra["contest"] = [s.to_dict() for s in contest_scores(result)]
+    extra["contest_weights"] = dict(WEIGHTS)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Robustness under loss and engineering checks (schema version 2)
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class _LossSetup:
+    """The shared loss scenario of a run: one seeded user sample, one lost-block mask per rate.
+
+    Every method sees the same lost blocks (blocks of ``LOSS_ITEMS_PER_BLOCK`` consecutive items,
+    in item-index order) at each rate, and is ranked for the same users.
+    """
+
+    split: Split
+    users: np.ndarray  # int64 [m] sampled user indexes (sorted)
+    positions: np.ndarray  # int64 [m] their rows in the run's evaluated users
+    rates: tuple[float, ...]
+    lost_blocks: list[np.ndarray]  # bool [n_blocks] per rate
+    k: int
+    ks: tuple[int, ...]
+    batch_size: int
+    seed: int
+    ref_recall: float = float("nan")
+    curves: dict[str, list[float | None]] = field(default_factory=dict)
+    how: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, config: BenchConfig, split: Split, users: np.ndarray, n_items: int) -> _LossSetup | None:
+        if config.robust_users == 0 or not config.loss_rates:
+            return None
+        from reelpack.eval.robustness import simulate_loss
+
+        m = min(config.robust_users, len(users))
+        pos = np.sort(np.random.default_rng([config.seed, 1]).choice(len(users), m, replace=False))
+        rates = tuple(sorted({float(r) for r in config.loss_rates} | {REFERENCE_LOSS_RATE}))
+        n_blocks = -(-n_items // LOSS_ITEMS_PER_BLOCK)
+        lost = [
+            simulate_loss(n_blocks, r, "iid", seed=np.random.default_rng([config.seed, 7, int(round(r * 1e6))])) for r in rates
+        ]
+        return cls(split, users[pos], pos, rates, lost, max(config.ks), tuple(config.ks), min(config.batch_size, 256), config.seed)
+
+    def available_items(self, i: int) -> np.ndarray:
+        """bool [n_items]: items outside the blocks lost at rate ``rates[i]``."""
+        return ~np.repeat(self.lost_blocks[i], LOSS_ITEMS_PER_BLOCK)[: self.split.n_items]
+
+    def set_reference(self, ref_ranked: np.ndarray) -> None:
+        metrics = ranking_metrics(ref_ranked[self.positions], self.users, self.split.test_indptr, self.split.test_items, self.ks)
+        self.ref_recall = float(metrics[f"recall@{self.k}"])
+
+    def _record(self, row: dict[str, Any], ranked: list[np.ndarray], how: str) -> None:
+        curve: list[float | None] = []
+        for r in ranked:
+            r = np.where(r < 0, self.split.n_items, r)  # "no result" (-1) becomes an id that is no test item
+            rec = ranking_metrics(r, self.users, self.split.test_indptr, self.split.test_items, (self.k,))[f"recall@{self.k}"]
+            curve.append(float(rec / self.ref_recall) if self.ref_recall > 0 else None)
+        self.curves[row["method"]] = curve
+        self.how[row["method"]] = how
+        row[f"robust_rel_recall@{self.k}"] = curve[self.rates.index(REFERENCE_LOSS_RATE)]
+        row[f"robust_base_rel_recall@{self.k}"] = curve[self.rates.index(0.0)] if 0.0 in self.rates else None
+
+    def rank_masked(self, score_fn: Callable[[np.ndarray], np.ndarray], available: list[np.ndarray]) -> list[np.ndarray]:
+        """Rank the sampled users once per availability mask; scores are computed once per batch.
+
+        ``score_fn`` maps user indexes [b] to float32 [b, n_items]; unavailable items score -inf.
+        One top-``K'`` pass (``K' = 2K + 64``) of the unmasked scores serves every mask: the first ``K``
+        available items of that list, in order, are the masked top-``K`` whenever at least ``K`` of them
+        are available (same order, same tie rule); rows with fewer fall back to a masked top-``K``.
+        """
+        from reelpack.score.topk import mask_rows, topk
+
+        n = self.split.n_items
+        k_wide = min(n, 2 * self.k + 64)
+        out = [np.empty((len(self.users), self.k), np.int64) for _ in available]
+        for start in range(0, len(self.users), self.batch_size):
+            batch = self.users[start : start + self.batch_size]
+            scores = np.array(score_fn(batch), dtype=np.float32, order="C", copy=True)
+            mask_rows(scores, self.split.train_indptr, self.split.train_items, batch)
+            wide, wide_vals = topk(scores, k_wide)
+            finite = np.isfinite(wide_vals)  # -inf (train items) never counts as a ranked item here
+            for o, avail in zip(out, available):
+                ok = avail[wide] & finite
+                pick = np.argsort(~ok, axis=1, kind="stable")[:, : self.k]
+                res = np.take_along_axis(wide, pick, axis=1)
+                short = np.flatnonzero(ok.sum(axis=1) < self.k)
+                if short.size:
+                    res[short] = topk(np.where(avail[None, :], scores[short], np.float32(-np.inf)), self.k)[0]
+                o[start : start + len(batch)] = res
+        return out
+
+    def measure_dense(self, row: dict[str, Any], score_fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        """The float32 reference under the same loss: lost item blocks score -inf."""
+        avail = [self.available_items(i) for i in range(len(self.rates))]
+        self._record(row, self.rank_masked(score_fn, avail), "item-blocks")
+
+    def summary(self) -> dict[str, Any]:
+        out = {
+            "metric": f"rel_recall@{self.k}",
+            "model": "iid",
+            "loss_rates": list(self.rates),
+            "reference_rate": REFERENCE_LOSS_RATE,
+            "items_per_block": LOSS_ITEMS_PER_BLOCK,
+            "n_users": int(len(self.users)),
+            "seeds": [self.seed],
+            "lost_blocks": [int(b.sum()) for b in self.lost_blocks],
+            "n_blocks": int(self.lost_blocks[0].size) if self.lost_blocks else 0,
+            "curves": self.curves,
+            "how": self.how,
+        }
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
+def _bad_query_rejected(score: Callable[[np.ndarray], object], dim: int, typed: type[BaseException]) -> bool:
+    """True when a wrong-dimension query and a non-finite query both raise an instance of ``typed``."""
+    for q in (np.zeros((2, dim + 1), np.float32), np.full((2, dim), np.nan, np.float32)):
+        try:
+            score(q)
+        except typed:
+            continue
+        except Exception:  # noqa: BLE001 - any other exception (or none) fails the check
+            return False
+        return False
+    return True
+
+
+def _corrupt(raw: np.ndarray, codes_offset: int, n_items: int, bpv: int, lost_blocks: np.ndarray) -> np.ndarray:
+    """A copy of the pack bytes ``raw`` with every byte of the lost blocks of a plain layer XOR-ed with 0x5A."""
+    buf = raw.copy()
+    region = buf[codes_offset : codes_offset + n_items * bpv].reshape(n_items, bpv)
+    rows = np.repeat(lost_blocks, LOSS_ITEMS_PER_BLOCK)[:n_items]
+    region[rows] ^= np.uint8(0x5A)
+    return buf
+
+
+def _pack_measure(
+    row: dict[str, Any],
+    codec: Any,
+    codes: np.ndarray,
+    queries: np.ndarray,
+    check_items: np.ndarray,
+    lossy: _LossSetup | None,
+    config: BenchConfig,
+) -> None:
+    """Engineering checks and robustness of a reelpack codec through a real pack (one layer, 64 items/block).
+
+    The codes are written with :func:`reelpack.format.write_pack`, read back, and (per loss rate) the bytes
+    of the lost blocks are corrupted; the reader's CRC32C check finds them and the rest is read. Scores come
+    from the codec and codes read back from the pack; items of unreadable blocks score -inf.
+    """
+    if lossy is None and not config.engineering_checks:
+        return
+    import tempfile
+
+    from reelpack.errors import ReelpackError
+    from reelpack.format import PackReader, write_pack
+
+    t0 = time.perf_counter()
+    n = codes.shape[0]
+    checks: dict[str, bool | None] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="reelpack-bench-") as tmp:
+            path = write_pack(Path(tmp) / "codes.rpk", np.arange(n, dtype=np.int64), [(codec, codes)],
+                              items_per_block=LOSS_ITEMS_PER_BLOCK)  # fmt: skip
+            raw = np.fromfile(path, dtype=np.uint8)
+        reader = PackReader.from_buffer(raw)
+        read_codec = reader.codec(0)
+        read_codes = np.array(reader.layer_codes(0))
+        checks["pack_round_trip"] = bool(
+            np.array_equal(read_codes, codes)
+            and read_codec.to_bytes() == codec.to_bytes()
+            and np.array_equal(reader.item_ids, np.arange(n))
+        )
+        info = reader.layers[0]
+
+        def detect(lost: np.ndarray) -> tuple[bool, np.ndarray]:
+            damaged = PackReader.from_buffer(_corrupt(raw, info.codes_offset, n, info.bytes_per_vector, lost))
+            data = damaged.read_layer(0)
+            avail = np.zeros(n, bool)
+            avail[data.item_ids] = True
+            ok = sorted(data.bad_blocks) == np.flatnonzero(lost).tolist() and np.array_equal(data.codes, codes[avail])
+            return bool(ok), avail
+
+        one = np.zeros(info.n_blocks, bool)
+        one[info.n_blocks // 2] = True
+        detected, _ = detect(one)
+        checks["encode_deterministic"] = bool(np.array_equal(codec.encode(check_items), codec.encode(check_items)))
+        checks["bad_query_typed_error"] = _bad_query_rejected(
+            lambda q: read_codec.score(q, read_codes[:8]), codec.dim, ReelpackError
+        )
+        if lossy is not None:
+            avail_list = []
+            for lost in lossy.lost_blocks:
+                ok, avail = detect(lost)
+                detected &= ok
+                avail_list.append(avail)
+
+            def score(batch: np.ndarray) -> np.ndarray:
+                return read_codec.score(queries[batch], read_codes)
+
+            lossy._record(row, lossy.rank_masked(score, avail_list), "pack+crc")
+        checks["corruption_detected"] = bool(detected)
+    except ReelpackError as exc:  # a codec that cannot go through a pack: the checks fail, the run goes on
+        checks.setdefault("pack_round_trip", False)
+        if lossy is not None:
+            lossy.errors[row["method"]] = f"{type(exc).__name__}: {exc}"
+    row["engineering_checks"] = checks if config.engineering_checks else None
+    row["robust_s"] = time.perf_counter() - t0
+
+
+def _faiss_rank_masked(ft: Any, queries: np.ndarray, lossy: _LossSetup) -> list[np.ndarray]:
+    """Top-K of the sampled users per loss rate, the lost item blocks dropped from the faiss index.
+
+    One search of ``2K + 64 + max train items`` neighbours on the whole index serves every rate: its
+    results, minus train items and lost items, in faiss's order, are what a search of the index with the
+    lost items removed returns whenever at least K remain. Rows with fewer are searched again on a copy of
+    the index with the lost items removed (``remove_ids``).
+    """
+    import faiss
+
+    from reelpack.eval.baselines import FaissTwin
+    from reelpack.eval.metrics import hit_matrix
+
+    split, users, k = lossy.split, lossy.users, lossy.k
+    avails = [lossy.available_items(i) for i in range(len(lossy.rates))]
+    out = [np.empty((len(users), k), np.int64) for _ in avails]
+    reduced: dict[int, FaissTwin] = {}
+    n_train = np.diff(split.train_indptr)[users]
+    for start in range(0, len(users), lossy.batch_size):
+        batch = users[start : start + lossy.batch_size]
+        k_search = min(split.n_items, 2 * k + 64 + int(n_train[start : start + len(batch)].max()))
+        _, ids = ft.index.search(np.ascontiguousarray(queries[batch], dtype=np.float32), k_search)
+        safe = np.maximum(ids, 0)
+        valid = (ids >= 0) & ~hit_matrix(safe, batch, split.train_indptr, split.train_items)
+        for i, avail in enumerate(avails):
+            ok = valid & avail[safe]
+            pick = np.argsort(~ok, axis=1, kind="stable")[:, :k]
+            res = np.take_along_axis(ids, pick, axis=1)
+            short = np.flatnonzero(ok.sum(axis=1) < k)
+            if short.size:
+                if i not in reduced:
+                    keep = np.flatnonzero(avail)
+                    part = faiss.clone_index(ft.index)
+                    part.remove_ids(faiss.IDSelectorBatch(np.flatnonzero(~avail).astype(np.int64)))
+                    reduced[i] = FaissTwin(ft.factory, _RenumberedIndex(part, keep), 0.0, 0.0)
+                res[short] = faiss_rank_users(reduced[i], queries, split, batch[short], k, lossy.batch_size)[0]
+            out[i][start : start + len(batch)] = res
+    return out
+
+
+class _RenumberedIndex:
+    """A faiss index holding a subset of the catalog whose ``search`` returns catalog item indexes.
+
+    ``keep`` is int64 [ntotal]: the catalog index of each row of ``index`` (faiss ``remove_ids``
+    compacts the remaining rows in order). Missing results (-1) stay -1.
+    """
+
+    def __init__(self, index: Any, keep: np.ndarray) -> None:
+        self.index, self.keep = index, keep
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        dist, ids = self.index.search(q, min(k, self.index.ntotal))
+        mapped = np.where(ids >= 0, self.keep[np.maximum(ids, 0)], -1)
+        if mapped.shape[1] < k:  # fewer items left than asked for: pad with "no result"
+            pad = k - mapped.shape[1]
+            mapped = np.concatenate([mapped, np.full((len(q), pad), -1, np.int64)], axis=1)
+            dist = np.concatenate([dist, np.full((len(q), pad), -np.inf, np.float32)], axis=1)
+        return dist, mapped
+
+
+def _faiss_measure(
+    row: dict[str, Any],
+    ft: Any,
+    queries: np.ndarray,
+    check_items: np.ndarray,
+    lossy: _LossSetup | None,
+    config: BenchConfig,
+) -> None:
+    """Engineering checks and robustness of a faiss index (no container: lost item blocks are removed).
+
+    Checks that apply to faiss: ``pack_round_trip`` (``serialize_index``/``deserialize_index`` gives the
+    same bytes and codes), ``encode_deterministic`` (``sa_encode`` twice), ``bad_query_typed_error``
+    (a ValueError subclass for a wrong-dimension and a NaN query). ``corruption_detected`` is ``None``:
+    a faiss index file carries no checksums, so the check does not apply (docs/SCORING.md).
+    """
+    if lossy is None and not config.engineering_checks:
+        return
+    import faiss
+
+    t0 = time.perf_counter()
+    index = ft.index
+    blob = faiss.serialize_index(index)
+    again = faiss.deserialize_index(blob)
+    checks: dict[str, bool | None] = {
+        "pack_round_trip": bool(
+            np.array_equal(faiss.serialize_index(again), blob)
+            and np.array_equal(again.sa_encode(check_items), index.sa_encode(check_items))
+        ),
+        "corruption_detected": None,
+        "encode_deterministic": bool(np.array_equal(index.sa_encode(check_items), index.sa_encode(check_items))),
+        "bad_query_typed_error": _bad_query_rejected(lambda q: index.search(q, 5), index.d, ValueError),
+    }
+    if lossy is not None:
+        try:
+            lossy._record(row, _faiss_rank_masked(ft, queries, lossy), "item-blocks")
+        except RuntimeError as exc:  # an index type without remove_ids
+            lossy.errors[row["method"]] = f"faiss: {exc}".splitlines()[0]
+    row["engineering_checks"] = checks if config.engineering_checks else None
+    row["robust_s"] = time.perf_counter() - t0
 
 
 def _rd_bound(item_emb: np.ndarray, bytes_per_item: float) -> float:
@@ -467,9 +845,21 @@ def load_results(path: str | os.PathLike) -> BenchResult:
         raise DataNotFoundError(f"results file not found: {p}") from None
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{p} is not valid JSON: {exc}") from None
-    version = data.get("schema_version") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{p} is not a reelpack results file (a JSON object with 'schema_version' and 'rows')")
+    version = data.get("schema_version")
     if version != RESULTS_SCHEMA_VERSION:
+        older = isinstance(version, int) and not isinstance(version, bool) and version < RESULTS_SCHEMA_VERSION
+        what = "written by an older reelpack" if older else ("missing" if version is None else "unknown")
         raise InvalidInputError(
-            f"{p} has results schema version {version!r}; this reelpack reads version {RESULTS_SCHEMA_VERSION}"
+            f"{p} has results schema version {version!r} ({what}); this reelpack reads only schema version "
+            f"{RESULTS_SCHEMA_VERSION}: re-run `reelpack bench` with this version to get a version-"
+            f"{RESULTS_SCHEMA_VERSION} file (it adds the robustness and engineering-check fields)"
         )
-    return BenchResult(rows=data["rows"], provenance=data["provenance"], extra=data.get("extra", {}))
+    rows, prov = data.get("rows"), data.get("provenance")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "method" in r for r in rows) or not isinstance(prov, dict):
+        raise InvalidInputError(f"{p}: results schema version {version} needs a list of 'rows' (each with 'method') and a 'provenance' object")
+    extra = data.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise InvalidInputError(f"{p}: 'extra' must be an object, got {type(extra).__name__}")
+    return BenchResult(rows=rows, provenance=prov, extra=extra)

@@ -10,7 +10,7 @@ from rich.table import Table
 from reelpack._atomic import atomic_write_bytes
 from reelpack.eval.bench import BenchResult
 
-__all__ = ["results_table", "results_markdown", "write_results", "atomic_write_text"]
+__all__ = ["results_table", "results_markdown", "write_results", "atomic_write_text", "contest_rich_table", "contest_markdown"]
 
 
 def _columns(result: BenchResult) -> list[tuple[str, str, str]]:
@@ -36,7 +36,32 @@ def _columns(result: BenchResult) -> list[tuple[str, str, str]]:
         ("query ms", "query_ms", ".3f"),
         ("est. phone ms", "est_phone_query_ms", ".3f"),
         ("est. download J (4G)", "est_download_J_4g", ".2f"),
+        (f"loss-10% rel R@{k}", f"robust_rel_recall@{k}", ".3f"),
+        ("checks", "_checks", "s"),
+        ("contest", "_contest", ".1f"),
     ]
+
+
+def _display_rows(result: BenchResult) -> list[dict]:
+    """The rows plus the derived cells: ``_checks`` ("passed/applicable" engineering checks) and
+    ``_contest`` (the contest total; from ``extra["contest"]``, else computed from the rows)."""
+    from reelpack.eval.contest import contest_scores
+
+    totals: dict[str, float] = {}
+    stored = (result.extra or {}).get("contest")
+    if isinstance(stored, list) and all(isinstance(c, dict) and "method" in c for c in stored):
+        totals = {c["method"]: c.get("total") for c in stored}
+    else:
+        totals = {c.method: c.total for c in contest_scores(result)}
+    out = []
+    for row in result.rows:
+        checks = row.get("engineering_checks")
+        cell = None
+        if isinstance(checks, dict):
+            vals = [bool(v) for v in checks.values() if v is not None]
+            cell = f"{sum(vals)}/{len(vals)}" if vals else None
+        out.append({**row, "_checks": cell, "_contest": totals.get(row.get("method"))})
+    return out
 
 
 def _estimate_note(result: BenchResult) -> str | None:
@@ -79,7 +104,7 @@ def results_table(result: BenchResult) -> Table:
     table = Table(title=_title(result), title_justify="left")
     for header, _, fmt in cols:
         table.add_column(header, justify="left" if fmt == "s" else "right", no_wrap=True)
-    for row in result.rows:
+    for row in _display_rows(result):
         style = "dim" if row.get("kind") == "faiss" else ("bold" if row.get("kind") == "reference" else None)
         table.add_row(*(_fmt(row.get(key), fmt) for _, key, fmt in cols), style=style)
     return table
@@ -92,7 +117,7 @@ def results_markdown(result: BenchResult) -> str:
     lines = [f"**{_title(result)}**", ""]
     lines.append("| " + " | ".join(h for h, _, _ in cols) + " |")
     lines.append("|" + "|".join("---" if f == "s" else "---:" for _, _, f in cols) + "|")
-    for row in result.rows:
+    for row in _display_rows(result):
         cells = [_fmt(row.get(key), fmt) for _, key, fmt in cols]
         if row.get("kind") == "faiss":
             cells[0] = f"&nbsp;&nbsp;{cells[0]}"
@@ -101,6 +126,8 @@ def results_markdown(result: BenchResult) -> str:
     if note:
         lines += ["", note]
     lines += rate_quality_markdown(result)
+    lines += robustness_markdown(result)
+    lines += contest_markdown(result)
     m = p.get("machine", {})
     versions = ", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items())
     lines += [
@@ -152,6 +179,73 @@ def rate_quality_markdown(result: BenchResult) -> list[str]:
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
+
+
+def robustness_markdown(result: BenchResult) -> list[str]:
+    """Lines of a Markdown table of the loss curves (``extra["robustness"]``); empty when not measured."""
+    rob = (result.extra or {}).get("robustness")
+    if not isinstance(rob, dict) or not rob.get("curves"):
+        return []
+    rates = rob.get("loss_rates", [])
+    lines = [
+        "",
+        f"Robustness under loss: {rob.get('metric')} vs float32 without loss, {rob.get('model')} loss of "
+        f"{rob.get('items_per_block')}-item blocks, {rob.get('n_users')} users (reelpack: real pack, lost blocks "
+        "corrupted and found by CRC32C; faiss and float32: the same item blocks dropped).",
+        "",
+        "| method | how | " + " | ".join(f"loss {100 * r:g} %" for r in rates) + " |",
+        "|---|---|" + "---:|" * len(rates),
+    ]
+    for method, curve in rob["curves"].items():
+        cells = [method, rob.get("how", {}).get(method, "-"), *(_fmt(v, ".3f") for v in curve)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _contest_rows(result: BenchResult) -> list[dict]:
+    from reelpack.eval.contest import contest_scores, contest_table
+
+    return contest_table(contest_scores(result))
+
+
+def contest_markdown(result: BenchResult) -> list[str]:
+    """Lines of the contest table (docs/SCORING.md), best first."""
+    from reelpack.eval.contest import TERMS, WEIGHTS
+
+    table = _contest_rows(result)
+    if not table:
+        return []
+    lines = [
+        "",
+        "Contest score (docs/SCORING.md): 100 x weighted sum of terms in [0, 1]; a missing term counts 0.",
+        "",
+        "| rank | method | total | " + " | ".join(f"{t} ({WEIGHTS[t]:.0%})" for t in TERMS) + " | missing |",
+        "|---:|---|---:|" + "---:|" * len(TERMS) + "---|",
+    ]
+    for e in table:
+        cells = [str(e["rank"]), e["method"], _fmt(e["total"], ".1f"), *(_fmt(e[t], ".3f") for t in TERMS),
+                 ", ".join(e["missing"]) or "-"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def contest_rich_table(result: BenchResult) -> Table:
+    """The contest table for the terminal (``reelpack contest``), best first; faiss rows dimmed."""
+    from reelpack.eval.contest import TERMS, WEIGHTS
+
+    table = Table(title=f"Contest score | {_title(result)}", title_justify="left")
+    table.add_column("rank", justify="right")
+    table.add_column("method", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("total", justify="right")
+    for t in TERMS:
+        table.add_column(f"{t} ({WEIGHTS[t]:.0%})", justify="right")
+    table.add_column("missing")
+    for e in _contest_rows(result):
+        style = "dim" if e["kind"] == "faiss" else ("bold" if e["kind"] == "reference" else None)
+        table.add_row(str(e["rank"]), e["method"], e["kind"], _fmt(e["total"], ".1f"),
+                      *(_fmt(e[t], ".3f") for t in TERMS), ", ".join(e["missing"]) or "-", style=style)  # fmt: skip
+    return table
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

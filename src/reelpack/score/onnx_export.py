@@ -486,6 +486,35 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 # ---- runner ------------------------------------------------------------------------------------
+def _onnxruntime() -> Any:
+    """The ``onnxruntime`` module (UnsupportedOperationError when it is not installed)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - optional dependency
+        raise UnsupportedOperationError("running ONNX models needs onnxruntime (pip install onnxruntime)") from None
+    return ort
+
+
+def _cpu_session(model: bytes | bytearray | memoryview, threads: int, what: str) -> Any:
+    """An onnxruntime ``InferenceSession`` of ONNX ``model`` bytes on the CPU provider: ``threads`` intra-op
+    threads, one inter-op thread, sequential execution, warnings silenced (shared with the re-ranker runner).
+
+    Raises:
+        UnsupportedOperationError: onnxruntime is not installed.
+        SerializationError: onnxruntime cannot load ``model`` (the message names it as ``what``).
+    """
+    ort = _onnxruntime()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(bytes(model), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own (pybind) exception types
+        raise SerializationError(f"onnxruntime cannot load {what}: {str(exc)[:300]}") from None
+
+
 class OnnxScorer:
     """Runs a model from :func:`export_onnx` in onnxruntime, validating inputs first.
 
@@ -500,10 +529,7 @@ class OnnxScorer:
     """
 
     def __init__(self, model: bytes | str | os.PathLike[str], *, threads: int = 1) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:  # pragma: no cover - optional dependency
-            raise UnsupportedOperationError("running ONNX models needs onnxruntime (pip install onnxruntime)") from None
+        _onnxruntime()  # unavailable: UnsupportedOperationError before any other check
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
             raise InvalidInputError(f"threads must be a positive integer, got {threads!r}")
         if isinstance(model, (str, os.PathLike)):
@@ -513,15 +539,7 @@ class OnnxScorer:
                 raise SerializationError(f"cannot read ONNX model {model}: {exc.strerror or exc}") from None
         if not isinstance(model, (bytes, bytearray, memoryview)):
             raise InvalidInputError(f"model must be bytes or a path, got {type(model).__name__}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(bytes(model), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own (pybind) exception types
-            raise SerializationError(f"onnxruntime cannot load the model: {str(exc)[:300]}") from None
+        self.session = _cpu_session(model, threads, "the model")
         props = self.session.get_modelmeta().custom_metadata_map
         try:
             self.spec = props[_META + "spec"]

@@ -12,6 +12,8 @@
 ``POST /v1/catalogs/{catalog}/versions/{version}/refine``                 a refinement frame (below)
 ``POST /v1/retrieve``                                                     top-k ids and scores from the HNSW index
 ``GET  /v1/catalogs/{catalog}/users/{user_id}/vector``                    a quantised user-vector update
+``GET  /v1/catalogs/{catalog}/versions/{version}/edge-summary``           a device summary for a stored user (below)
+``POST /v1/catalogs/{catalog}/versions/{version}/edge-summary``           a device summary for a posted vector
 ``POST /v1/admin/catalogs/{catalog}/versions``                            publish an ``.npz`` (``X-API-Key``)
 ``DELETE /v1/admin/catalogs/{catalog}/versions/{version}``                delete a version (``X-API-Key``)
 ========================================================================  ==============================================
@@ -41,6 +43,14 @@ User-vector update (``GET .../users/{user_id}/vector?version=V&since=S``): ``cod
 else ``diff = new`` and the answer says ``"since": null``; the client computes ``old + scale * codes`` (each
 coordinate within ``scale / 2`` of the server's vector) and checks ``crc32c`` over the int8 bytes first. Errors of
 successive updates add up on the client: ask with ``since`` omitted now and then to start again from a full vector.
+
+Edge summary (hierarchical index, :mod:`reelpack.serve.edge`): ``GET .../edge-summary?user_id=U&budget_bytes=B&lam=L``
+(or ``POST`` with ``{"vector": [...], "budget_bytes": B, "lam": L}``) answers ``DeviceSummary.to_bytes()``
+(``application/octet-stream``) cut from the version's ``edge.rpec`` (``build_catalog(edge=True)``) around the stored
+vector of user ``U`` (or the posted vector), with headers ``X-Edge-Clusters``, ``X-Edge-Items``,
+``X-Catalog-Version``. ``budget_bytes`` defaults to 5 % of the catalog's float32 bytes (raised to the smallest
+budget that holds the nearest cluster); 404 when the version has no edge catalog or the user is unknown, 413 for a
+budget over ``max_edge_bytes``, 422 for a budget below the smallest one (the message gives it), < 1 or not an integer.
 
 Errors are JSON ``{"error": {"status": int, "code": str, "message": str}}`` (422 adds ``"details"``): 400
 ``bad_request`` (typed input errors), 401 ``unauthorized``, 403 ``forbidden``, 404 ``not_found``, 413
@@ -93,6 +103,7 @@ from reelpack.errors import (
 )
 from reelpack.format.container import PackReader, crc32c
 from reelpack.serve.ann import HNSWIndex
+from reelpack.serve.edge import DEFAULT_LAMBDA, EdgeCatalog
 from reelpack.serve.store import CatalogStore, build_catalog, validate_catalog_name
 
 __all__ = [
@@ -290,6 +301,23 @@ class _Entry:
         self._codec_bytes: dict[int, bytes] = {}
         self._index: HNSWIndex | None = None
         self._users: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._edge: EdgeCatalog | None = None
+
+    def edge(self) -> EdgeCatalog:
+        """The version's :class:`EdgeCatalog` (``edge.rpec``, loaded once); NotFoundError when it has none."""
+        with self.lock:
+            if self._edge is None:
+                try:
+                    path = _store_file(self.store, self.catalog, self.version, "edge")
+                except NotFoundError:
+                    raise NotFoundError(
+                        f"{self.catalog} version {self.version} has no edge catalog (build it with --edge)"
+                    ) from None
+                try:
+                    self._edge = EdgeCatalog.load(path)
+                except DataNotFoundError as exc:
+                    raise StoreError(str(exc)) from None
+            return self._edge
 
     @property
     def reader(self) -> PackReader:
@@ -529,6 +557,15 @@ class UserVectorResponse(BaseModel):
     crc32c: int
 
 
+class EdgeSummaryRequest(BaseModel):
+    """Body of ``POST .../edge-summary``: the device's user vector (float [d]), its byte budget and lam."""
+
+    model_config = ConfigDict(extra="forbid")
+    vector: list[StrictFloat]
+    budget_bytes: Annotated[StrictInt, Field(ge=1)] | None = None
+    lam: Annotated[float, Field(ge=0.0, le=4.0)] = DEFAULT_LAMBDA
+
+
 class CatalogSummary(BaseModel):
     catalog: str
     latest: int | None
@@ -624,6 +661,7 @@ def create_app(
     max_refine_ids: int = 10_000,
     cache_versions: int = 4,
     max_json_bytes: int | None = None,
+    max_edge_bytes: int = 64 << 20,
 ) -> FastAPI:
     """The pack service over the store at ``store_root`` (see the module docstring for every endpoint).
 
@@ -635,9 +673,10 @@ def create_app(
         max_refine_ids: most ids one refine request may ask for; more -> 413.
         cache_versions: catalog versions kept open (LRU).
         max_json_bytes: largest JSON body of the other endpoints (default ``1 MiB + 32 * max_refine_ids``).
+        max_edge_bytes: largest ``budget_bytes`` of an edge summary; more -> 413.
     """
     for name, value in (("max_body_bytes", max_body_bytes), ("max_refine_ids", max_refine_ids),
-                        ("cache_versions", cache_versions)):  # fmt: skip
+                        ("cache_versions", cache_versions), ("max_edge_bytes", max_edge_bytes)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
     json_limit = max_json_bytes if max_json_bytes is not None else (1 << 20) + 32 * max_refine_ids
@@ -857,6 +896,62 @@ def create_app(
             "crc32c": crc32c(codes.tobytes()),
         }
 
+    def edge_summary_response(catalog: str, version: int, vector: np.ndarray, budget_bytes: int | None,
+                              lam: float) -> Response:  # fmt: skip
+        info, entry = version_entry(catalog, version)
+        ecat = entry.edge()
+        if vector.shape[0] != ecat.dim:
+            raise DimensionMismatchError(
+                f"vector has {vector.shape[0]} values, {catalog} version {version} has dim {ecat.dim}"
+            )
+        with np.errstate(over="ignore", invalid="ignore"):
+            q = vector.astype(np.float32)
+        if not np.isfinite(q).all():
+            raise NonFiniteError("vector holds NaN, Inf or values beyond float32 range")
+        least = ecat.min_budget(q)
+        if budget_bytes is None:
+            budget_bytes = min(max(int(0.05 * int(info["n_items"]) * ecat.dim * 4), least), max_edge_bytes)
+        if budget_bytes > max_edge_bytes:
+            raise StarletteHTTPException(
+                413, f"budget_bytes {budget_bytes} is over this server's limit of {max_edge_bytes}"
+            )
+        if budget_bytes < least:
+            raise StarletteHTTPException(
+                422, f"budget_bytes {budget_bytes} is too small: the centroids, radii, codec and the nearest cluster "
+                f"need {least} bytes",
+            )  # fmt: skip
+        summary = ecat.summary_for(q, int(budget_bytes), lam=float(lam))
+        headers = {"X-Edge-Clusters": str(summary.clusters.size), "X-Edge-Items": str(summary.n_items),
+                   "X-Catalog-Version": str(version), "Cache-Control": "private, no-store"}  # fmt: skip
+        return Response(summary.to_bytes(), media_type="application/octet-stream", headers=headers)
+
+    edge_path = "/v1/catalogs/{catalog}/versions/{version}/edge-summary"
+    edge_responses: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {}}}}
+
+    @app.get(edge_path, response_class=Response, responses=edge_responses)
+    def edge_summary(
+        catalog: str,
+        version: Annotated[int, PathParam(ge=1)],
+        user_id: Annotated[int, Query(ge=0, le=MAX_ID)],
+        budget_bytes: Annotated[int | None, Query(ge=1)] = None,
+        lam: Annotated[float, Query(ge=0.0, le=4.0)] = DEFAULT_LAMBDA,
+    ) -> Response:
+        """``DeviceSummary.to_bytes()`` for the stored vector of ``user_id`` (module docstring)."""
+        catalog = catalog_name(catalog)
+        _, entry = version_entry(catalog, version)
+        entry.edge()  # 404 for a version without an edge catalog before looking at users
+        u = entry.user_vector(user_id)
+        if u is None:
+            raise NotFoundError(f"user {user_id} is not in {catalog} version {version}")
+        return edge_summary_response(catalog, version, u, budget_bytes, lam)
+
+    @app.post(edge_path, response_class=Response, responses=edge_responses)
+    def edge_summary_for_vector(catalog: str, version: Annotated[int, PathParam(ge=1)],
+                                body: EdgeSummaryRequest) -> Response:  # fmt: skip
+        """``DeviceSummary.to_bytes()`` for a posted user vector (module docstring)."""
+        vec = np.asarray(body.vector, dtype=np.float64)
+        return edge_summary_response(catalog_name(catalog), version, vec, body.budget_bytes, body.lam)
+
     # ---- admin -----------------------------------------------------------------------------------
     @app.post("/v1/admin/catalogs/{catalog}/versions", status_code=201, dependencies=[Depends(require_admin)],
               openapi_extra={"requestBody": {"content": {"application/octet-stream": {}},
@@ -867,12 +962,15 @@ def create_app(
         codecs: Annotated[list[str] | None, Query()] = None,
         items_per_block: Annotated[int | None, Query(ge=1, le=1 << 20)] = None,
         seed: Annotated[int, Query(ge=0, le=2**32 - 1)] = 0,
+        edge: Annotated[bool, Query()] = False,
+        edge_nlist: Annotated[int | None, Query(ge=1, le=1 << 20)] = None,
     ) -> JSONResponse:
         """Publish a new version from the raw bytes of an ``.npz`` (``ids`` int64 [n], ``vectors`` float32 [n, d],
         optional ``users``/``user_ids``); 201 with the manifest's version entry. The build runs in a worker thread.
 
         ``codecs`` (``pq4,sq8``; see :func:`_parse_codec_list`) defaults to the previous version's codecs (so the
-        delta chain goes on), else ``pq4,sq8``; ``items_per_block`` likewise."""
+        delta chain goes on), else ``pq4,sq8``; ``items_per_block`` likewise. ``edge=true`` (``edge_nlist``) also
+        builds the version's edge catalog (``build_catalog(edge=True)``) for ``GET .../edge-summary``."""
         name = catalog_name(catalog)
         specs = _parse_codec_list(codecs) if codecs else None
         declared = request.headers.get("content-length")
@@ -893,7 +991,8 @@ def create_app(
         def build() -> dict[str, Any]:  # the store's catalog lock serialises builds and deletions
             return build_catalog(store, name, arrays["ids"], arrays["vectors"], codecs=specs,
                                  users=arrays.get("users"), user_ids=arrays.get("user_ids"),
-                                 items_per_block=items_per_block, seed=seed)  # fmt: skip
+                                 items_per_block=items_per_block, seed=seed, edge=edge,
+                                 edge_nlist=edge_nlist)  # fmt: skip
 
         entry = await run_in_threadpool(build)
         return JSONResponse(entry, status_code=201, headers={"Location": f"/v1/catalogs/{name}"})

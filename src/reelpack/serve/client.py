@@ -19,6 +19,10 @@
   and returns the top ``k``. When the network is down it returns the layer-0 ranking
   with ``refined=False``.
 * :meth:`PhoneClient.user_vector` applies the service's quantised user-vector updates.
+* :meth:`PhoneClient.edge_retriever` downloads (and caches) the hierarchical index's device summary for a user
+  (``GET .../edge-summary``) and returns an :class:`~reelpack.serve.edge.EdgeRetriever` whose cloud is the
+  service's ``/v1/retrieve`` over this client's HTTP connection: answered on the phone when the score bound
+  allows, else merged with the cloud's answer, else (service unreachable) local results with ``fallback=True``.
 
 Network failures are retried ``max_retries`` times in a row with exponential
 back-off (simulated when the transport is a virtual-clock
@@ -43,7 +47,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -62,6 +66,9 @@ from reelpack.errors import (
 )
 from reelpack.format import PackReader, apply_delta
 from reelpack.format.container import crc32c
+
+if TYPE_CHECKING:
+    from reelpack.serve.edge import DeviceSummary, EdgeRetriever
 
 __all__ = ["PhoneClient", "SyncReport", "Recommendation", "parse_refine_frame", "REFINE_MAGIC"]
 
@@ -93,6 +100,9 @@ CREATE TABLE IF NOT EXISTS codecs (
 CREATE TABLE IF NOT EXISTS user_vectors (
     catalog TEXT NOT NULL, user_id TEXT NOT NULL, version INTEGER NOT NULL, dim INTEGER NOT NULL,
     vector BLOB NOT NULL, n_updates INTEGER NOT NULL, PRIMARY KEY (catalog, user_id));
+CREATE TABLE IF NOT EXISTS edge_summaries (
+    catalog TEXT NOT NULL, user_id TEXT NOT NULL, version INTEGER NOT NULL, budget INTEGER NOT NULL,
+    lam REAL NOT NULL, data BLOB NOT NULL, fetched_at REAL NOT NULL, PRIMARY KEY (catalog, user_id));
 """
 
 
@@ -880,6 +890,91 @@ class PhoneClient:
             simulated_seconds=sim,
             note=note,
         )
+
+    # ---- hierarchical (edge + cloud) retrieval -------------------------------------------------
+    def edge_summary(self, user_id: int, budget_bytes: int | None = None, *, version: int | None = None,
+                     lam: float | None = None, refresh: bool = False) -> DeviceSummary:  # fmt: skip
+        """The device summary (:class:`~reelpack.serve.edge.DeviceSummary`) of ``user_id``, cached in SQLite.
+
+        ``version`` defaults to the manifest's latest. The cached summary is reused when it is for the same
+        version, budget and ``lam`` (``refresh=True`` downloads anew). When the service is unreachable the
+        cached summary of this user is returned, whatever its version (ServiceError if there is none).
+
+        Raises:
+            InvalidInputError: bad ``user_id``/``budget_bytes``/``lam``. ServiceError: the service answered an
+            error (404: no edge catalog in that version, or unknown user; 413/422: budget out of range), or a
+            summary failing its checks twice, or unreachable with nothing cached.
+        """
+        from reelpack.serve.edge import DEFAULT_LAMBDA, DeviceSummary  # noqa: F811 - runtime import
+
+        if isinstance(user_id, bool) or not isinstance(user_id, (int, np.integer)) or user_id < 0:
+            raise InvalidInputError(f"user_id must be a non-negative integer, got {user_id!r}")
+        if budget_bytes is not None and (isinstance(budget_bytes, bool)
+                                         or not isinstance(budget_bytes, (int, np.integer)) or budget_bytes < 1):
+            raise InvalidInputError(f"budget_bytes must be None or an integer >= 1, got {budget_bytes!r}")
+        lam = DEFAULT_LAMBDA if lam is None else float(lam)
+        if not 0.0 <= lam <= 4.0:
+            raise InvalidInputError(f"lam must be in [0, 4], got {lam!r}")
+        uid, budget = str(int(user_id)), -1 if budget_bytes is None else int(budget_bytes)
+        row = self._db.execute("SELECT version, budget, lam, data FROM edge_summaries WHERE catalog = ? AND "
+                               "user_id = ?", (self.catalog, uid)).fetchone()  # fmt: skip
+        cached = None
+        if row is not None:
+            try:
+                cached = (int(row[0]), int(row[1]), float(row[2]), DeviceSummary.from_bytes(bytes(row[3])))
+            except SerializationError:
+                cached = None
+        try:
+            if version is None:
+                version = int(self.manifest()["latest"])
+        except ServiceError as exc:
+            if exc.status is None and cached is not None:
+                return cached[3]
+            raise
+        if cached is not None and not refresh and cached[:3] == (version, budget, lam):
+            return cached[3]
+        params: dict[str, Any] = {"user_id": int(user_id), "lam": lam}
+        if budget_bytes is not None:
+            params["budget_bytes"] = int(budget_bytes)
+        problem = ""
+        for _ in range(2):
+            try:
+                response = self._request("GET", f"/v1/catalogs/{self.catalog}/versions/{version}/edge-summary",
+                                         "edge summary", params=params)  # fmt: skip
+            except ServiceError as exc:
+                if exc.status is None and cached is not None:
+                    return cached[3]
+                raise
+            try:
+                summary = DeviceSummary.from_bytes(response.content)
+            except SerializationError as exc:
+                problem = str(exc)
+                continue
+            if summary.catalog_version != version:
+                problem = f"summary is for version {summary.catalog_version}, asked for {version}"
+                continue
+            with self._tx() as db:
+                db.execute("INSERT OR REPLACE INTO edge_summaries (catalog, user_id, version, budget, lam, data, "
+                           "fetched_at) VALUES (?,?,?,?,?,?,?)",
+                           (self.catalog, uid, version, budget, lam, response.content, time.time()))  # fmt: skip
+            return summary
+        raise ServiceError(f"edge summary for user {uid} failed its checks twice: {problem}", status=200)
+
+    def edge_retriever(self, user_id: int, budget_bytes: int | None = None, *, version: int | None = None,
+                       lam: float | None = None, policy: str = "bound", nprobe: int = 40,
+                       refresh: bool = False) -> EdgeRetriever:  # fmt: skip
+        """An :class:`~reelpack.serve.edge.EdgeRetriever` over :meth:`edge_summary` of ``user_id``; its cloud is
+        :class:`~reelpack.serve.edge.ServiceCloud` (``POST /v1/retrieve`` of the summary's catalog version)
+        over this client's HTTP connection. Query it with any vector, e.g. :meth:`user_vector` of the user.
+
+        A request the summary cannot answer goes to the cloud; if the cloud fails (unreachable, an HTTP
+        error) the retriever returns the local top-k with ``fallback=True`` and the reason, never raises.
+        """
+        from reelpack.serve.edge import EdgeRetriever, ServiceCloud
+
+        summary = self.edge_summary(user_id, budget_bytes, version=version, lam=lam, refresh=refresh)
+        cloud = ServiceCloud(self._http, self.catalog, summary.catalog_version)
+        return EdgeRetriever(summary, cloud, policy=policy, nprobe=nprobe)
 
     # ---- user vectors --------------------------------------------------------------------------
     def user_vector(self, user_id: int | str) -> np.ndarray:

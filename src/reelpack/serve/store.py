@@ -11,6 +11,8 @@ Layout (``ROOT`` = any folder; see the serving section of the issue 7 spec)::
     ROOT/<catalog>/v000003/index.usearch                  HNSW over the float32 vectors (server side)
     ROOT/<catalog>/v000003/vectors.npy, ids.npy           float32 [n, d], int64 [n], sorted by id (server side)
     ROOT/<catalog>/v000003/users.npy, user_ids.npy        optional float32 [m, d], int64 [m], sorted by user id
+    ROOT/<catalog>/v000003/edge.rpec                      optional EdgeCatalog (build_catalog(edge=True)): coarse
+                                                          clusters + sq8 codes the service cuts device summaries from
 
 Publishing a version: everything is written into ``ROOT/<catalog>/.staging-<random>``, fsynced, renamed to
 ``v00000N`` and only then is ``manifest.json`` replaced (temp file + ``os.replace``). A reader that opens the
@@ -78,7 +80,7 @@ DEFAULT_CODECS = ("pq4", "sq8")
 DEFAULT_ITEMS_PER_BLOCK = 1024
 RECALL_QUERIES = 200
 RECALL_K = 50
-FILE_KINDS = ("pack", "layer0", "index", "vectors", "ids", "users", "user_ids", "delta", "layer0_delta")
+FILE_KINDS = ("pack", "layer0", "index", "vectors", "ids", "users", "user_ids", "delta", "layer0_delta", "edge")
 """Kinds of files a version entry can list (``CatalogStore.file``)."""
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -573,6 +575,53 @@ def _check_delta(base: Path, delta: Path, target: Path, scratch: Path) -> None:
         out.unlink(missing_ok=True)
 
 
+def _publish_staged(cat_dir: Path, staging: Path, final: Path, files: dict[str, Path], entry: dict[str, Any],
+                    prev_manifest: dict[str, Any] | None, catalog: str) -> None:  # fmt: skip
+    """Publish a complete staging folder as ``final`` (caller holds the lock): chmod 0644 and fsync every file,
+    fsync the folder, rename it, fill ``entry["files"]`` and replace the manifest with ``entry`` appended.
+
+    Once this returns the version is visible; if it raises, the caller removes ``staging`` and ``final``.
+    """
+    for p in files.values():
+        os.chmod(p, 0o644)  # temp files (make_delta, index) are created 0600; the service may run as another user
+        _fsync_file(p)
+    _fsync_dir(staging)
+    os.rename(staging, final)
+    _fsync_dir(cat_dir)
+    entry["files"] = {kind: _file_entry(cat_dir, final / p.name) for kind, p in files.items()}
+    versions = [] if prev_manifest is None else list(prev_manifest["versions"])
+    manifest = {"catalog": catalog, "format": MANIFEST_FORMAT, "latest": entry["version"],
+                "versions": versions + [entry]}  # fmt: skip
+    _write_manifest(cat_dir, manifest)
+
+
+def _check_codecs_and_block(codecs: Sequence[str] | str | None, items_per_block: int | None) -> list[str] | None:
+    """Check the ``codecs`` and ``items_per_block`` arguments of a catalog build (``build_catalog``,
+    :func:`~reelpack.serve.scale.build_catalog_sharded`); return the codecs' canonical specs (``None`` when
+    ``codecs`` is ``None``: the previous version's or the default codecs apply).
+
+    Raises:
+        CodecSpecError: ``codecs`` is empty, not strings, or holds a bad spec (rejected before any work).
+        InvalidInputError: ``items_per_block`` is given and not an integer in 1..2**20.
+    """
+    from reelpack.codecs import make_codec
+
+    specs: list[str] | None = None
+    if isinstance(codecs, str):
+        codecs = [s for s in re.split(r"[;\s]+", codecs.strip()) if s]
+    if codecs is not None:
+        codecs = list(codecs)
+        if not codecs or not all(isinstance(c, str) for c in codecs):
+            raise CodecSpecError(f"codecs must be a non-empty list of codec specs, got {codecs!r}")
+        specs = [make_codec(c).spec for c in codecs]
+    if items_per_block is not None and (
+        isinstance(items_per_block, bool) or not isinstance(items_per_block, (int, np.integer))
+        or not 1 <= int(items_per_block) <= 1 << 20
+    ):  # fmt: skip
+        raise InvalidInputError(f"items_per_block must be an integer in 1..{1 << 20}, got {items_per_block!r}")
+    return specs
+
+
 def build_catalog(
     store: CatalogStore,
     catalog: str,
@@ -592,6 +641,9 @@ def build_catalog(
     expansion_search: int | None = None,
     threads: int = 1,
     verify_deltas: bool = True,
+    fit_sample: int | None = None,
+    edge: bool = False,
+    edge_nlist: int | None = None,
 ) -> dict[str, Any]:
     """Build and publish the next version of ``catalog``; return its manifest entry.
 
@@ -612,6 +664,14 @@ def build_catalog(
         connectivity, expansion_add, expansion_search: HNSW parameters (default: :mod:`reelpack.serve.ann`'s).
         threads: HNSW insertion threads (1 = deterministic; 0 = all cores).
         verify_deltas: check that applying each delta to the previous file rebuilds the new file byte for byte.
+        fit_sample: a fresh chain's codecs are fitted on :func:`reelpack.serve.scale.fit_sample_rows` of the
+            id-sorted catalog (all rows up to ``fit_sample``, default 131072; above it, seeded runs of 256 rows)
+            and every block is encoded on its own, so :func:`reelpack.serve.scale.build_catalog_sharded` writes
+            the same bytes.
+        edge: also build the hierarchical index's :class:`~reelpack.serve.edge.EdgeCatalog` (faiss k-means
+            coarse clusters of the float32 vectors, ``sq8`` codes, ``seed``) as ``edge.rpec``; the service cuts
+            device summaries from it (``GET .../edge-summary``). The entry's ``edge`` then describes it.
+        edge_nlist: its coarse clusters (default ``min(1024, max(1, n // 64))``, at most n); needs ``edge``.
 
     Returns:
         the new version entry of the manifest (see the module docstring).
@@ -621,8 +681,13 @@ def build_catalog(
         StoreError (corrupt existing manifest, unwritable store). On any error no new version is published.
     """
     from reelpack.codecs import make_codec
-    from reelpack.format import build_pack, make_delta
+    from reelpack.format import make_delta
     from reelpack.serve import ann
+    from reelpack.serve.scale import DEFAULT_FIT_SAMPLE, _Part, encode_blocks, fit_codecs, fit_sample_rows, write_packs
+
+    if fit_sample is None:
+        fit_sample = DEFAULT_FIT_SAMPLE
+    fit_sample_rows(1, 0, fit_sample)  # validates fit_sample
 
     validate_catalog_name(catalog)
     if not isinstance(store, CatalogStore):
@@ -637,21 +702,17 @@ def build_catalog(
         )
     elif user_ids is not None:
         raise InvalidInputError("user_ids given without users")
-    if isinstance(codecs, str):
-        codecs = [s for s in re.split(r"[;\s]+", codecs.strip()) if s]
-    if codecs is not None:
-        codecs = list(codecs)
-        if not codecs or not all(isinstance(c, str) for c in codecs):
-            raise CodecSpecError(f"codecs must be a non-empty list of codec specs, got {codecs!r}")
-        specs = [make_codec(c).spec for c in codecs]  # rejects bad specs before any work
-    if items_per_block is not None and (
-        isinstance(items_per_block, bool) or not isinstance(items_per_block, (int, np.integer))
-        or not 1 <= int(items_per_block) <= 1 << 20
-    ):  # fmt: skip
-        raise InvalidInputError(f"items_per_block must be an integer in 1..{1 << 20}, got {items_per_block!r}")
+    specs = _check_codecs_and_block(codecs, items_per_block)  # rejects bad specs before any work
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or int(seed) < 0:
         raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
+    if not isinstance(edge, (bool, np.bool_)):
+        raise InvalidInputError(f"edge must be a bool, got {edge!r}")
+    if edge_nlist is not None and not edge:
+        raise InvalidInputError("edge_nlist needs edge=True")
+    nlist = min(1024, max(1, X.shape[0] // 64)) if edge_nlist is None else edge_nlist
+    if isinstance(nlist, bool) or not isinstance(nlist, (int, np.integer)) or not 1 <= int(nlist) <= X.shape[0]:
+        raise InvalidInputError(f"edge_nlist must be an integer in 1..{X.shape[0]} (the item count), got {nlist!r}")
     hnsw = {
         "connectivity": ann.DEFAULT_CONNECTIVITY if connectivity is None else connectivity,
         "expansion_add": ann.DEFAULT_EXPANSION_ADD if expansion_add is None else expansion_add,
@@ -663,7 +724,8 @@ def build_catalog(
         uorder = np.argsort(uids, kind="stable")
         uids, U = uids[uorder], np.ascontiguousarray(U[uorder])
 
-    stages = ["prepare", "pack", "layer0", "arrays"] + (["index", "recall"] if index else []) + ["publish"]
+    stages = (["prepare", "pack", "layer0", "arrays"] + (["index", "recall"] if index else [])
+              + (["edge"] if edge else []) + ["publish"])  # fmt: skip
 
     def step(name: str) -> None:
         if progress is not None:
@@ -677,7 +739,7 @@ def build_catalog(
         if prev_manifest is not None:
             prev = next(e for e in prev_manifest["versions"] if e["version"] == prev_manifest["latest"])
         version = 1 if prev is None else prev["version"] + 1
-        if codecs is None:
+        if specs is None:
             specs = list(prev["codecs"]) if prev is not None else [make_codec(c).spec for c in DEFAULT_CODECS]
         ipb = int(items_per_block) if items_per_block is not None else (
             prev["items_per_block"] if prev is not None else DEFAULT_ITEMS_PER_BLOCK)  # fmt: skip
@@ -709,11 +771,13 @@ def build_catalog(
                 if verify_deltas:
                     _check_delta(base_dir / "pack.rpk", delta, pack, staging)
                     _check_delta(base_dir / "layer0.rpk", l0_delta, layer0, staging)
-            else:
-                fitted = [make_codec(s).fit(X, seed=seed) for s in specs]
-                build_pack(pack, item_ids, X, fitted, metadata=meta, items_per_block=ipb)
+            else:  # the sharded build (reelpack.serve.scale) follows the same rules: byte-identical files
+                fitted = fit_codecs(specs, X, seed, fit_sample)
+                codes, err, sums = encode_blocks(fitted, X, ipb)
                 step("layer0")
-                build_pack(layer0, item_ids, X, fitted[:1], metadata=meta, items_per_block=ipb)
+                write_packs(pack, layer0, item_ids, fitted, lambda: iter([_Part(0, X.shape[0], codes, err)]), sums,
+                            meta, ipb)  # fmt: skip
+                del codes, err
             if not _same_codec_bytes(pack, layer0):
                 raise StoreError(
                     f"catalog {catalog!r} version {version}: layer0.rpk and pack.rpk have different layer-0 codecs"
@@ -739,13 +803,17 @@ def build_catalog(
                               "recall_at_50": round(hidx.recall_at(X, queries, k), 4),
                               "recall_queries": source, "recall_k": k}  # fmt: skip
                 del hidx
+            edge_info = None
+            if edge:
+                from reelpack.serve.edge import EdgeCatalog
+
+                step("edge")
+                ecat = EdgeCatalog.build(X, item_ids, nlist=int(nlist), codec="sq8", catalog_version=version, seed=seed)
+                files["edge"] = ecat.save(staging / "edge.rpec")
+                edge_info = {"nlist": ecat.nlist, "codec": ecat.codec.spec, "fingerprint": ecat.fingerprint.hex(),
+                             "fixed_bytes": int(ecat.fixed_bytes), "item_bytes": int(ecat.item_bytes())}  # fmt: skip
+                del ecat
             step("publish")
-            for p in files.values():
-                os.chmod(p, 0o644)  # temp files (make_delta, index) are created 0600; the service may run as another user
-                _fsync_file(p)
-            _fsync_dir(staging)
-            os.rename(staging, final)
-            _fsync_dir(cat_dir)
             entry = {
                 "version": version,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -753,17 +821,15 @@ def build_catalog(
                 "dim": int(X.shape[1]),
                 "codecs": specs,
                 "items_per_block": ipb,
-                "files": {kind: _file_entry(cat_dir, final / p.name) for kind, p in files.items()},
+                "files": {},
                 "delta_from": prev["version"] if chain else None,
                 "index": index_info,
                 "n_users": None if U is None else int(U.shape[0]),
                 "seed": seed,
                 "codecs_reused": reused,
+                "edge": edge_info,
             }
-            versions = [] if prev_manifest is None else list(prev_manifest["versions"])
-            manifest = {"catalog": catalog, "format": MANIFEST_FORMAT, "latest": version,
-                        "versions": versions + [entry]}  # fmt: skip
-            _write_manifest(cat_dir, manifest)
+            _publish_staged(cat_dir, staging, final, files, entry, prev_manifest, catalog)
             published = True  # from here on the version is visible: never remove its folder
         except OSError as exc:
             raise StoreError(f"cannot write version {version} of catalog {catalog!r}: {exc.strerror or exc}") from exc
