@@ -653,6 +653,18 @@ def _check_publish_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return out
 
 
+def _query_vector(vector: np.ndarray, dim: int, catalog: str, version: int) -> np.ndarray:
+    """A request's query vector (float [d]) as float32 [d]: DimensionMismatchError unless ``d == dim``,
+    NonFiniteError for NaN, Inf or values beyond float32 range."""
+    if vector.shape[0] != dim:
+        raise DimensionMismatchError(f"vector has {vector.shape[0]} values, {catalog} version {version} has dim {dim}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        q = vector.astype(np.float32)
+    if not np.isfinite(q).all():
+        raise NonFiniteError("vector holds NaN, Inf or values beyond float32 range")
+    return q
+
+
 def create_app(
     store_root: str | os.PathLike[str],
     *,
@@ -841,15 +853,7 @@ def create_app(
         version = store.latest(catalog) if body.version is None else body.version
         _, entry = version_entry(catalog, version)
         index = entry.index
-        q = np.asarray(body.vector, dtype=np.float64)
-        if q.shape[0] != index.dim:
-            raise DimensionMismatchError(
-                f"vector has {q.shape[0]} values, {catalog} version {version} has dim {index.dim}"
-            )
-        with np.errstate(over="ignore", invalid="ignore"):
-            q32 = q.astype(np.float32)
-        if not np.isfinite(q32).all():
-            raise NonFiniteError("vector holds NaN, Inf or values beyond float32 range")
+        q32 = _query_vector(np.asarray(body.vector, dtype=np.float64), index.dim, catalog, version)
         k = min(body.k, index.n_items)
         ids, scores = index.search(q32[None, :], k)
         keep = ids[0] >= 0
@@ -900,14 +904,7 @@ def create_app(
                               lam: float) -> Response:  # fmt: skip
         info, entry = version_entry(catalog, version)
         ecat = entry.edge()
-        if vector.shape[0] != ecat.dim:
-            raise DimensionMismatchError(
-                f"vector has {vector.shape[0]} values, {catalog} version {version} has dim {ecat.dim}"
-            )
-        with np.errstate(over="ignore", invalid="ignore"):
-            q = vector.astype(np.float32)
-        if not np.isfinite(q).all():
-            raise NonFiniteError("vector holds NaN, Inf or values beyond float32 range")
+        q = _query_vector(vector, ecat.dim, catalog, version)
         least = ecat.min_budget(q)
         if budget_bytes is None:
             budget_bytes = min(max(int(0.05 * int(info["n_items"]) * ecat.dim * 4), least), max_edge_bytes)
