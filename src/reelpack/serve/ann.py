@@ -15,11 +15,11 @@ usearch's ``ip`` metric is the distance ``1 - <q, x>``; :meth:`HNSWIndex.search`
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from reelpack._atomic import atomic_path
 from reelpack._validate import as_float_matrix, check_k
 from reelpack.errors import (
     DataNotFoundError,
@@ -140,19 +140,8 @@ class HNSWIndex:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the index to ``path`` atomically (temp file in the same folder, fsync, rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            self._index.save(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a service may read it as another user
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path, mode=0o644) as tmp:  # 0644: a service may read it as another user
+            self._index.save(str(tmp))
         return path
 
     @classmethod

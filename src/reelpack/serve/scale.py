@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from reelpack._atomic import atomic_path
 from reelpack.errors import (
     DataFormatError,
     DataNotFoundError,
@@ -222,9 +223,8 @@ class NpySource(_Source):
         if ids.size > 1 and np.any(np.diff(ids) < 0):
             order = np.argsort(ids, kind="stable")
             path = work_dir / "order.npy"
-            tmp = work_dir / f".order-{secrets.token_hex(4)}.npy"
-            np.save(tmp, order.astype(np.int64), allow_pickle=False)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, order.astype(np.int64), allow_pickle=False)
             self.order_path = str(path)
             ids = ids[order]
         self._ids = ids
@@ -447,26 +447,18 @@ def _write_container(path: Path, header: dict[str, Any], sections: Sequence[tupl
         if len(hdr) == head_len:
             break
         head_len = len(hdr)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(SHARD_MAGIC + struct.pack("<I", len(hdr)) + hdr)
-            crc = crc32c(SHARD_MAGIC + struct.pack("<I", len(hdr)) + hdr)
-            pos = 12 + len(hdr)
-            for (_, off, _length), body in zip(table, bodies):
-                pad = b"\0" * (off - pos)
-                fh.write(pad)
-                crc = _crc_extend(crc, pad)
-                fh.write(body)
-                crc = _crc_extend(crc, body)
-                pos = off + body.nbytes
-            fh.write(struct.pack("<I", crc))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(SHARD_MAGIC + struct.pack("<I", len(hdr)) + hdr)
+        crc = crc32c(SHARD_MAGIC + struct.pack("<I", len(hdr)) + hdr)
+        pos = 12 + len(hdr)
+        for (_, off, _length), body in zip(table, bodies):
+            pad = b"\0" * (off - pos)
+            fh.write(pad)
+            crc = _crc_extend(crc, pad)
+            fh.write(body)
+            crc = _crc_extend(crc, body)
+            pos = off + body.nbytes
+        fh.write(struct.pack("<I", crc))
     return pos + 4
 
 

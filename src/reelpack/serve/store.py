@@ -39,7 +39,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from reelpack._atomic import atomic_path
 from reelpack._validate import as_float_matrix
 from reelpack.errors import (
     CodecSpecError,
@@ -377,18 +377,8 @@ def _write_manifest(cat_dir: Path, manifest: dict[str, Any]) -> None:
     Once ``os.replace`` has run the new manifest is visible; nothing after it raises.
     """
     data = (json.dumps(manifest, indent=1, allow_nan=False) + "\n").encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=cat_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, cat_dir / MANIFEST_NAME)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(cat_dir / MANIFEST_NAME, mode=0o644) as tmp:
+        tmp.write_bytes(data)
     with contextlib.suppress(OSError):
         _fsync_dir(cat_dir)
 
