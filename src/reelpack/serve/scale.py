@@ -45,8 +45,6 @@ import math
 import mmap
 import os
 import re
-import secrets
-import shutil
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -915,11 +913,8 @@ def build_catalog_sharded(
         st._clean_stale(cat_dir, prev_manifest)
         version = 1 if prev_manifest is None else prev_manifest["latest"] + 1
         meta = {"catalog": catalog, "catalog_version": version}
-        staging = cat_dir / f"{st.STAGING_PREFIX}{secrets.token_hex(8)}"
-        final = cat_dir / st._version_dir(version)
-        published = False
-        try:
-            staging.mkdir()
+        with st._staged_version(cat_dir, catalog, version) as stage:
+            staging = stage.staging
             files: dict[str, Path] = {"pack": staging / "pack.rpk", "layer0": staging / "layer0.rpk"}
 
             def parts() -> Iterator[_Part]:
@@ -978,14 +973,7 @@ def build_catalog_sharded(
                 "seed": seed,
                 "codecs_reused": None,
             }
-            st._publish_staged(cat_dir, staging, final, files, entry, prev_manifest, catalog)
-            published = True
-        except OSError as exc:
-            raise StoreError(f"cannot write version {version} of catalog {catalog!r}: {exc.strerror or exc}") from exc
-        finally:
-            if not published:
-                shutil.rmtree(staging, ignore_errors=True)
-                shutil.rmtree(final, ignore_errors=True)
+            stage.publish(files, entry, prev_manifest)
     if not keep_work:
         for job in jobs:
             Path(job.path).unlink(missing_ok=True)

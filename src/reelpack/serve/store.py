@@ -40,6 +40,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -565,24 +566,55 @@ def _check_delta(base: Path, delta: Path, target: Path, scratch: Path) -> None:
         out.unlink(missing_ok=True)
 
 
-def _publish_staged(cat_dir: Path, staging: Path, final: Path, files: dict[str, Path], entry: dict[str, Any],
-                    prev_manifest: dict[str, Any] | None, catalog: str) -> None:  # fmt: skip
-    """Publish a complete staging folder as ``final`` (caller holds the lock): chmod 0644 and fsync every file,
-    fsync the folder, rename it, fill ``entry["files"]`` and replace the manifest with ``entry`` appended.
+@dataclass
+class _Staging:
+    """A version being built: ``staging`` (the folder written into), ``final`` (``vNNNNNN``) and whether it has
+    been published (see :func:`_staged_version`)."""
 
-    Once this returns the version is visible; if it raises, the caller removes ``staging`` and ``final``.
-    """
-    for p in files.values():
-        os.chmod(p, 0o644)  # temp files (make_delta, index) are created 0600; the service may run as another user
-        _fsync_file(p)
-    _fsync_dir(staging)
-    os.rename(staging, final)
-    _fsync_dir(cat_dir)
-    entry["files"] = {kind: _file_entry(cat_dir, final / p.name) for kind, p in files.items()}
-    versions = [] if prev_manifest is None else list(prev_manifest["versions"])
-    manifest = {"catalog": catalog, "format": MANIFEST_FORMAT, "latest": entry["version"],
-                "versions": versions + [entry]}  # fmt: skip
-    _write_manifest(cat_dir, manifest)
+    cat_dir: Path
+    catalog: str
+    version: int
+    staging: Path
+    final: Path
+    published: bool = False
+
+    def publish(self, files: dict[str, Path], entry: dict[str, Any], prev_manifest: dict[str, Any] | None) -> None:
+        """Publish the complete staging folder as ``final`` (caller holds the lock): chmod 0644 and fsync every
+        file, fsync the folder, rename it, fill ``entry["files"]`` and replace the manifest with ``entry`` appended.
+
+        Once this returns the version is visible (``published``); if it raises, :func:`_staged_version` removes
+        ``staging`` and ``final``.
+        """
+        for p in files.values():
+            os.chmod(p, 0o644)  # temp files (make_delta, index) are created 0600; the service may run as another user
+            _fsync_file(p)
+        _fsync_dir(self.staging)
+        os.rename(self.staging, self.final)
+        _fsync_dir(self.cat_dir)
+        entry["files"] = {kind: _file_entry(self.cat_dir, self.final / p.name) for kind, p in files.items()}
+        versions = [] if prev_manifest is None else list(prev_manifest["versions"])
+        manifest = {"catalog": self.catalog, "format": MANIFEST_FORMAT, "latest": entry["version"],
+                    "versions": versions + [entry]}  # fmt: skip
+        _write_manifest(self.cat_dir, manifest)
+        self.published = True  # from here on the version is visible: never remove its folder
+
+
+@contextlib.contextmanager
+def _staged_version(cat_dir: Path, catalog: str, version: int) -> Iterator[_Staging]:
+    """The staging folder of ``version`` (created empty; the caller holds the catalog lock). An ``OSError`` in the
+    block becomes a :class:`StoreError`; unless :meth:`_Staging.publish` completed, the staging folder and the
+    version folder are removed on the way out, so no partial version is ever left behind."""
+    stage = _Staging(cat_dir, catalog, version, cat_dir / f"{STAGING_PREFIX}{secrets.token_hex(8)}",
+                     cat_dir / _version_dir(version))  # fmt: skip
+    try:
+        stage.staging.mkdir()
+        yield stage
+    except OSError as exc:
+        raise StoreError(f"cannot write version {version} of catalog {catalog!r}: {exc.strerror or exc}") from exc
+    finally:
+        if not stage.published:
+            shutil.rmtree(stage.staging, ignore_errors=True)
+            shutil.rmtree(stage.final, ignore_errors=True)
 
 
 def _check_codecs_and_block(codecs: Sequence[str] | str | None, items_per_block: int | None) -> list[str] | None:
@@ -738,11 +770,8 @@ def build_catalog(
             and prev["dim"] == X.shape[1]
         )  # fmt: skip
         meta = {"catalog": catalog, "catalog_version": version}
-        staging = cat_dir / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
-        final = cat_dir / _version_dir(version)
-        published = False
-        try:
-            staging.mkdir()
+        with _staged_version(cat_dir, catalog, version) as stage:
+            staging = stage.staging
             pack, layer0 = staging / "pack.rpk", staging / "layer0.rpk"
             files: dict[str, Path] = {"pack": pack, "layer0": layer0}
             reused: list[bool] | None = None
@@ -819,14 +848,7 @@ def build_catalog(
                 "codecs_reused": reused,
                 "edge": edge_info,
             }
-            _publish_staged(cat_dir, staging, final, files, entry, prev_manifest, catalog)
-            published = True  # from here on the version is visible: never remove its folder
-        except OSError as exc:
-            raise StoreError(f"cannot write version {version} of catalog {catalog!r}: {exc.strerror or exc}") from exc
-        finally:
-            if not published:
-                shutil.rmtree(staging, ignore_errors=True)
-                shutil.rmtree(final, ignore_errors=True)
+            stage.publish(files, entry, prev_manifest)
     if progress is not None:
         progress("done", len(stages), len(stages))
     return entry
