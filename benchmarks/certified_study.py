@@ -1,7 +1,7 @@
 """Certified progressive retrieval study (issue 5, part 6): bytes per item against relative Recall@50.
 
 For every evaluated user the client ranks the whole catalog (train items excluded) with
-:func:`reelpack.score.certified.certified_topk`: layer 0 (stage 0 of ``--codec`` for every
+:func:`reelpack.search.certified.certified_topk`: layer 0 (stage 0 of ``--codec`` for every
 item), the later stages fetched only for items whose upper bound can still reach the top
 K (codecs with bounds) or for a fixed top R per step (codecs without), then an exact
 layer (``--exact fp16``: 2*d bytes per item) for what remains. Reported per setting:
@@ -12,7 +12,7 @@ users whose top K was certified, the mean items fetched per step and the seconds
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/certified_study.py --codec "pq4 pq8" \\
         --fallback "200 1000" --users 2000 --out /tmp/certified.json 2>/dev/null
 
-Embeddings come from the two-tower cache (``reelpack.train.load_cached`` with
+Embeddings come from the two-tower cache (``reelpack.models.load_cached`` with
 ``TwoTowerConfig(dim=--dim, seed=0)``), the split from ``train_test_split(seed=0)``.
 """
 
@@ -27,9 +27,9 @@ import numpy as np
 
 from reelpack.codecs import make_codec
 from reelpack.data import load_interactions, train_test_split
-from reelpack.eval.metrics import ranking_metrics
-from reelpack.score.certified import certified_topk_batch
-from reelpack.train import TwoTowerConfig, load_cached
+from reelpack.metrics.quality import ranking_metrics
+from reelpack.search.certified import certified_topk_batch
+from reelpack.models import TwoTowerConfig, load_cached
 
 
 def main() -> None:

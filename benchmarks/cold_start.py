@@ -5,7 +5,7 @@ Data: the SYNTHETIC default catalog (``synthetic_interactions()``) with SYNTHETI
 latent clusters and popularity as the interactions). Real interaction files carry no item
 metadata, so this study runs on the synthetic catalog only.
 
-Protocol (``reelpack.train.content.cold_start_eval``): a seeded ``--cold-fraction`` of the
+Protocol (``reelpack.models.content.cold_start_eval``): a seeded ``--cold-fraction`` of the
 catalog is COLD; their train interactions are removed before the two-tower is trained; the
 content tower learns metadata -> ID item embedding on the warm items and embeds the cold ones.
 Targets are the users' test interactions with cold items, ranked among the cold items only
@@ -28,8 +28,8 @@ import numpy as np
 
 from reelpack.data import synthetic_interactions, train_test_split
 from reelpack.data.metadata import synthetic_item_metadata
-from reelpack.train import TwoTowerConfig
-from reelpack.train.content import ColdStartResult, ContentTowerConfig, cold_start_eval
+from reelpack.models import TwoTowerConfig
+from reelpack.models.content import ColdStartResult, ContentTowerConfig, cold_start_eval
 
 
 def main(argv: list[str] | None = None) -> int:

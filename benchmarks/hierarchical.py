@@ -16,7 +16,7 @@ budget. Two scenarios, both reported:
 
 The decision's ``lam`` is calibrated on ``--calib-users`` users disjoint from the evaluated ones (smallest
 ``lam`` on a grid whose calibration ANN recall@50 vs float32 reaches ``--calib-target``), unless ``--lam`` is given.
-The cloud is an in-process :class:`reelpack.serve.ann.HNSWIndex` with the service's default parameters (the
+The cloud is an in-process :class:`reelpack.catalog.ann.HNSWIndex` with the service's default parameters (the
 code path behind ``POST /v1/retrieve``); ``lam = 1`` (the guaranteed ball bound) is reported too.
 
 Metrics: ``rel_recall@50`` = Recall@50 of the held-out test items / the float32 brute force's Recall@50 (same
@@ -40,11 +40,12 @@ import time
 import numpy as np
 
 from reelpack.data import load_interactions, train_test_split
-from reelpack.eval.metrics import ranking_metrics
-from reelpack.eval.ranking import rank_users
-from reelpack.serve.ann import HNSWIndex
-from reelpack.serve.edge import EdgeCatalog, EdgeRetriever, merge_answers
-from reelpack.train import TwoTowerConfig, load_cached
+from reelpack.metrics.quality import ranking_metrics
+from reelpack.metrics.ranking import rank_users
+from reelpack.catalog.ann import HNSWIndex
+from reelpack.catalog.edge import EdgeCatalog
+from reelpack.device.edge import EdgeRetriever, merge_answers
+from reelpack.models import TwoTowerConfig, load_cached
 
 LAM_GRID = (0.0, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 1.0)
 

@@ -17,9 +17,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from reelpack.data import load_interactions, train_test_split
-from reelpack.eval.speed import synthetic_catalog
-from reelpack.serve.ann import HNSWIndex
-from reelpack.train import TwoTowerConfig, load_or_train
+from reelpack.bench.speed import synthetic_catalog
+from reelpack.catalog.ann import HNSWIndex
+from reelpack.models import TwoTowerConfig, load_or_train
 
 
 def measure(name: str, items: np.ndarray, queries: np.ndarray, efs: tuple[int, ...]) -> None:

@@ -2,7 +2,7 @@
 
 Builds a SYNTHETIC catalog (100,000 x 64, clustered Gaussian unit vectors) into a temporary store with
 ``build_catalog`` (codecs pq4 + sq8 and the HNSW index), starts ``reelpack serve`` in a child process
-on 127.0.0.1, runs :func:`reelpack.serve.loadtest.run_load` and prints the report (errors, throughput,
+on 127.0.0.1, runs :func:`reelpack.bench.loadtest.run_load` and prints the report (errors, throughput,
 p50/p90/p99 per request type). Exit status 1 when any request failed.
 
 Also measures the HNSW index's Recall@50 against exact float32 on 1,000 user vectors drawn like
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from reelpack.eval.speed import synthetic_catalog
-from reelpack.serve.ann import HNSWIndex
-from reelpack.serve.loadtest import LoadConfig, run_load, start_server, stop_server
-from reelpack.serve.store import CatalogStore, build_catalog
+from reelpack.bench.speed import synthetic_catalog
+from reelpack.catalog.ann import HNSWIndex
+from reelpack.bench.loadtest import LoadConfig, run_load, start_server, stop_server
+from reelpack.catalog.store import CatalogStore, build_catalog
 
 
 def main() -> int:

@@ -33,8 +33,8 @@ import numpy as np
 
 from reelpack.codecs import make_codec
 from reelpack.data import load_interactions, train_test_split
-from reelpack.eval.ranking import dense_score_fn, evaluate_scores
-from reelpack.eval.robustness import degraded_scores, read_degraded, simulate_loss
+from reelpack.metrics.ranking import dense_score_fn, evaluate_scores
+from reelpack.bench.robustness import degraded_scores, read_degraded, simulate_loss
 from reelpack.format import PackReader
 from reelpack.format.parity import read_parity, write_pack_with_parity
 

@@ -3,7 +3,7 @@
 One query, top-50, over 100k items x 16 B (``pq16`` at d=64 on random Gaussian data,
 fitted on a 20k-row sample). Timed paths, median of ``--repeats`` runs after warm-up:
 
-* ``reelpack``: ``codec.score(q, codes)`` (LUT + numba ADC) + :func:`reelpack.score.topk`;
+* ``reelpack``: ``codec.score(q, codes)`` (LUT + numba ADC) + :func:`reelpack.kernels.topk`;
 * ``onnx (codes input)``: :meth:`OnnxScorer.search` with the codes as a model input
   (includes the Python-side input checks);
 * ``onnx (embedded)``: the codes baked into the model;
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from reelpack.codecs import make_codec
-from reelpack.score import topk
-from reelpack.score.onnx_export import OnnxScorer, export_onnx
+from reelpack.kernels import topk
+from reelpack.search.onnx_export import OnnxScorer, export_onnx
 
 
 def cpu_name() -> str:

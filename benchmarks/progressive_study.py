@@ -2,7 +2,7 @@
 
 For each (layer 0, layer 1, candidates) the client ranks the whole catalog with layer 0,
 fetches layer-1 codes only for its top ``candidates`` (train items excluded), re-ranks
-them with :func:`reelpack.score.progressive_topk`, and we measure Recall@50 relative to
+them with :func:`reelpack.search.progressive_topk`, and we measure Recall@50 relative to
 float32 and the bytes per catalog item the client transferred: all of layer 0 plus the
 refinement codes of its candidates, counted per user either item by item (ideal range
 requests) or as whole blocks of ``items_per_block`` items (block-granular fetches).
@@ -25,9 +25,9 @@ import numpy as np
 
 from reelpack.codecs import make_codec
 from reelpack.data import load_interactions, train_test_split
-from reelpack.eval.metrics import ranking_metrics
-from reelpack.eval.ranking import dense_score_fn, evaluate_scores
-from reelpack.score import progressive_topk
+from reelpack.metrics.quality import ranking_metrics
+from reelpack.metrics.ranking import dense_score_fn, evaluate_scores
+from reelpack.search import progressive_topk
 
 
 def load_embeddings(cache: Path, dim: int) -> tuple[np.ndarray, np.ndarray, str]:

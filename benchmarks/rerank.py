@@ -50,8 +50,8 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     from reelpack.data import load_interactions, train_test_split
-    from reelpack.rerank.evaluate import rerank_benchmark
-    from reelpack.train import TwoTowerConfig, load_cached
+    from reelpack.models.rerank.evaluate import rerank_benchmark
+    from reelpack.models import TwoTowerConfig, load_cached
 
     faiss.omp_set_num_threads(1)
     limits = threadpool_limits(1)
@@ -94,7 +94,7 @@ def main() -> None:
               f"{lat['numpy_ms_mean']:9.3f} {lat['onnx_ms_mean']:8.3f}")  # fmt: skip
     print(f"users {len(users)}, train users {len(train_users)}, R {args.r}, float32 {result['float32']}")
     if args.out:
-        from reelpack._atomic import atomic_write_bytes
+        from reelpack.util.atomic import atomic_write_bytes
 
         atomic_write_bytes(args.out, json.dumps(result, indent=2).encode())
         print(f"wrote {args.out}")

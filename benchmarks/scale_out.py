@@ -1,6 +1,6 @@
 """Sharded catalog build on Dask: throughput with 1 and 2 workers, peak memory per worker, bytes written.
 
-A SYNTHETIC clustered catalog (:class:`reelpack.serve.scale.SyntheticSource`: each shard is generated on its
+A SYNTHETIC clustered catalog (:class:`reelpack.catalog.build.SyntheticSource`: each shard is generated on its
 worker from (seed, chunk), so the catalog never exists in one process) is encoded to a single-layer PQ16 pack
 (``pack.rpk`` + ``layer0.rpk``) plus ``vectors.npy``/``ids.npy`` (unless ``--no-arrays``), without the HNSW index,
 by ``build_catalog_sharded`` on a LocalCluster of N worker processes (one thread each), for each N in
@@ -29,10 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from reelpack._memory import reset_peak_rss, status_kb
+from reelpack.util.memory import reset_peak_rss, status_kb
 from reelpack.format.delta import sha256_file
-from reelpack.serve.scale import SyntheticSource, build_catalog_sharded
-from reelpack.serve.store import CatalogStore
+from reelpack.catalog.build import SyntheticSource, build_catalog_sharded
+from reelpack.catalog.store import CatalogStore
 
 
 def run_once(root: Path, n: int, dim: int, codec: str, workers: int, shard_size: int, ipb: int, arrays: bool,

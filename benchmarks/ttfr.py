@@ -1,6 +1,6 @@
 """Time to first recommendation (TTFR) of a fresh phone over simulated networks, and the quality it gets.
 
-Builds a SYNTHETIC clustered catalog (``reelpack.eval.speed.synthetic_catalog``, default 100k x 64) with
+Builds a SYNTHETIC clustered catalog (``reelpack.bench.speed.synthetic_catalog``, default 100k x 64) with
 ``build_catalog`` (codecs "pq4 sq8": layer 0 = 4-byte PQ codes, layer 1 = SQ8), serves it with the real app
 (uvicorn in a thread on 127.0.0.1, a free port) and, per network profile, runs a PhoneClient with an empty
 SQLite cache through a virtual-clock ShapedTransport over real loopback HTTP:
@@ -35,11 +35,11 @@ for _var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reelpack.eval.speed import synthetic_catalog  # noqa: E402
-from reelpack.serve.app import create_app  # noqa: E402
-from reelpack.serve.client import PhoneClient  # noqa: E402
-from reelpack.serve.shaper import ShapedTransport, get_profile  # noqa: E402
-from reelpack.serve.store import CatalogStore, build_catalog  # noqa: E402
+from reelpack.bench.speed import synthetic_catalog  # noqa: E402
+from reelpack.service.app import create_app  # noqa: E402
+from reelpack.device.client import PhoneClient  # noqa: E402
+from reelpack.device.shaper import ShapedTransport, get_profile  # noqa: E402
+from reelpack.catalog.store import CatalogStore, build_catalog  # noqa: E402
 
 
 def _free_port() -> int:

@@ -1,10 +1,10 @@
 """Video item towers (issue 8): Compressed Video Aggregator vs mean pooling vs full attention.
 
 Data: SYNTHETIC. The default synthetic interactions (6000 users x 5000 items, 25 clusters) and
-``reelpack.video.synthetic_video_catalog`` on them: 64 frames per video, d_frame 128 (8 planted
+``reelpack.models.video.synthetic_video_catalog`` on them: 64 frames per video, d_frame 128 (8 planted
 signal frames, the rest distractors), titles wrong for a share ``--rates`` of the videos.
 Each (model, wrong-title rate) trains user tower + item tower jointly (in-batch softmax + logQ)
-in a FRESH subprocess (``reelpack.video.train.train_isolated``) so that its peak memory (VmHWM growth
+in a FRESH subprocess (``reelpack.models.video.train.train_isolated``) so that its peak memory (VmHWM growth
 after the data are loaded and the code paths warmed up) is its own. The subprocesses run with
 ``MALLOC_MMAP_THRESHOLD_=65536`` so freed large buffers go back to the OS: without it glibc's heap
 keeps them and the peak counts allocator retention instead of live tensors (same for every model).
@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 
 from reelpack.data import synthetic_interactions, train_test_split
-from reelpack.video.train import MODEL_NAMES, VideoTrainConfig, _restrict_catalog, train_isolated, train_video_two_tower
+from reelpack.models.video.train import MODEL_NAMES, VideoTrainConfig, _restrict_catalog, train_isolated, train_video_two_tower
 
 CODECS = ("sq8", "pq16", "pq8", "pq32x4")
 
 
 def _oracle(config: VideoTrainConfig, rate: float) -> dict[str, Any]:
-    from reelpack.video.data import synthetic_video_catalog
+    from reelpack.models.video.data import synthetic_video_catalog
 
     inter = synthetic_interactions()
     split = train_test_split(inter, seed=0)
@@ -52,7 +52,7 @@ def _oracle(config: VideoTrainConfig, rate: float) -> dict[str, Any]:
 
 def _codec_rows(user_emb: np.ndarray, item_emb: np.ndarray, ref: dict[str, float]) -> list[dict[str, Any]]:
     from reelpack.codecs import make_codec
-    from reelpack.eval.ranking import evaluate_scores
+    from reelpack.metrics.ranking import evaluate_scores
 
     split = train_test_split(synthetic_interactions(), seed=0)
     rows = []
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     r0 = args.rates[0]
     lines = [
-        "SYNTHETIC video catalog (reelpack.video.synthetic_video_catalog on synthetic_interactions(): 6000 users x 5000 "
+        "SYNTHETIC video catalog (reelpack.models.video.synthetic_video_catalog on synthetic_interactions(): 6000 users x 5000 "
         f"items, 25 clusters; 64 frames/video, d_frame 128, d_out {config.d_out}); {config.epochs} epochs, batch "
         f"{config.batch_size}, 1 thread",
         "",

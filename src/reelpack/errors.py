@@ -35,6 +35,7 @@ __all__ = [
     "NotFoundError",
     "StoreError",
     "ServiceError",
+    "MissingExtraError",
 ]
 
 
@@ -162,3 +163,15 @@ class ServiceError(ReelpackError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class MissingExtraError(UnsupportedOperationError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the extra to install.
+
+    Attributes:
+        extra: the name of the extra (``"serve"``, ``"train"``, ...); ``pip install 'reelpack[EXTRA]'``.
+    """
+
+    def __init__(self, message: str, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra

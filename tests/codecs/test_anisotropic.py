@@ -24,7 +24,7 @@ from reelpack.errors import (
     SerializationError,
     UnknownCodecError,
 )
-from reelpack.score.kernels import pq_decode
+from reelpack.kernels.dense import pq_decode
 
 D, M = 32, 8
 T_STRONG = 0.4  # eta = 31 * 0.16 / 0.84 = 5.9 at d = 32: a clear trade-off

@@ -19,7 +19,7 @@ from reelpack.codecs.bitalloc import (
 )
 from reelpack.codecs.base import pack_state, unpack_state
 from reelpack.errors import CodecSpecError, DimensionMismatchError, InvalidInputError, SerializationError
-from reelpack.eval.ratedistortion import reverse_water_filling
+from reelpack.metrics.ratedistortion import reverse_water_filling
 
 # ---- plain references ---------------------------------------------------------------------------------
 
@@ -235,7 +235,7 @@ def test_mse_against_the_gaussian_bound(nbytes, low, high):
     tables: 1.45 at 1 bit, 2.21 at 3 bits, 2.43 at 4 bits), plus integer rounding of
     the allocation. ``pi e / 6 = 1.42`` would be the limit only with entropy coding.
     """
-    from reelpack.eval.ratedistortion import codec_mse, gaussian_distortion_bound
+    from reelpack.metrics.ratedistortion import codec_mse, gaussian_distortion_bound
 
     X, var = _gaussian(12_000, 16, seed=11)
     codec = make_codec(f"wsq{nbytes}").fit(X[:4000])

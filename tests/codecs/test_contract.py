@@ -13,7 +13,7 @@ from reelpack.errors import (
     NonFiniteError,
     NotFittedError,
 )
-from reelpack.score import hamming
+from reelpack.kernels.dense import hamming
 
 D = 32
 
@@ -261,7 +261,7 @@ def test_fit_on_bad_training_sets(spec):
 @spec_param
 def test_row_blocking_does_not_change_results(spec, fitted, contract_data, monkeypatch):
     import reelpack.codecs._common as common
-    import reelpack.score.kernels as kernels
+    import reelpack.kernels.dense as kernels
 
     codec = fitted(spec)
     items, queries = contract_data["items"], np.concatenate([contract_data["queries"]] * 20)  # 100 queries

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["reelpack.codecs", "reelpack.score", "reelpack.score.kernels"])
+@pytest.mark.parametrize("module", ["reelpack.codecs", "reelpack.search", "reelpack.kernels.dense"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0

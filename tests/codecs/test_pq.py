@@ -10,7 +10,7 @@ from reelpack.codecs import codec_from_bytes, make_codec
 from reelpack.codecs.base import pack_state, unpack_state
 from reelpack.codecs.pq import OPQProductQuantizer, pq_assign
 from reelpack.errors import CodecSpecError, DimensionMismatchError, InvalidInputError, SerializationError
-from reelpack.score import topk
+from reelpack.kernels import topk
 
 D, M = 32, 8
 N_TRAIN, N_BASE, N_QUERY = 3000, 3000, 200

@@ -204,7 +204,7 @@ def test_tiny_range_far_from_zero_stays_stable(spec):
 def test_quality_vs_faiss_scalar_quantizer(spec, qtype, make_clustered):
     import faiss
 
-    from reelpack.score import topk
+    from reelpack.kernels import topk
 
     d = 32
     X = make_clustered(5200, d, n_clusters=64, seed=12)

@@ -10,7 +10,7 @@ import pytest
 
 from reelpack.codecs import make_codec
 from reelpack.errors import CodecSpecError
-from reelpack.score import topk
+from reelpack.kernels import topk
 
 
 def _recall(ids: np.ndarray, truth: np.ndarray) -> float:

@@ -17,6 +17,7 @@
 """
 
 from reelpack.codecs.base import Codec
+from reelpack.codecs.scanner import GenericScanner, Scanner
 from reelpack.codecs.registry import available_codecs, codec_from_bytes, make_codec, register_codec
 
 # Importing a family module registers its factory strings.
@@ -31,4 +32,4 @@ from reelpack.codecs import bitalloc  # noqa: E402,F401  isort: skip
 from reelpack.codecs import anisotropic  # noqa: E402,F401  isort: skip
 from reelpack.codecs import additive  # noqa: E402,F401  isort: skip
 
-__all__ = ["Codec", "make_codec", "codec_from_bytes", "available_codecs", "register_codec"]
+__all__ = ["Codec", "Scanner", "GenericScanner", "make_codec", "codec_from_bytes", "available_codecs", "register_codec"]

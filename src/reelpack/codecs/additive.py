@@ -14,7 +14,7 @@ L2-normalises its item vectors, so the direction of ``x_hat`` is what the float
 model would score; the norms ``|x_hat|`` are computed from the codes (no bytes on
 the wire: a phone computes them once after download, :meth:`item_norms`).
 
-:func:`reelpack.train.qat.finetune_codebooks` then tunes the codebooks (and the
+:func:`reelpack.models.qat.finetune_codebooks` then tunes the codebooks (and the
 user tower) through this decoder by distilling the float32 scores; the codes stay
 those of the base encoder. ``encode`` of new vectors after tuning assigns codebooks
 greedily (codebook ``m`` picks the row nearest to the residual left by codebooks
@@ -39,7 +39,7 @@ from reelpack.codecs._common import row_blocks
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import make_codec, register_codec
 from reelpack.errors import CodecSpecError, InvalidInputError, SerializationError
-from reelpack.score.kernels import pq_adc
+from reelpack.kernels.dense import pq_adc
 
 __all__ = ["AdditiveCodebookCodec", "to_additive_codebooks"]
 

@@ -6,7 +6,7 @@ scoring are exactly those of plain PQ (:mod:`reelpack.codecs.pq`): ``m``
 sub-quantisers of 256 centroids over contiguous sub-vectors of ``d / m``
 dimensions (``m`` must divide ``d``, else :class:`~reelpack.errors.DimensionMismatchError`),
 ``m`` bytes per vector, ``decode`` concatenates centroids and ``score`` is ADC
-(:func:`reelpack.score.pq_ip`), so ``score == queries @ decode(codes).T``.
+(:func:`reelpack.search.pq_ip`), so ``score == queries @ decode(codes).T``.
 Only the training objective and the encoder differ.
 
 Factory strings: ``"apqM"`` or ``"apqM-tT"`` with ``1 <= M <= 4096`` and the
@@ -85,6 +85,7 @@ import numpy as np
 from reelpack.codecs._common import check_state_keys, row_blocks, state_array, sub_seeds
 from reelpack.codecs.base import Codec
 from reelpack.codecs.pq import (
+    PQScanner,
     KMEANS_NITER,
     MAX_M,
     OPQ_MAX_SAMPLE,
@@ -94,8 +95,9 @@ from reelpack.codecs.pq import (
     pq_assign,
 )
 from reelpack.codecs.registry import register_codec
+from reelpack.codecs.scanner import Scanner
 from reelpack.errors import CodecSpecError, DimensionMismatchError, InvalidInputError, SerializationError
-from reelpack.score.kernels import pq_decode, pq_ip
+from reelpack.kernels.dense import pq_decode, pq_ip
 
 __all__ = ["AnisotropicPQ", "OPQAnisotropicPQ", "anisotropic_eta", "anisotropic_loss", "DEFAULT_THRESHOLD"]
 
@@ -362,6 +364,12 @@ class AnisotropicPQ(Codec):
                 codes = _assign(sample, cents, self.threshold, self.norm_scale, codes, APQ_SWEEPS)
                 cents = _update_codebooks(sample, cents, codes, self.threshold, self.norm_scale)
         self.centroids = np.ascontiguousarray(cents, np.float32)
+
+    def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,
+                rerank: int | None = None) -> Scanner:  # fmt: skip
+        """Scores are PQ ADC on the (rotated) codebooks: the fused 8-bit PQ scan (:class:`PQScanner`)."""
+        self._require_fitted("scanner")
+        return PQScanner(self, codes)
 
     # ---- transform hooks ------------------------------------------------------------------------
     def _rotate(self, X: np.ndarray) -> np.ndarray:

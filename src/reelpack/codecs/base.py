@@ -28,7 +28,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from reelpack._validate import as_codes, as_float_matrix
+from reelpack.util.validate import as_codes, as_float_matrix
+from reelpack.codecs.scanner import GenericScanner, Scanner
 from reelpack.errors import InvalidInputError, NotFittedError, SerializationError, UnsupportedOperationError
 
 __all__ = ["Codec", "pack_state", "unpack_state", "STATE_MAGIC", "STATE_VERSION"]
@@ -232,6 +233,25 @@ class Codec(ABC):
         queries = as_float_matrix(queries, "queries", dim=self.dim)
         codes = as_codes(codes, self._bytes_per_vector())
         return np.ascontiguousarray(self._score(queries, codes), dtype=np.float32)
+
+    def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,
+                rerank: int | None = None) -> Scanner:  # fmt: skip
+        """Prepare ``codes`` for fused score + top-K search (how this codec is searched on a device).
+
+        Families with a fused kernel override this; the default scores row blocks with :meth:`score`
+        and keeps the top K (:class:`reelpack.codecs.scanner.GenericScanner`).
+
+        Args:
+            codes: uint8 [n, bytes_per_vector] (a read-only memmap is fine).
+            exact: 4-bit PQ: rescore candidates with float tables (exact ADC ranking).
+            query_bits: bits per query coordinate for binary asymmetric scoring (simhash, rabitq).
+            rerank: rabitq with B > 1 bits: candidates of the 1-bit stage rescored with all bits.
+
+        Returns:
+            a :class:`reelpack.codecs.scanner.Scanner`.
+        """
+        self._require_fitted("scanner")
+        return GenericScanner(self, codes)
 
     def to_bytes(self) -> bytes:
         """Serialise the fitted parameters (see the module docstring for the layout)."""

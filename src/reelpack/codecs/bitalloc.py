@@ -20,7 +20,7 @@ Fit on training rows ``X`` float32 [n, d]:
      Because each axis's gains decrease with ``k`` this is the exact integer optimum of
      ``sum_i sigma_i^2 4^(-b_i)`` subject to ``0 <= b_i <= 8`` and ``sum b_i = 8N``,
      i.e. the integer rounding of reverse water-filling
-     (:func:`reelpack.eval.ratedistortion.reverse_water_filling`,
+     (:func:`reelpack.metrics.ratedistortion.reverse_water_filling`,
      ``R_i = max(0, 0.5 log2(sigma_i^2 / theta))``): where no axis hits the 8-bit cap
      ``|b_i - R_i| < 1`` for every axis.
    * ``"usqN"``: ``b_i = 8 N / d`` for every axis (``8 N`` must be a multiple of ``d``).

@@ -16,7 +16,7 @@ buckets get ``step_b = 0`` and decode to ``lo_b``.
   unbiased over the random hash: ``E[x_hat_j] = x_j`` because every other
   dimension that shares ``j``'s bucket enters with an independent random sign.
 * Score: ``q . x_hat = CS(q) . v_hat = (CS(q) * step) @ codes.T + CS(q) . lo``
-  (:func:`reelpack.score.sq_dot`), exactly ``q @ decode(codes).T`` up to
+  (:func:`reelpack.search.sq_dot`), exactly ``q @ decode(codes).T`` up to
   float32 rounding; unbiased for ``q . x`` before quantisation, with variance
   ``<= 2 |q|^2 |x|^2 / m``.
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from reelpack._validate import as_float_matrix
+from reelpack.util.validate import as_float_matrix
 from reelpack.codecs._common import (
     affine_encode,
     affine_params,
@@ -47,7 +47,7 @@ from reelpack.codecs._common import (
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.errors import CodecSpecError, SerializationError
-from reelpack.score.kernels import sq_dot
+from reelpack.kernels.dense import sq_dot
 
 __all__ = ["CountSketchCodec"]
 

@@ -13,9 +13,9 @@ bytes ``>= ksub`` are invalid and ``decode``/``score`` raise
 :class:`~reelpack.errors.InvalidInputError` for them.
 
 Scoring is asymmetric (ADC): a lookup table ``LUT[q, j, k] = q_j . C[j, k]``
-(:func:`reelpack.score.pq_lut`), then ``score[q, t] = sum_j LUT[q, j, code[t, j]]``
-(:func:`reelpack.score.pq_adc`); for more than 64 queries the same inner
-products come from decode + GEMM (:func:`reelpack.score.pq_ip`). Either way
+(:func:`reelpack.search.pq_lut`), then ``score[q, t] = sum_j LUT[q, j, code[t, j]]``
+(:func:`reelpack.search.pq_adc`); for more than 64 queries the same inner
+products come from decode + GEMM (:func:`reelpack.search.pq_ip`). Either way
 ``score == queries @ decode(codes).T`` up to float32 rounding.
 
 OPQ (``"opqM,pqM"``; both ``M`` must be equal) learns an orthogonal rotation
@@ -41,8 +41,8 @@ Product Quantization", the non-parametric alternation):
 codes nibble-packed into ``M/2`` bytes (sub-code ``2p`` in the low nibble of
 byte ``p``, ``2p + 1`` in the high nibble). Scoring combines each pair of
 16-entry tables into one 256-entry table per byte
-(:func:`reelpack.score.kernels.pair_tables`) and runs the same ADC over the
-``M/2`` bytes; :func:`reelpack.score.scan.fastscan_search` scans these codes
+(:func:`reelpack.kernels.dense.pair_tables`) and runs the same ADC over the
+``M/2`` bytes; :func:`reelpack.kernels.scan.fastscan_search` scans these codes
 with in-register uint8 tables. ``"pq32x4"`` is 16 bytes, like ``"pq16"``.
 
 Serialised state: ``centroids`` float32 [m, ksub, dsub]; OPQ adds ``rotation``
@@ -63,7 +63,22 @@ from reelpack.codecs._common import check_state_keys, orthogonal_rows, row_block
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.errors import CodecSpecError, DimensionMismatchError, InvalidInputError, SerializationError
-from reelpack.score.kernels import pack_int4, pair_tables, pq_adc, pq_decode, pq_ip, pq_lut, unpack_int4
+from reelpack.codecs.scanner import Scanner
+from reelpack.kernels.dense import pack_int4, pair_tables, pq_adc, pq_decode, pq_ip, pq_lut, unpack_int4
+from reelpack.kernels.scan import (
+    FastScanBlocks,
+    PQ8Blocks,
+    check_code_values,
+    check_codes,
+    check_queries,
+    check_tables,
+    fastscan_search,
+    fs4_call,
+    pq8_work,
+    pq_run,
+)
+from reelpack.kernels.simd import HAS_AVX2, HAS_AVX512BW, HAS_VBMI
+from reelpack.util.validate import check_k
 
 __all__ = ["ProductQuantizer", "OPQProductQuantizer"]
 
@@ -217,6 +232,12 @@ class ProductQuantizer(Codec):
         ksub = min(self._max_ksub, X.shape[0])
         self.centroids = _train_pq(X, self.m, ksub, sub_seeds(seed, self.m), KMEANS_NITER)
 
+    def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,
+                rerank: int | None = None) -> Scanner:  # fmt: skip
+        """8-bit codes: :class:`PQScanner`; 4-bit: :class:`FastScanScanner` (``exact`` rescoring)."""
+        self._require_fitted("scanner")
+        return FastScanScanner(self, codes, exact) if self.nbits == 4 else PQScanner(self, codes)
+
     # ---- transform hooks (identity for plain PQ) ------------------------------------------------
     def _rotate(self, X: np.ndarray) -> np.ndarray:
         return X
@@ -345,3 +366,74 @@ def _build_opq(match: re.Match[str]) -> Codec:
 @register_codec("pq", r"pq(?P<m>\d{1,6})(?P<x4>x4)?", "pq16")
 def _build_pq(match: re.Match[str]) -> Codec:
     return ProductQuantizer(int(match.group("m")), nbits=4 if match.group("x4") else 8)
+
+
+# ================================================================================================
+# scanners (how a PQ catalog is searched: codec.scanner(codes))
+# ================================================================================================
+def rotated_queries(codec: Codec, queries: np.ndarray) -> np.ndarray:
+    """Queries float32 C-contiguous [q, d], rotated by the codec (OPQ) for a PQ scan; shape and dtype checked
+    cheaply, NaN/Inf by the kernels (or here when the input needs converting)."""
+    d = codec.dim
+    q = queries if type(queries) is np.ndarray else np.asarray(queries)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.dtype != np.float32 or q.ndim != 2 or q.shape[1] != d or q.shape[0] == 0 or not q.flags.c_contiguous:
+        q = check_queries(q, d)
+    if getattr(codec, "rotation", None) is None:
+        return q
+    return np.ascontiguousarray(codec._rotate(q), np.float32)
+
+
+class PQScanner(Scanner):
+    """8-bit PQ (and OPQ, anisotropic PQ): exact ADC, AVX-512 VBMI blocks where the CPU has them."""
+
+    def __init__(self, codec, codes: np.ndarray) -> None:
+        self.codec, self.centroids = codec, check_tables(codec.centroids, 256)
+        codes = check_codes(codes, codec.bytes_per_vector)
+        check_code_values(codes, self.centroids.shape[1], "codes")
+        self.n_items = codes.shape[0]
+        if HAS_VBMI:
+            self.blocks: PQ8Blocks | np.ndarray = PQ8Blocks.from_codes(codes)
+            self.prepared_bytes = int(self.blocks.data.nbytes)
+            self.kernel = "pq8-vbmi"
+        else:
+            self.blocks, self.kernel = codes, "pq8-scalar"
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = rotated_queries(self.codec, queries)
+        k = check_k(k, self.n_items)
+        work = None
+        if isinstance(self.blocks, PQ8Blocks):
+            work = self.work(k, lambda kk: pq8_work(self.centroids.shape[0], self.n_items, kk))
+        return pq_run(q, self.centroids, self.blocks, self.n_items, k, HAS_VBMI, work)
+
+
+class FastScanScanner(Scanner):
+    """4-bit PQ fast-scan (AVX2 / AVX-512BW / portable), exact rescoring unless ``exact=False``."""
+
+    def __init__(self, codec, codes: np.ndarray, exact: bool = True) -> None:
+        self.codec, self.exact = codec, exact
+        self.centroids = check_tables(codec.centroids, 16)
+        self.blocks = FastScanBlocks.from_codes(codes, codec.m)
+        if self.centroids.shape[1] < 16:
+            fastscan_search(np.zeros((1, int(codec.dim)), np.float32), self.centroids, self.blocks, 1)  # code range check
+        self.n_items = self.blocks.n
+        self.prepared_bytes = int(self.blocks.data.nbytes)
+        simd = {64: HAS_AVX512BW, 32: HAS_AVX2}[self.blocks.width]
+        self.kernel = (f"fs4-{'avx512' if self.blocks.width == 64 else 'avx2'}" if simd else "fs4-portable") + (
+            "" if exact else "-approx"
+        )
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        # the hot path of a phone ranking one user: checks and call kept to a few microseconds
+        q = rotated_queries(self.codec, queries)
+        fn, head, tail = self.work(check_k(k, self.n_items), self._make_call)
+        ids, vals, ok = fn(*head, q, *tail)
+        if not ok:
+            check_queries(q, q.shape[1])  # raises NonFiniteError naming the rows
+        return ids, vals
+
+    def _make_call(self, k: int) -> tuple:
+        """The numba batch kernel and its arguments before and after the queries (per thread and K)."""
+        return fs4_call(self.centroids, self.blocks, k, self.exact, True)

@@ -102,6 +102,11 @@ import numpy as np
 from reelpack.codecs._common import check_state_keys, orthogonal_rows, row_blocks, state_array, sub_seeds
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
+from reelpack.codecs.scanner import Scanner
+from reelpack.kernels.scan import binary_ip_search, check_codes, check_queries
+from reelpack.kernels.topk import topk
+from reelpack.util.validate import check_k
+from reelpack.kernels.heap import sift_down
 from reelpack.errors import CodecSpecError, InvalidInputError, SerializationError
 
 __all__ = ["RaBitQCodec", "ext_magnitudes", "ext_magnitudes_reference", "grid_values_reference", "t_quantile"]
@@ -152,22 +157,6 @@ SEARCH_WINDOWS = {4: (0.25, 2.0), 5: (0.25, 1.5), 6: (0.3, 1.25), 7: (0.3, 1.15)
 
 
 @numba.njit(cache=True)
-def _sift_down(keys: np.ndarray, idx: np.ndarray, p: int, n: int) -> None:  # pragma: no cover - numba
-    while True:
-        child = 2 * p + 1
-        if child >= n:
-            return
-        if child + 1 < n and keys[child + 1] < keys[child]:
-            child += 1
-        if keys[child] < keys[p]:
-            keys[p], keys[child] = keys[child], keys[p]
-            idx[p], idx[child] = idx[child], idx[p]
-            p = child
-        else:
-            return
-
-
-@numba.njit(cache=True)
 def _ext_kernel(absu: np.ndarray, levels: int, lo: float, hi: float, out: np.ndarray) -> None:  # pragma: no cover
     n, d = absu.shape
     keys = np.empty(d, np.float64)
@@ -198,7 +187,7 @@ def _ext_kernel(absu: np.ndarray, levels: int, lo: float, hi: float, out: np.nda
         best_nrm = nrm
         best_count = 0
         for start in range(d // 2 - 1, -1, -1):
-            _sift_down(keys, idx, start, d)
+            sift_down(keys, idx, start, d)
         count = 0
         while keys[0] < np.inf:
             i = idx[0]
@@ -215,7 +204,7 @@ def _ext_kernel(absu: np.ndarray, levels: int, lo: float, hi: float, out: np.nda
                 best_count = count
             nxt = (k + 1) / a if k < levels - 1 else np.inf
             keys[0] = nxt if nxt <= t_hi else np.inf
-            _sift_down(keys, idx, 0, d)
+            sift_down(keys, idx, 0, d)
         for j in range(best_count):
             out[row, order[j]] += 1
 
@@ -496,6 +485,12 @@ class RaBitQCodec(Codec):
         return est, half  # type: ignore[return-value]
 
     # ---- state ------------------------------------------------------------------------------------
+    def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,
+                rerank: int | None = None) -> Scanner:  # fmt: skip
+        """Bit-plane sign scan, then full-code rescoring of the top ``rerank`` (:class:`RaBitQScanner`)."""
+        self._require_fitted("scanner")
+        return RaBitQScanner(self, codes, query_bits, rerank)
+
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {}, {
             "centroid": self.centroid,  # type: ignore[dict-item]
@@ -522,3 +517,47 @@ def _build_rabitq(m: re.Match[str]) -> Codec:
     if b is not None and (b.startswith("0") or not 1 <= int(b) <= MAX_BITS):
         raise CodecSpecError(f"rabitq bits per dimension must be in 1..{MAX_BITS} (no leading zeros), got {b!r}")
     return RaBitQCodec(1 if b is None else int(b))
+
+
+# ================================================================================================
+# scanner (how a catalog of these codes is searched: codec.scanner(codes))
+# ================================================================================================
+class RaBitQScanner(Scanner):
+    """Stage 0 (sign bits) by bit-plane popcounts; for B > 1 bits the top ``rerank`` are rescored in full."""
+
+    def __init__(self, codec, codes: np.ndarray, query_bits: int, rerank: int | None) -> None:
+        self.codec, self.query_bits, self.rerank = codec, query_bits, rerank
+        codes = check_codes(codes, codec.bytes_per_vector)
+        self.codes = codes
+        self.n_items = codes.shape[0]
+        nb0 = codec._nb()[0]
+        # sign bits padded to whole 64-bit words, factors as float64: prepared once per catalog
+        width = -(-nb0 // 8) * 8
+        self.signs = np.zeros((codes.shape[0], width), np.uint8)
+        self.signs[:, :nb0] = codes[:, :nb0]
+        self.s = codec._stage_factors(codes, 0)[0]
+        self.prepared_bytes = int(self.signs.nbytes + self.s.nbytes)
+        self.kernel = f"rabitq-bitplane-{query_bits}bit" + ("+rerank" if codec.bits > 1 else "")
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        codec = self.codec
+        q = check_queries(queries, int(codec.dim))
+        k = check_k(k, self.n_items)
+        qrot = q @ codec.rotation.T
+        qc = (q @ codec.centroid).astype(np.float64)
+        rerank = max(20 * k, 1000) if self.rerank is None else max(k, int(self.rerank))
+        first = min(self.n_items, rerank if codec.bits > 1 else k)
+        ids = np.empty((q.shape[0], k), np.int64)
+        vals = np.empty((q.shape[0], k), np.float32)
+        for i in range(q.shape[0]):
+            cand, est = binary_ip_search(
+                qrot[i : i + 1], self.signs, first, query_bits=self.query_bits, item_scale=self.s, offset=qc[i]
+            )
+            if codec.bits == 1:
+                ids[i], vals[i] = cand[0, :k], est[0, :k]
+                continue
+            rows = np.sort(cand[0])
+            full = codec.score(q[i : i + 1], self.codes[rows])
+            top, top_vals = topk(full, k)
+            ids[i], vals[i] = rows[top[0]], top_vals[0]
+        return ids, vals

@@ -74,8 +74,8 @@ only the Cauchy-Schwarz limit holds for every pair. Without ``"-b"`` the codec
 has no bounds (``has_bounds`` is False).
 
 Scoring is asymmetric: ``LUT[i, m, k] = queries[i] . C[m, k]`` and ``score[i, t] =
-sum_m LUT[i, m, code[t, m]]`` (:func:`reelpack.score.pq_adc`) for up to
-:data:`~reelpack.score.GEMM_MIN_QUERIES` queries, decode + GEMM for more; both
+sum_m LUT[i, m, code[t, m]]`` (:func:`reelpack.search.pq_adc`) for up to
+:data:`~reelpack.search.GEMM_MIN_QUERIES` queries, decode + GEMM for more; both
 equal ``queries @ decode(codes).T`` up to float32 rounding. Decoding and scoring
 need only numpy/numba and the stored codebooks; encoding rebuilds faiss's
 quantiser from the stored codebooks (beam search of width ``max_beam_size``).
@@ -110,13 +110,13 @@ import faiss
 import numba
 import numpy as np
 
-from reelpack._validate import as_codes
+from reelpack.util.validate import as_codes
 from reelpack.codecs._common import check_state_keys, row_blocks, state_array, sub_seeds
 from reelpack.codecs.base import Codec
 from reelpack.codecs.pq import _faiss_kmeans_settings
 from reelpack.codecs.registry import register_codec
 from reelpack.errors import CodecSpecError, InvalidInputError, SerializationError
-from reelpack.score.kernels import GEMM_MIN_QUERIES, pq_adc
+from reelpack.kernels.dense import GEMM_MIN_QUERIES, pq_adc
 
 __all__ = [
     "ResidualCodec",

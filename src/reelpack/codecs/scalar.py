@@ -23,7 +23,7 @@ low nibble (bits 0-3) of byte ``j``, dimension ``2j+1`` in the high nibble; for
 odd ``d`` the last high nibble is 0 on write and ignored on read.
 
 Scores are computed without decoding: ``score = (q * step) @ codes.T + q @ lo``
-(:func:`reelpack.score.sq_dot` / :func:`reelpack.score.sq4_dot`), which equals
+(:func:`reelpack.search.sq_dot` / :func:`reelpack.search.sq4_dot`), which equals
 ``q @ decode(codes).T`` up to float32 rounding.
 
 Serialised state: arrays ``lo`` and ``step``, float32 [d] each; meta is empty.
@@ -45,8 +45,10 @@ from reelpack.codecs._common import (
 )
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
+from reelpack.codecs.scanner import Scanner
+from reelpack.kernels.scan import check_codes, sq4_search, sq8_search
 from reelpack.errors import CodecSpecError, SerializationError
-from reelpack.score.kernels import pack_int4, sq4_dot, sq_decode, sq_dot, unpack_int4
+from reelpack.kernels.dense import pack_int4, sq4_dot, sq_decode, sq_dot, unpack_int4
 
 __all__ = ["ScalarQuantizer"]
 
@@ -126,6 +128,12 @@ class ScalarQuantizer(Codec):
         return dot(scaled, codes) + offset
 
     # ---- state ----------------------------------------------------------------------------------
+    def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,
+                rerank: int | None = None) -> Scanner:  # fmt: skip
+        """Fused SQ8 / SQ4 dot-product scan (:class:`SQScanner`)."""
+        self._require_fitted("scanner")
+        return SQScanner(self, codes)
+
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {}, {"lo": self.lo, "step": self.step}  # type: ignore[dict-item]
 
@@ -142,3 +150,20 @@ class ScalarQuantizer(Codec):
 def _build_sq(m: re.Match[str]) -> Codec:
     p = m.group("p")
     return ScalarQuantizer(int(m.group("bits")), None if p is None else float(p))
+
+
+# ================================================================================================
+# scanner (how a catalog of these codes is searched: codec.scanner(codes))
+# ================================================================================================
+class SQScanner(Scanner):
+    """SQ8 / SQ4: fused integer dot products with the per-dimension affine map."""
+
+    def __init__(self, codec, codes: np.ndarray) -> None:
+        self.codec = codec
+        self.codes = check_codes(codes, codec.bytes_per_vector)
+        self.n_items = self.codes.shape[0]
+        self.kernel = f"sq{codec.bits}-dot"
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        fn = sq8_search if self.codec.bits == 8 else sq4_search
+        return fn(queries, self.codec.lo, self.codec.step, self.codes, k)

@@ -29,7 +29,7 @@ Let ``s = 2*bit - 1`` in {-1, +1}^b.
   ``q.x * rho / |x|`` (items are ranked by cosine to the query). Its standard
   deviation shrinks as ``1/sqrt(b)`` relative to ``c * b * kappa_d``.
 * Symmetric Hamming (``"simhashB-hamming"``): the query is hashed too and
-  ``score = -hamming(sign bits of R q, code)`` (popcount, :func:`reelpack.score.hamming`);
+  ``score = -hamming(sign bits of R q, code)`` (popcount, :func:`reelpack.search.hamming`);
   the twin of faiss's ``IndexLSH``. Decode is the same as above, but here the
   score is not ``q @ decode(code).T``.
 
@@ -46,8 +46,10 @@ import numpy as np
 from reelpack.codecs._common import check_state_keys, orthogonal_rows, row_blocks, state_array, sub_seeds
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
+from reelpack.codecs.scanner import Scanner
+from reelpack.kernels.scan import binary_ip_search, check_codes, check_queries, hamming_search
 from reelpack.errors import CodecSpecError
-from reelpack.score.kernels import hamming, signs_dot
+from reelpack.kernels.dense import hamming, signs_dot
 
 __all__ = ["SimHashCodec"]
 
@@ -120,6 +122,12 @@ class SimHashCodec(Codec):
         return signs_dot(np.float32(self.scale) * self._project(queries), codes)
 
     # ---- state ----------------------------------------------------------------------------------
+    def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,
+                rerank: int | None = None) -> Scanner:  # fmt: skip
+        """Popcount Hamming or ``query_bits`` bit-plane asymmetric scan (:class:`SimHashScanner`)."""
+        self._require_fitted("scanner")
+        return SimHashScanner(self, codes, query_bits)
+
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         scale = np.array([self.scale], np.float32)
         return {}, {"projection": self.projection, "scale": scale}  # type: ignore[dict-item]
@@ -133,3 +141,24 @@ class SimHashCodec(Codec):
 @register_codec("simhash", r"simhash(?P<b>\d{1,6})(?P<ham>-hamming)?", "simhash128")
 def _build_simhash(m: re.Match[str]) -> Codec:
     return SimHashCodec(int(m.group("b")), hamming=m.group("ham") is not None)
+
+
+# ================================================================================================
+# scanner (how a catalog of these codes is searched: codec.scanner(codes))
+# ================================================================================================
+class SimHashScanner(Scanner):
+    """SimHash: popcount Hamming, or bit-plane asymmetric scoring of the float query."""
+
+    def __init__(self, codec, codes: np.ndarray, query_bits: int) -> None:
+        self.codec, self.query_bits = codec, query_bits
+        self.codes = check_codes(codes, codec.bytes_per_vector)
+        self.n_items = self.codes.shape[0]
+        self.kernel = "hamming-popcount" if codec.hamming else f"binary-ip-{query_bits}bit"
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = check_queries(queries, int(self.codec.dim))
+        if self.codec.hamming:
+            ids, dist = hamming_search(self.codec.encode(q), self.codes, k)
+            return ids, -dist.astype(np.float32)
+        proj = np.float32(self.codec.scale) * self.codec._project(q)
+        return binary_ip_search(proj, self.codes, k, query_bits=self.query_bits)

@@ -1,7 +1,7 @@
 """Item metadata (creator, category, numeric features) and the SYNTHETIC metadata generator.
 
 Cold-start items have no interactions, so a content tower
-(:mod:`reelpack.train.content`) embeds them from metadata. Real catalogs supply
+(:mod:`reelpack.models.content`) embeds them from metadata. Real catalogs supply
 their own :class:`ItemMetadata`; the synthetic default catalog gets one from
 :func:`synthetic_item_metadata`, generated from the same latent structure that
 drives :func:`reelpack.data.synthetic_interactions`.

@@ -1,0 +1,262 @@
+"""Render bench results: a rich table for the terminal, Markdown for BENCHMARKS.md, JSON on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.table import Table
+
+from reelpack.util.atomic import atomic_write_bytes
+from reelpack.bench.harness import BenchResult
+
+__all__ = ["results_table", "results_markdown", "write_results", "atomic_write_text", "contest_rich_table", "contest_markdown"]
+
+
+def _columns(result: BenchResult) -> list[tuple[str, str, str]]:
+    """(header, row key, format) of the table columns."""
+    ks = result.provenance.get("config", {}).get("ks", [10, 20, 50])
+    k = max(ks)
+    return [
+        ("method", "method", "s"),
+        ("bytes/item", "bytes_per_item", "d"),
+        ("compr. x", "compression", ".1f"),
+        (f"Recall@{k}", f"recall@{k}", ".4f"),
+        ("NDCG@10", "ndcg@10", ".4f"),
+        ("MRR", "mrr", ".4f"),
+        (f"rel R@{k}", f"rel_recall@{k}", ".3f"),
+        ("rel NDCG@10", "rel_ndcg@10", ".3f"),
+        (f"top-{k} overlap", f"overlap@{k}", ".3f"),
+        ("vs faiss twin", f"delta_rel_recall@{k}_vs_faiss", "+.3f"),
+        ("MSE", "mse", ".4f"),
+        ("Gaussian D(R)", "rd_bound", ".4f"),
+        ("fit s", "fit_s", ".2f"),
+        ("encode s", "encode_s", ".2f"),
+        ("rank s", "rank_s", ".2f"),
+        ("query ms", "query_ms", ".3f"),
+        ("est. phone ms", "est_phone_query_ms", ".3f"),
+        ("est. download J (4G)", "est_download_J_4g", ".2f"),
+        (f"loss-10% rel R@{k}", f"robust_rel_recall@{k}", ".3f"),
+        ("checks", "_checks", "s"),
+        ("contest", "_contest", ".1f"),
+    ]
+
+
+def _display_rows(result: BenchResult) -> list[dict]:
+    """The rows plus the derived cells: ``_checks`` ("passed/applicable" engineering checks) and
+    ``_contest`` (the contest total; from ``extra["contest"]``, else computed from the rows)."""
+    from reelpack.bench.contest import contest_scores
+
+    totals: dict[str, float] = {}
+    stored = (result.extra or {}).get("contest")
+    if isinstance(stored, list) and all(isinstance(c, dict) and "method" in c for c in stored):
+        totals = {c["method"]: c.get("total") for c in stored}
+    else:
+        totals = {c.method: c.total for c in contest_scores(result)}
+    out = []
+    for row in result.rows:
+        checks = row.get("engineering_checks")
+        cell = None
+        if isinstance(checks, dict):
+            vals = [bool(v) for v in checks.values() if v is not None]
+            cell = f"{sum(vals)}/{len(vals)}" if vals else None
+        out.append({**row, "_checks": cell, "_contest": totals.get(row.get("method"))})
+    return out
+
+
+def _estimate_note(result: BenchResult) -> str | None:
+    """The footnote under the Markdown table saying which columns are estimates and where the constants live."""
+    dm = result.provenance.get("device_model")
+    if not dm and not any("est_phone_query_ms" in r for r in result.rows):
+        return None
+    name = dm.get("name") if isinstance(dm, dict) else dm
+    return (
+        f"Columns headed \"est.\" are ESTIMATES for a phone, not measurements: \"est. phone ms\" is the measured "
+        f"\"query ms\" (rank s / users: batched scoring of every item plus top-K, amortised per user, on this machine) "
+        f"times the core-speed ratio of device model `{name}`; \"est. download J (4G)\" is the codes' bytes "
+        "(bytes/item x items) through an LTE power model, promotion and tail included. Constants and their sources: "
+        "docs/ENERGY.md."
+    )
+
+
+def _fmt(value: object, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    try:
+        return format(value, fmt)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _title(result: BenchResult) -> str:
+    p = result.provenance
+    return (
+        f"{p.get('data')} | d={p.get('dim')} | {p.get('n_eval_users')} users x {p.get('n_items')} items | "
+        f"{p.get('threads')} thread(s)"
+    )
+
+
+def results_table(result: BenchResult) -> Table:
+    """A rich table of every row; faiss rows dimmed under their reelpack twin."""
+    cols = _columns(result)
+    table = Table(title=_title(result), title_justify="left")
+    for header, _, fmt in cols:
+        table.add_column(header, justify="left" if fmt == "s" else "right", no_wrap=True)
+    for row in _display_rows(result):
+        style = "dim" if row.get("kind") == "faiss" else ("bold" if row.get("kind") == "reference" else None)
+        table.add_row(*(_fmt(row.get(key), fmt) for _, key, fmt in cols), style=style)
+    return table
+
+
+def results_markdown(result: BenchResult) -> str:
+    """A Markdown table plus the run's provenance (command, date, machine, versions, data)."""
+    cols = _columns(result)
+    p = result.provenance
+    lines = [f"**{_title(result)}**", ""]
+    lines.append("| " + " | ".join(h for h, _, _ in cols) + " |")
+    lines.append("|" + "|".join("---" if f == "s" else "---:" for _, _, f in cols) + "|")
+    for row in _display_rows(result):
+        cells = [_fmt(row.get(key), fmt) for _, key, fmt in cols]
+        if row.get("kind") == "faiss":
+            cells[0] = f"&nbsp;&nbsp;{cells[0]}"
+        lines.append("| " + " | ".join(cells) + " |")
+    note = _estimate_note(result)
+    if note:
+        lines += ["", note]
+    lines += rate_quality_markdown(result)
+    lines += robustness_markdown(result)
+    lines += contest_markdown(result)
+    m = p.get("machine", {})
+    versions = ", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items())
+    lines += [
+        "",
+        f"- command: `{p.get('command')}`",
+        f"- date: {p.get('date')}",
+        f"- machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('platform')}, Python {m.get('python')}",
+        f"- versions: {versions}",
+        f"- data: {p.get('data')} (sha256 {str(p.get('data_hash'))[:12]}...), split seed {p.get('split_seed')}",
+    ]
+    if p.get("embeddings"):
+        lines.append(f"- embeddings: {p['embeddings']}")
+    dm = p.get("device_model")
+    if isinstance(dm, dict):
+        lines.append(
+            f"- device model (estimates only, docs/ENERGY.md): {dm.get('name')}, core-speed ratio "
+            f"{dm.get('core_speed_ratio')}, {dm.get('cpu_watts_active')} W per busy core"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def rate_quality_markdown(result: BenchResult) -> list[str]:
+    """Lines of a Markdown table: per byte budget, the best reelpack and faiss methods and the bar.
+
+    Empty when the run has no ``extra["rate_quality"]`` (see :func:`reelpack.bench.harness.rate_quality`).
+    """
+    rq = (result.extra or {}).get("rate_quality")
+    if not rq:
+        return []
+    key = rq["metric"]
+    lines = [
+        "",
+        f"Rate-quality: best method at or under each budget (bar = best faiss + half its gap to float32, {key}).",
+        "",
+        f"| budget B/item | best reelpack | {key} | rel NDCG@10 | best faiss | {key} | bar | met |",
+        "|---:|---|---:|---:|---|---:|---:|---|",
+    ]
+    for budget, entry in rq["budgets"].items():
+        r, f = entry.get("best_reelpack"), entry.get("best_faiss")
+        cells = [
+            budget,
+            r["method"] if r else "-",
+            _fmt(r[key] if r else None, ".3f"),
+            _fmt(r.get("rel_ndcg@10") if r else None, ".3f"),
+            f["method"] if f else "-",
+            _fmt(f[key] if f else None, ".3f"),
+            _fmt(entry.get("bar"), ".3f"),
+            {True: "yes", False: "no"}.get(entry.get("closes_half_gap"), "-"),
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def robustness_markdown(result: BenchResult) -> list[str]:
+    """Lines of a Markdown table of the loss curves (``extra["robustness"]``); empty when not measured."""
+    rob = (result.extra or {}).get("robustness")
+    if not isinstance(rob, dict) or not rob.get("curves"):
+        return []
+    rates = rob.get("loss_rates", [])
+    lines = [
+        "",
+        f"Robustness under loss: {rob.get('metric')} vs float32 without loss, {rob.get('model')} loss of "
+        f"{rob.get('items_per_block')}-item blocks, {rob.get('n_users')} users (reelpack: real pack, lost blocks "
+        "corrupted and found by CRC32C; faiss and float32: the same item blocks dropped).",
+        "",
+        "| method | how | " + " | ".join(f"loss {100 * r:g} %" for r in rates) + " |",
+        "|---|---|" + "---:|" * len(rates),
+    ]
+    for method, curve in rob["curves"].items():
+        cells = [method, rob.get("how", {}).get(method, "-"), *(_fmt(v, ".3f") for v in curve)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _contest_rows(result: BenchResult) -> list[dict]:
+    from reelpack.bench.contest import contest_scores, contest_table
+
+    return contest_table(contest_scores(result))
+
+
+def contest_markdown(result: BenchResult) -> list[str]:
+    """Lines of the contest table (docs/SCORING.md), best first."""
+    from reelpack.bench.contest import TERMS, WEIGHTS
+
+    table = _contest_rows(result)
+    if not table:
+        return []
+    lines = [
+        "",
+        "Contest score (docs/SCORING.md): 100 x weighted sum of terms in [0, 1]; a missing term counts 0.",
+        "",
+        "| rank | method | total | " + " | ".join(f"{t} ({WEIGHTS[t]:.0%})" for t in TERMS) + " | missing |",
+        "|---:|---|---:|" + "---:|" * len(TERMS) + "---|",
+    ]
+    for e in table:
+        cells = [str(e["rank"]), e["method"], _fmt(e["total"], ".1f"), *(_fmt(e[t], ".3f") for t in TERMS),
+                 ", ".join(e["missing"]) or "-"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def contest_rich_table(result: BenchResult) -> Table:
+    """The contest table for the terminal (``reelpack contest``), best first; faiss rows dimmed."""
+    from reelpack.bench.contest import TERMS, WEIGHTS
+
+    table = Table(title=f"Contest score | {_title(result)}", title_justify="left")
+    table.add_column("rank", justify="right")
+    table.add_column("method", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("total", justify="right")
+    for t in TERMS:
+        table.add_column(f"{t} ({WEIGHTS[t]:.0%})", justify="right")
+    table.add_column("missing")
+    for e in _contest_rows(result):
+        style = "dim" if e["kind"] == "faiss" else ("bold" if e["kind"] == "reference" else None)
+        table.add_row(str(e["rank"]), e["method"], e["kind"], _fmt(e["total"], ".1f"),
+                      *(_fmt(e[t], ".3f") for t in TERMS), ", ".join(e["missing"]) or "-", style=style)  # fmt: skip
+    return table
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temp file in the same folder, fsync, then rename."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_results(result: BenchResult, out_dir: str | os.PathLike, stem: str = "bench") -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir`` atomically; return both paths."""
+    out = Path(out_dir)
+    return (
+        atomic_write_text(out / f"{stem}.json", result.to_json()),
+        atomic_write_text(out / f"{stem}.md", results_markdown(result)),
+    )

@@ -1,0 +1,5 @@
+"""``python -m reelpack.cli``: the command line."""
+
+from reelpack.cli import app
+
+app()

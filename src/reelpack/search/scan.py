@@ -1,0 +1,40 @@
+"""The front door to fused top-K search: :func:`make_scanner` asks the codec for its scanner.
+
+Each codec family declares how it is searched (:meth:`reelpack.codecs.Codec.scanner`); the kernels are in
+:mod:`reelpack.kernels.scan`. Families without a fused kernel get ``codec.score`` + top-K.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reelpack.codecs.base import Codec
+from reelpack.codecs.scanner import Scanner
+from reelpack.errors import InvalidInputError
+
+__all__ = ["Scanner", "make_scanner"]
+
+
+def make_scanner(
+    codec: Codec, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8, rerank: int | None = None
+) -> Scanner:
+    """Prepare ``codes`` of a fitted ``codec`` for fused top-K search.
+
+    Args:
+        codec: a fitted :class:`reelpack.codecs.Codec`.
+        codes: uint8 [n, codec.bytes_per_vector] (a read-only memmap is fine).
+        exact: 4-bit PQ: rescore candidates with float tables (exact ADC ranking).
+        query_bits: bits per query coordinate for binary asymmetric scoring (simhash, rabitq).
+        rerank: rabitq with B > 1 bits: candidates from the 1-bit stage rescored with all bits
+            (default ``max(20 K, 1000)``, capped at the catalog).
+
+    Returns:
+        the codec's :class:`Scanner` (``codec.scanner(codes, ...)``).
+
+    Raises:
+        InvalidInputError: ``codec`` is not a :class:`Codec`. NotFittedError: the codec is not fitted.
+        DTypeError, DimensionMismatchError, InvalidInputError: bad codes.
+    """
+    if not isinstance(codec, Codec):
+        raise InvalidInputError(f"make_scanner needs a reelpack Codec, got {type(codec).__name__}")
+    return codec.scanner(codes, exact=exact, query_bits=query_bits, rerank=rerank)
