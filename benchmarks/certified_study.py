@@ -1,4 +1,4 @@
-"""Certified progressive retrieval study (issue 5, part 6): bytes per item against relative Recall@50.
+"""Certified progressive retrieval study: bytes per item against relative Recall@50.
 
 For every evaluated user the client ranks the whole catalog (train items excluded) with
 :func:`reelpack.search.certified.certified_topk`: layer 0 (stage 0 of ``--codec`` for every
@@ -10,7 +10,7 @@ catalog item ((layer 0 + refinement bytes) / n_items, averaged over users), the 
 users whose top K was certified, the mean items fetched per step and the seconds taken.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/certified_study.py --codec "pq4 pq8" \\
-        --fallback "200 1000" --users 2000 --out /tmp/certified.json 2>/dev/null
+        --fallback "200 1000" --users 2000 --out runs/certified.json 2>/dev/null
 
 Embeddings come from the two-tower cache (``reelpack.models.load_cached`` with
 ``TwoTowerConfig(dim=--dim, seed=0)``), the split from ``train_test_split(seed=0)``.
@@ -19,6 +19,7 @@ Embeddings come from the two-tower cache (``reelpack.models.load_cached`` with
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import time
@@ -34,7 +35,8 @@ from reelpack.models import TwoTowerConfig, load_cached
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="/work/shared/data/amazon-book/interactions.txt")
+    ap.add_argument("--data", default=os.environ.get("REELPACK_DATA", "../shared/data/amazon-book/interactions.txt"),
+        help="interactions file (default: $REELPACK_DATA, else ../shared/data/amazon-book/interactions.txt)")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--users", type=int, default=2000, help="sampled eval users (0: all)")
     ap.add_argument("--seed", type=int, default=0, help="user sample and codec fitting seed")

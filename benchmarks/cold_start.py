@@ -1,4 +1,4 @@
-"""Cold-start study (issue 7, part 3): Recall@50 / NDCG@10 on held-out COLD items embedded from metadata.
+"""Cold-start study: Recall@50 / NDCG@10 on held-out COLD items embedded from metadata.
 
 Data: the SYNTHETIC default catalog (``synthetic_interactions()``) with SYNTHETIC item metadata
 (``synthetic_item_metadata()``: creator, category, 4 numeric features drawn from the same

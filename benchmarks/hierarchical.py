@@ -32,6 +32,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import sys
@@ -117,7 +118,8 @@ def evaluate(split, users, top, ref_metrics, exact):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="/work/shared/data/amazon-book/interactions.txt")
+    ap.add_argument("--data", default=os.environ.get("REELPACK_DATA", "../shared/data/amazon-book/interactions.txt"),
+        help="interactions file (default: $REELPACK_DATA, else ../shared/data/amazon-book/interactions.txt)")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--n-users", type=int, default=3000, help="evaluated users (0 = all test users)")
     ap.add_argument("--calib-users", type=int, default=1000)

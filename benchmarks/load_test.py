@@ -1,4 +1,4 @@
-"""Full loopback load test of the pack service (issue 7): 200 simulated users for 60 s against one process.
+"""Full loopback load test of the pack service: 200 simulated users for 60 s against one process.
 
 Builds a SYNTHETIC catalog (100,000 x 64, clustered Gaussian unit vectors) into a temporary store with
 ``build_catalog`` (codecs pq4 + sq8 and the HNSW index), starts ``reelpack serve`` in a child process

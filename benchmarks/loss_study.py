@@ -1,4 +1,4 @@
-"""Packet-loss study (issue 4, part 6): relative Recall@50 against block loss, with and without parity.
+"""Packet-loss study: relative Recall@50 against block loss, with and without parity.
 
 Two packs of the amazon-book item embeddings (dim 64, two-tower cache):
 
@@ -22,6 +22,7 @@ Recall@50 over a seeded sample of evaluation users, relative to float32 scoring
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import shutil
 import sys
@@ -36,7 +37,7 @@ from reelpack.data import load_interactions, train_test_split
 from reelpack.metrics.ranking import dense_score_fn, evaluate_scores
 from reelpack.bench.robustness import degraded_scores, read_degraded, simulate_loss
 from reelpack.format import PackReader
-from reelpack.format.parity import read_parity, write_pack_with_parity
+from reelpack.format import inspect, read_parity, write_pack
 
 
 def load_embeddings(cache: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +50,8 @@ def load_embeddings(cache: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data/amazon-book/interactions.txt")
+    ap.add_argument("--data", default=os.environ.get("REELPACK_DATA", "../shared/data/amazon-book/interactions.txt"),
+        help="interactions file (default: $REELPACK_DATA, else ../shared/data/amazon-book/interactions.txt)")
     ap.add_argument("--cache", default=str(Path.home() / ".cache/reelpack/twotower"))
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--users", type=int, default=5000)
@@ -86,9 +88,13 @@ def main() -> None:
         base_recall = None
         for par in parities:
             plan = {} if par is None else {i: par for i in range(len(layers))}
-            info = write_pack_with_parity(tmp / f"{pack_name}.rpak", ids, layers, parity=plan, items_per_block=ipbs)
-            with PackReader(info["path"]) as r:
+            path = write_pack(tmp / f"{pack_name}.rpak", ids, layers, parity=plan or None, items_per_block=ipbs)
+            with PackReader(path) as r:
                 par_recs = read_parity(r)
+                codes_bytes = sum(r.n_items * lay.bytes_per_vector for lay in r.layers)
+            parity_bytes = sum(s["length"] for s in inspect(path)["sections"] if s["type_name"] == "PARITY")
+            overhead = parity_bytes / codes_bytes
+            with PackReader(path) as r:
                 n_data = [lay.n_blocks for lay in r.layers]
                 n_par = [par_recs[i].n_groups * par_recs[i].m if i in par_recs else 0 for i in range(r.n_layers)]
                 for model, rate in losses:
@@ -114,7 +120,7 @@ def main() -> None:
                         base_recall = rec50 if par is None else base_recall
                     rows.append({
                         "pack": pack_name, "parity": "none" if par is None else f"RS k={par[0]} m={par[1]}",
-                        "overhead": info["overhead"], "loss": "0" if model == "none" else f"{model} {rate:.0%}",
+                        "overhead": overhead, "loss": "0" if model == "none" else f"{model} {rate:.0%}",
                         "packet_loss": a[:, 1].mean(), "data_lost": a[:, 2].mean(), "after_fec": a[:, 3].mean(),
                         "from_l0": a[:, 4].mean(), "unreadable": a[:, 5].mean(), "recall": rec50,
                         "rel": rec50 / r_float, "rel_pack": rec50 / base_recall,

@@ -1,4 +1,4 @@
-"""Progressive refinement study (issue 4, part 3): coarse layer 0 for every item, refinement for candidates.
+"""Progressive refinement study: coarse layer 0 for every item, refinement for candidates.
 
 For each (layer 0, layer 1, candidates) the client ranks the whole catalog with layer 0,
 fetches layer-1 codes only for its top ``candidates`` (train items excluded), re-ranks
@@ -16,6 +16,7 @@ Embeddings come from the two-tower cache (``~/.cache/reelpack/twotower/*/`` with
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import time
@@ -44,7 +45,8 @@ def load_embeddings(cache: Path, dim: int) -> tuple[np.ndarray, np.ndarray, str]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="/work/shared/data/amazon-book/interactions.txt")
+    ap.add_argument("--data", default=os.environ.get("REELPACK_DATA", "../shared/data/amazon-book/interactions.txt"),
+        help="interactions file (default: $REELPACK_DATA, else ../shared/data/amazon-book/interactions.txt)")
     ap.add_argument("--cache", default=str(Path.home() / ".cache/reelpack/twotower"))
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--users", type=int, default=5000)

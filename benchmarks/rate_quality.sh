@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rate-quality sweep (issue 5): reelpack's codecs at 8/16/32 bytes per item, including compression-aware
+# Rate-quality sweep (beating faiss at equal bytes): reelpack's codecs at 8/16/32 bytes per item, including compression-aware
 # training, against faiss PQ/OPQ/RQ/LSQ/SQ/RaBitQ in the same run, at 64-d and 128-d, on amazon-book.
 # Usage: benchmarks/rate_quality.sh [DATA] [MAX_USERS]   (results in results/rate-quality/bench-d{64,128}.json)
 set -euo pipefail

@@ -18,6 +18,7 @@ Usage: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \\
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import sys
@@ -29,7 +30,8 @@ import numpy as np
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="/work/shared/data/amazon-book/interactions.txt")
+    parser.add_argument("--data", default=os.environ.get("REELPACK_DATA", "../shared/data/amazon-book/interactions.txt"),
+        help="interactions file (default: $REELPACK_DATA, else ../shared/data/amazon-book/interactions.txt)")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--codecs", default="pq8;opq8,pq8;apq8", help="';'-separated codec specs")
     parser.add_argument("--users", type=int, default=5000, help="evaluated users (0 = all with test items)")

@@ -13,7 +13,7 @@ files). The packs of all runs must be byte-identical (checked).
 
 Usage (the 10M measurement, on a quiet machine; see docs/SCALE.md for time and disk):
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \\
-        python benchmarks/scale_out.py --n 10000000 --workers 1,2 --root /var/tmp/scale --out scale_10m.json
+        python benchmarks/scale_out.py --n 10000000 --workers 1,2 --root runs/scale-out --out scale_10m.json
 Quick check:
     python benchmarks/scale_out.py --n 1000000
 """

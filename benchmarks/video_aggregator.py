@@ -1,4 +1,4 @@
-"""Video item towers (issue 8): Compressed Video Aggregator vs mean pooling vs full attention.
+"""Video item towers: Compressed Video Aggregator vs mean pooling vs full attention.
 
 Data: SYNTHETIC. The default synthetic interactions (6000 users x 5000 items, 25 clusters) and
 ``reelpack.models.video.synthetic_video_catalog`` on them: 64 frames per video, d_frame 128 (8 planted

@@ -3,7 +3,7 @@
 The dozen names a user starts from::
 
     codec = reelpack.make_codec("opq16,pq16").fit(item_vectors)       # float32 [n, d]
-    reelpack.write_pack("catalog.rpk", [codec], [codec.encode(item_vectors)], item_ids)
+    reelpack.write_pack("catalog.rpk", item_ids, [(codec, codec.encode(item_vectors))])
     with reelpack.PackReader("catalog.rpk") as pack:
         scanner = reelpack.make_scanner(pack.codec(0), pack.layer_codes(0))
         ids, scores = scanner.search(user_vector, 50)                # rows of the pack, best first

@@ -95,6 +95,9 @@ def test_estimate_row_by_hand():
     empty = estimate_row({"method": "x"}, 10, m)
     assert empty["query_ms"] is None and empty["est_phone_query_ms"] is None and empty["est_download_J_4g"] is None
     assert measured_query_ms({"rank_s": 1.0, "n_users": 0}) is None
+    # a timed single-query median (results schema 3) takes precedence over the batched figure
+    timed = estimate_row({**row, "query_ms": 0.25}, n_items=62_500, model=m)
+    assert timed["query_ms"] == 0.25 and timed["est_phone_query_ms"] == pytest.approx(0.75)
 
 
 # ---- monotonicity and the ordering the constants imply -------------------------------------------------------------
@@ -180,7 +183,9 @@ def test_bench_rows_carry_measured_and_estimated_fields(tiny_bench):
     model = get_device_model("midrange-2024")
     assert [r["method"] for r in result.rows] == ["float32 (exact)", "sq8"]
     for row in result.rows:
-        assert row["query_ms"] == pytest.approx(row["rank_s"] * 1000 / row["n_users"])
+        # query_ms: median of single queries through the method's device path; the batched figure is kept apart
+        assert row["batch_ms_per_user"] == pytest.approx(row["rank_s"] * 1000 / row["n_users"])
+        assert 0 < row["query_ms"] <= row["query_ms_p90"] and row["latency_path"] and row["latency_users"] == 100
         assert row["est_phone_query_ms"] == pytest.approx(row["query_ms"] * model.core_speed_ratio)
         assert row["est_query_mJ"] == pytest.approx(row["est_phone_query_ms"] * model.cpu_watts_active)
         assert row["payload_bytes"] == row["bytes_per_item"] * split.n_items

@@ -99,13 +99,14 @@ def _masked_recall(split, users, scores, lost_rows, k=50):
 
 def test_bench_robustness_and_checks_against_numpy_reference(setup):
     from reelpack.codecs import make_codec
-    from reelpack.bench.harness import LOSS_ITEMS_PER_BLOCK, RESULTS_SCHEMA_VERSION, _LossSetup
+    from reelpack.bench.checks import _LossSetup
+    from reelpack.bench.harness import LOSS_ITEMS_PER_BLOCK, RESULTS_SCHEMA_VERSION
     from reelpack.bench.contest import contest_scores
 
     split, users, items = setup
     config = BenchConfig(codecs=("sq8", "pq4"), max_users=300, batch_size=128, loss_rates=(0.0, 0.3), robust_users=150)
     result = run_bench(users, items, split, config)
-    assert result.schema_version == RESULTS_SCHEMA_VERSION == 2
+    assert result.schema_version == RESULTS_SCHEMA_VERSION == 3
     rob = result.extra["robustness"]
     assert rob["loss_rates"] == [0.0, 0.1, 0.3] and rob["reference_rate"] == 0.1  # 0.1 always added
     assert rob["n_users"] == 150 and rob["items_per_block"] == LOSS_ITEMS_PER_BLOCK and rob["lost_blocks"][2] > 0
@@ -176,7 +177,7 @@ def test_bench_robustness_off_and_config_errors(setup, tmp_path):
 
 def test_bad_query_check_and_corruption_helper():
     from reelpack.errors import ReelpackError
-    from reelpack.bench.harness import _bad_query_rejected, _corrupt
+    from reelpack.bench.checks import _bad_query_rejected, _corrupt
 
     def typed(q):
         raise InvalidInputError("bad")
@@ -201,7 +202,13 @@ def test_load_results_refuses_version_1_clearly(tmp_path):
     with pytest.raises(InvalidInputError) as info:
         load_results(old)
     msg = str(info.value)
-    assert "schema version 1" in msg and "older" in msg and "version 2" in msg and "re-run `reelpack bench`" in msg
+    assert "schema version 1" in msg and "older" in msg and "version 3" in msg and "re-run `reelpack bench`" in msg
+    v2 = tmp_path / "v2.json"  # version 2 timed query_ms as batched time per user: refused as well
+    v2.write_text(json.dumps({"schema_version": 2, "rows": [{"method": "sq8"}], "provenance": {}}))
+    with pytest.raises(InvalidInputError) as info:
+        load_results(v2)
+    msg = str(info.value)
+    assert "schema version 2" in msg and "older" in msg and "version 3" in msg and "one query at a time" in msg
     future = tmp_path / "v9.json"
     future.write_text(json.dumps({"schema_version": 9, "rows": [], "provenance": {}}))
     with pytest.raises(InvalidInputError, match="schema version 9 \\(unknown\\)"):
@@ -209,14 +216,14 @@ def test_load_results_refuses_version_1_clearly(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(InvalidInputError, match="not a reelpack results file"):
         load_results(tmp_path / "list.json")
-    (tmp_path / "norows.json").write_text(json.dumps({"schema_version": 2, "rows": "x", "provenance": {}}))
+    (tmp_path / "norows.json").write_text(json.dumps({"schema_version": 3, "rows": "x", "provenance": {}}))
     with pytest.raises(InvalidInputError, match="list of 'rows'"):
         load_results(tmp_path / "norows.json")
 
 
 def test_rank_masked_equals_masked_topk(setup):
     """The one-pass shortcut of _LossSetup.rank_masked gives exactly the masked top-K, fallback rows included."""
-    from reelpack.bench.harness import _LossSetup
+    from reelpack.bench.checks import _LossSetup
     from reelpack.kernels.topk import mask_rows, topk
 
     split, users, items = setup
@@ -237,7 +244,7 @@ def test_faiss_rank_masked_equals_search_after_removal(setup):
     import faiss
 
     from reelpack.bench.baselines import FaissTwin, faiss_rank_users, fit_faiss_twin
-    from reelpack.bench.harness import _faiss_rank_masked, _LossSetup, _RenumberedIndex
+    from reelpack.bench.checks import _faiss_rank_masked, _LossSetup, _RenumberedIndex
 
     split, users, items = setup
     config = BenchConfig(codecs=(), loss_rates=(0.0, 0.5, 0.9), robust_users=200, batch_size=64)

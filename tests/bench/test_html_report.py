@@ -14,16 +14,9 @@ from typer.testing import CliRunner
 from reelpack.cli import app
 from reelpack.errors import InvalidInputError
 from reelpack.bench.harness import RESULTS_SCHEMA_VERSION, BenchResult
-from reelpack.bench.html_report import (
-    FIGURE_IDS,
-    _layout_labels,
-    _new_figure,
-    _rate_quality_figure,
-    _robustness_data,
-    render_html_report,
-    write_html_report,
-)
-from reelpack.bench.report import atomic_write_text
+from reelpack.bench.html_figures import _layout_labels, _new_figure, _rate_quality_figure, _robustness_data
+from reelpack.bench.html_report import FIGURE_IDS, render_html_report, write_html_report
+from reelpack.util.atomic import atomic_write_text
 
 RATES = [0.0, 0.05, 0.1, 0.2]
 

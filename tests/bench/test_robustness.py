@@ -9,7 +9,8 @@ from reelpack.codecs import make_codec
 from reelpack.errors import DimensionMismatchError, DTypeError, InvalidInputError, ReelpackError
 from reelpack.bench.robustness import degrade, degraded_scores, mean_run_length, read_degraded, simulate_loss
 from reelpack.format import PackReader
-from reelpack.format.parity import parity_groups, write_pack_with_parity
+from reelpack.format import write_pack
+from reelpack.format.parity import parity_groups
 
 
 @pytest.mark.parametrize("rate", [0.01, 0.05, 0.2])
@@ -88,9 +89,9 @@ def test_read_degraded_two_layer_pack(tmp_path):
     X = rng.normal(size=(n, d)).astype(np.float32)
     c0 = make_codec("simhash32").fit(X)
     c1 = make_codec("sq8").fit(X)
-    info = write_pack_with_parity(tmp_path / "two.rpak", np.arange(n), [(c0, c0.encode(X)), (c1, c1.encode(X))],
-                                  parity={1: (4, 1)}, items_per_block=[40, 10])  # fmt: skip
-    with PackReader(info["path"]) as r:
+    path = write_pack(tmp_path / "two.rpak", np.arange(n), [(c0, c0.encode(X)), (c1, c1.encode(X))],
+                      parity={1: (4, 1)}, items_per_block=[40, 10])  # fmt: skip
+    with PackReader(path) as r:
         nb0, nb1 = r.layers[0].n_blocks, r.layers[1].n_blocks
         lost0 = np.zeros(nb0, bool)
         lost0[2] = True  # items 80..119 lose layer 0 (no parity on layer 0)

@@ -162,7 +162,7 @@ def _blocks(path: Path) -> list[tuple]:
 def test_block_encoding_matches_the_whole_catalog_build_pack(tmp_path):
     """The block-by-block path keeps build_pack's codes and per-block bounds (and its reference_mse)."""
     from reelpack.codecs import make_codec
-    from reelpack.format import build_pack
+    from reelpack.format.delta import build_pack
 
     X = SyntheticSource(900, 16, seed=9).rows(0, 900)
     st = CatalogStore(tmp_path / "s")

@@ -4,6 +4,7 @@ a plain callable, or an address nothing listens on."""
 
 from __future__ import annotations
 
+import struct
 import warnings
 
 import httpx
@@ -28,6 +29,7 @@ from reelpack.service.app import create_app
 from reelpack.catalog.edge import DeviceSummary, EdgeCatalog
 from reelpack.device.edge import EdgeRetriever, ServiceCloud, merge_answers
 from reelpack.catalog.store import CatalogStore, build_catalog
+from reelpack.format import crc32c
 
 N, D, NLIST = 1500, 16, 24
 IDS = np.arange(N, dtype=np.int64) * 3 + 7
@@ -493,3 +495,23 @@ def test_admin_publish_with_edge(tmp_path, data, users):
         r = c.post("/v1/admin/catalogs/news/versions", params={"edge_nlist": 601, "edge": "true"},
                    content=buf.getvalue(), headers={"X-API-Key": "k" * 16})  # fmt: skip
         assert r.status_code == 400 and "edge_nlist" in r.json()["error"]["message"]
+
+
+def test_ids_read_from_bytes_are_checked(cat, data):
+    """Ids parsed from a summary or an edge catalog go through the one item-id check (SerializationError)."""
+    import dataclasses
+
+    s = cat.summary_for(data[1][0], cat.fixed_bytes + 20_000)
+    for bad_ids, words in (([-1, 2**40], "non-negative"), ([5, 5], "unique")):
+        ids = s.ids.copy()
+        ids[:2] = bad_ids
+        raw = dataclasses.replace(s, ids=ids).to_bytes()  # a well-formed frame (CRC matches) holding bad ids
+        with pytest.raises(SerializationError, match=f"device summary item ids must be {words}"):
+            DeviceSummary.from_bytes(raw)
+    raw = bytearray(cat.to_bytes())
+    ids_at = raw.find(np.ascontiguousarray(cat.ids[:2], "<i8").tobytes())
+    assert ids_at > 0
+    raw[ids_at + 8 : ids_at + 16] = raw[ids_at : ids_at + 8]  # second id := first id, then re-seal the CRC
+    raw[-4:] = struct.pack("<I", crc32c(bytes(raw[:-4])))
+    with pytest.raises(SerializationError, match="edge catalog item ids must be unique"):
+        EdgeCatalog.from_bytes(bytes(raw))

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import reelpack.catalog.store as store_mod
 from reelpack.cli import app
 from reelpack.errors import (
     CodecSpecError,
@@ -236,7 +235,9 @@ def test_delete_version(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ crash safety
-@pytest.mark.parametrize("target", ["_save_npy", "_write_manifest", "make_delta"])
+@pytest.mark.parametrize(
+    "target", ["reelpack.catalog.pipeline.save_npy", "reelpack.catalog.store._write_manifest", "reelpack.format.make_delta"]
+)
 def test_crash_mid_build_leaves_previous_version(tmp_path, monkeypatch, target):
     st = CatalogStore(tmp_path)
     ids, X = catalog()
@@ -247,10 +248,7 @@ def test_crash_mid_build_leaves_previous_version(tmp_path, monkeypatch, target):
     def boom(*a, **k):
         raise RuntimeError("simulated crash")
 
-    if target == "make_delta":
-        monkeypatch.setattr("reelpack.format.make_delta", boom)
-    else:
-        monkeypatch.setattr(store_mod, target, boom)
+    monkeypatch.setattr(target, boom)
     with pytest.raises(RuntimeError, match="simulated"):
         build_catalog(st, "c", ids2, X2, index=False)
     monkeypatch.undo()

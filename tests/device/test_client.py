@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reelpack.errors import ChecksumError, InvalidInputError, PackFormatError, ServiceError, StoreError
-from reelpack.format.container import crc32c
+from reelpack.format import crc32c
 from reelpack.service.app import create_app
 from reelpack.device.client import PhoneClient, parse_refine_frame
 from reelpack.device.shaper import PROFILES, NetworkProfile, ShapedTransport, get_profile

@@ -13,6 +13,8 @@ from reelpack.codecs import make_codec
 from reelpack.errors import (
     ChecksumError,
     DimensionMismatchError,
+    DTypeError,
+    EmptyInputError,
     InvalidInputError,
     PackFormatError,
     TruncatedPackError,
@@ -107,6 +109,12 @@ def test_writer_rejects_bad_input(tmp_path, data):
         write_pack(tmp_path / "a.rpak", np.array([1, 1]), [(codec, codec.encode(X[:2]))])
     with pytest.raises(InvalidInputError, match="non-negative"):
         write_pack(tmp_path / "a.rpak", np.array([-1, 1]), [(codec, codec.encode(X[:2]))])
+    with pytest.raises(InvalidInputError, match=r"below 2\*\*63"):
+        write_pack(tmp_path / "a.rpak", np.array([1, 2**63], np.uint64), [(codec, codec.encode(X[:2]))])
+    with pytest.raises(DTypeError, match="integer"):
+        write_pack(tmp_path / "a.rpak", np.array([1.0, 2.0]), [(codec, codec.encode(X[:2]))])
+    with pytest.raises(EmptyInputError):
+        PackWriter(tmp_path / "a.rpak", np.zeros(0, np.int64))
     with pytest.raises(DimensionMismatchError):
         write_pack(tmp_path / "a.rpak", ids, [(codec, codec.encode(X)[:, :3])])
     out_of_order = PackWriter(tmp_path / "a.rpak", np.sort(ids))
@@ -152,6 +160,37 @@ def test_atomic_write_keeps_previous_pack_on_crash(tmp_path, data, monkeypatch):
                 write_pack(target, ids[:10], [(codec, codec.encode(X[:10]))])
         assert target.read_bytes() == before and os.listdir(tmp_path) == ["pack.rpak"]
     PackReader(target).verify()
+
+
+def test_failed_folder_fsync_after_publishing_raises(tmp_path, data, monkeypatch):
+    """The folder fsync (reelpack.util.atomic.fsync_dir) is not swallowed: the pack is in place, the error raised."""
+    import reelpack.format.writer as writer_module
+
+    X, ids = data
+    codec = make_codec("sq8").fit(X, seed=0)
+    calls = []
+
+    def failing_fsync_dir(path):
+        calls.append(path)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(writer_module, "fsync_dir", failing_fsync_dir)
+    with pytest.raises(OSError, match="Input/output"):
+        write_pack(tmp_path / "p.rpak", ids, [(codec, codec.encode(X))])
+    assert calls == [tmp_path] and os.listdir(tmp_path) == ["p.rpak"]
+    assert PackReader(tmp_path / "p.rpak").verify().ok
+
+
+def test_public_namespace_is_small():
+    import reelpack.format as fmt
+    from reelpack.format.delta import build_pack as build_pack_in_delta
+
+    assert len(fmt.__all__) <= 16 and all(hasattr(fmt, name) for name in fmt.__all__)
+    assert not {"build_pack", "write_pack_with_parity", "PackStream", "Block"} & set(fmt.__all__)
+    assert callable(build_pack_in_delta)
+    for gone in ("build_pack", "write_pack_with_parity", "no_such_name"):
+        with pytest.raises(AttributeError):
+            getattr(fmt, gone)
 
 
 def test_published_pack_gets_normal_permissions(tmp_path, data):
@@ -322,9 +361,10 @@ def test_inspect_reports_sizes_and_bounds(tmp_path, data):
 def test_docstring_examples():
     import doctest
 
-    import reelpack.format.container as container
+    from reelpack.format import inspection, layout, reader, stream, writer
 
-    assert doctest.testmod(container, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
+    for module in (layout, reader, stream, writer, inspection):
+        assert doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0, module.__name__
 
 
 def test_non_streamable_pack_rejected_by_stream_but_read_from_file():

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from reelpack.codecs import make_codec
 from reelpack.errors import ChecksumError, DeltaError, PackFormatError
-from reelpack.format import PackReader, apply_delta, build_pack, make_delta
-from reelpack.format.delta import is_delta
+from reelpack.format import PackReader, apply_delta, make_delta
+from reelpack.format.delta import build_pack, is_delta
 
 
 def _catalog(n: int, d: int = 16, seed: int = 0, start: int = 0) -> tuple[np.ndarray, np.ndarray]:

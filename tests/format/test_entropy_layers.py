@@ -16,7 +16,7 @@ from packtools import exercise, reseal, sections, stream
 from reelpack.codecs import make_codec
 from reelpack.errors import InvalidInputError, PackFormatError
 from reelpack.format import PackReader, PackWriter, inspect, iter_blocks_stream, write_pack
-from reelpack.format.container import LAYER_ENTROPY_CODED, SectionType, crc32c
+from reelpack.format.layout import LAYER_ENTROPY_CODED, SectionType, crc32c
 from reelpack.format.entropy import fit_column_model
 
 EXAMPLES = int(os.environ.get("REELPACK_FUZZ_EXAMPLES_ENTROPY", "300"))

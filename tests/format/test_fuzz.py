@@ -4,8 +4,8 @@ Exhaustive: every single-bit flip and every truncation of a small pack. Hypothes
 random bytes, random bit flips, truncations with random chunking for the streaming
 reader, and mutated length/offset/count fields re-sealed with valid CRCs (so the
 structural checks, not the checksums, must catch them). Together the hypothesis
-tests run >= 10,000 examples; set REELPACK_FUZZ_EXAMPLES to run more per test
-(the default is 2,000 per test, 5 tests).
+tests run >= 10,000 examples (2,500 per test, 4 tests; test_fuzz_budget_meets_ci_minimum
+checks the settings and the examples that really ran); set REELPACK_FUZZ_EXAMPLES to run more per test.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import struct
 import tracemalloc
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, is_hypothesis_test, settings
 from hypothesis import strategies as st
 from packtools import HEADER_FIELDS, exercise, reseal, sections, stream, tiny_pack
 
@@ -25,6 +25,12 @@ EXAMPLES = int(os.environ.get("REELPACK_FUZZ_EXAMPLES", "2500"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 PACK = tiny_pack(n=10, d=4, items_per_block=4, metadata={"catalog": "fuzz"})
 MAX_PEAK_BYTES = 32 << 20  # a few-hundred-byte input must never make the parser allocate more than this
+CI_MINIMUM = 10_000  # hypothesis examples per run, all fuzz tests together
+RAN: dict[str, int] = {}  # examples each hypothesis test of this module really ran in this session
+
+
+def _ran(name: str) -> None:
+    RAN[name] = RAN.get(name, 0) + 1
 
 
 def test_pristine_pack_is_clean():
@@ -55,13 +61,15 @@ def test_every_truncation_is_noticed():
 @FUZZ
 @given(st.binary(max_size=400) | st.binary(max_size=300).map(lambda b: PACK[:64] + b))
 def test_random_bytes(raw):
-    exercise(raw)
+    _ran("test_random_bytes")
+    assert exercise(raw) == (raw != PACK)  # anything but the pristine pack is noticed
     stream(raw, [len(raw) // 3])
 
 
 @FUZZ
 @given(st.lists(st.integers(0, 8 * len(PACK) - 1), min_size=1, max_size=8, unique=True))
 def test_random_bit_flips(bits):
+    _ran("test_random_bit_flips")
     buf = bytearray(PACK)
     for bit in bits:
         buf[bit // 8] ^= 1 << (bit % 8)
@@ -72,6 +80,7 @@ def test_random_bit_flips(bits):
 @FUZZ
 @given(st.integers(0, len(PACK)), st.lists(st.integers(0, len(PACK)), max_size=6))
 def test_truncated_streams(length, cuts):
+    _ran("test_truncated_streams")
     raw = PACK[:length]
     assert exercise(raw) == (length < len(PACK))
     stream(raw, cuts)
@@ -111,6 +120,7 @@ SITES = _field_sites(PACK)
 @FUZZ
 @given(st.lists(st.tuples(st.sampled_from(range(len(SITES))), _INTERESTING), min_size=1, max_size=3))
 def test_mutated_fields_resealed(mutations):
+    _ran("test_mutated_fields_resealed")
     buf = bytearray(PACK)
     for site, value in mutations:
         off, fmt = SITES[site]
@@ -128,7 +138,15 @@ def test_mutated_fields_resealed(mutations):
 
 @pytest.mark.skipif("REELPACK_FUZZ_EXAMPLES" in os.environ, reason="budget set by the environment")
 def test_fuzz_budget_meets_ci_minimum():
-    assert 4 * EXAMPLES >= 10_000  # the four hypothesis tests above (random bytes, bit flips, truncations, fields)
+    # the hypothesis tests of this module, as hypothesis will run them (their attached settings)
+    fuzz_tests = {name: fn for name, fn in globals().items() if name.startswith("test_") and is_hypothesis_test(fn)}
+    assert set(fuzz_tests) == {"test_random_bytes", "test_random_bit_flips", "test_truncated_streams",
+                               "test_mutated_fields_resealed"}  # fmt: skip
+    budget = {name: fn._hypothesis_internal_use_settings.max_examples for name, fn in fuzz_tests.items()}
+    assert sum(budget.values()) >= CI_MINIMUM, budget
+    # and the tests that ran before this one in this session (file order) ran their whole budget
+    for name, count in RAN.items():
+        assert count >= budget[name], (name, count, budget[name])
 
 
 @pytest.mark.parametrize("value", [2**40, 2**63 - 1])

@@ -9,15 +9,22 @@ import pytest
 
 from reelpack.codecs import make_codec
 from reelpack.errors import ChecksumError, DimensionMismatchError, DTypeError, InvalidInputError, PackFormatError, ReelpackError
-from reelpack.format import PackReader, SectionType, write_pack
+from reelpack.format import PackReader, SectionType, inspect, write_pack
 from reelpack.format.parity import (
     encode_parity,
     parity_groups,
     parse_parity,
     read_parity,
     recover_layer,
-    write_pack_with_parity,
 )
+
+
+def _sizes(path):
+    """``{"path", "parity_bytes", "codes_bytes", "overhead"}`` of a written pack, from :func:`inspect`."""
+    desc = inspect(path)
+    parity_bytes = sum(s["length"] for s in desc["sections"] if s["type"] == SectionType.PARITY)
+    codes_bytes = sum(layer["raw_codes_bytes"] for layer in desc["layers"])
+    return {"path": path, "parity_bytes": parity_bytes, "codes_bytes": codes_bytes, "overhead": parity_bytes / codes_bytes}
 
 
 def _pack(tmp_path, n=230, ipb=10, k=5, m=2, name="p.rpak"):
@@ -25,8 +32,8 @@ def _pack(tmp_path, n=230, ipb=10, k=5, m=2, name="p.rpak"):
     X = rng.normal(size=(n, 8)).astype(np.float32)
     codec = make_codec("sq8").fit(X)
     ids = np.arange(n) * 7 + 3
-    info = write_pack_with_parity(tmp_path / name, ids, [(codec, codec.encode(X))], parity=(k, m), items_per_block=ipb)
-    return info, codec.encode(X), X
+    path = write_pack(tmp_path / name, ids, [(codec, codec.encode(X))], parity=(k, m), items_per_block=ipb)
+    return _sizes(path), codec.encode(X), X
 
 
 def test_groups_are_interleaved_and_cover_every_block():
@@ -195,17 +202,40 @@ def test_bad_inputs_raise_reelpack_errors(tmp_path):
         recover_layer("not a reader", 0)
     X = np.zeros((20, 4), np.float32) + np.arange(4)
     codec = make_codec("sq8").fit(X)
+    layers = [(codec, codec.encode(X))]
+    with pytest.raises(InvalidInputError, match="k >= 1"):
+        write_pack(tmp_path / "x.rpak", np.arange(20), layers, parity=(0, 1))
+    with pytest.raises(InvalidInputError, match="names layer 3"):
+        write_pack(tmp_path / "x.rpak", np.arange(20), layers, parity={3: (2, 1)})
+    with pytest.raises(InvalidInputError, match="unique"):
+        write_pack(tmp_path / "x.rpak", np.zeros(20, np.int64), layers, parity=(2, 1))
+    with pytest.raises(InvalidInputError, match=r"\(k, m\)"):
+        write_pack(tmp_path / "x.rpak", np.arange(20), layers, parity=3)
+    with pytest.raises(InvalidInputError, match="entropy coded"):
+        write_pack(tmp_path / "x.rpak", np.arange(20), layers, parity=(2, 1), entropy=["bytes"])
+    with pytest.raises(InvalidInputError, match="2 values for 1 layers"):
+        write_pack(tmp_path / "x.rpak", np.arange(20), layers, parity=(2, 1), items_per_block=[5, 5])
     with pytest.raises(ReelpackError):
-        write_pack_with_parity(tmp_path / "x.rpak", np.arange(20), [(codec, codec.encode(X))], parity=(0, 1))
-    with pytest.raises(ReelpackError):
-        write_pack_with_parity(tmp_path / "x.rpak", np.arange(20), [(codec, codec.encode(X))], parity={3: (2, 1)})
-    with pytest.raises(ReelpackError):
-        write_pack_with_parity(tmp_path / "x.rpak", np.zeros(20, np.int64), [(codec, codec.encode(X))], parity=(2, 1))
-    assert not (tmp_path / "x.rpak").exists()
+        write_pack(tmp_path / "x.rpak", np.arange(20), layers, parity=(0, 1))
+    assert not list(tmp_path.glob("x.rpak*")) and not list(tmp_path.glob(".x.rpak*"))
+
+
+def test_parity_on_some_layers(tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 8)).astype(np.float32)
+    c0, c1 = make_codec("simhash32").fit(X), make_codec("sq8").fit(X)
+    layers = [(c0, c0.encode(X)), (c1, c1.encode(X))]
+    ids = rng.permutation(300) * 3
+    new = write_pack(tmp_path / "new.rpak", ids, layers, vectors=X, parity={1: (4, 1)}, items_per_block=[40, 10])
+    assert _sizes(new)["parity_bytes"] > 0
+    with PackReader(new) as r:
+        assert set(read_parity(r)) == {1} and [info.items_per_block for info in r.layers] == [40, 10]
+    plain = write_pack(tmp_path / "plain.rpak", ids, layers, parity={})
+    assert _sizes(plain)["parity_bytes"] == 0
 
 
 def test_other_readers_skip_the_parity_section(tmp_path):
-    from reelpack.format import inspect, iter_blocks_stream
+    from reelpack.format import iter_blocks_stream
 
     info, codes, _ = _pack(tmp_path)
     data = info["path"].read_bytes()

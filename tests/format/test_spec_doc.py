@@ -8,7 +8,7 @@ from pathlib import Path
 from packtools import HEADER_FIELDS
 
 from reelpack.format import MAGIC, SectionType
-from reelpack.format.container import _BLOCK_DTYPE, _HEADER, _LAYER, _SECTION
+from reelpack.format.layout import BLOCK_DTYPE, HEADER, LAYER, SECTION
 
 SPEC = (Path(__file__).parents[2] / "docs" / "FORMAT.md").read_text()
 
@@ -43,16 +43,16 @@ def test_header_offsets_match_spec():
                             ("section_count", "section_count"), ("table_crc", "section_table_crc32c"),
                             ("prefix_length", "prefix_length"), ("header_crc", "header_crc32c")]:  # fmt: skip
         assert doc[spec_name][0] == HEADER_FIELDS[name][0]
-    assert sum(size for _, size in doc.values()) == _HEADER.size == 64
+    assert sum(size for _, size in doc.values()) == HEADER.size == 64
 
 
 def test_entry_sizes_match_spec():
-    for heading, size in [("## Section table", _SECTION.size), ("Entry (48 bytes)", _LAYER.size),
-                          ("## BLOCK_INDEX", _BLOCK_DTYPE.itemsize)]:  # fmt: skip
+    for heading, size in [("## Section table", SECTION.size), ("Entry (48 bytes)", LAYER.size),
+                          ("## BLOCK_INDEX", BLOCK_DTYPE.itemsize)]:  # fmt: skip
         rows = _table_after(heading)
         offsets = [int(r[0]) for r in rows]
         sizes = [int(r[1]) for r in rows]
         assert offsets == [sum(sizes[:i]) for i in range(len(sizes))] and sum(sizes) == size, heading
-    for name, offset in zip(_BLOCK_DTYPE.names, [0, 2, 4, 8, 16, 20, 24, 28]):
-        assert _BLOCK_DTYPE.fields[name][1] == offset
+    for name, offset in zip(BLOCK_DTYPE.names, [0, 2, 4, 8, 16, 20, 24, 28]):
+        assert BLOCK_DTYPE.fields[name][1] == offset
     assert re.search(r"exactly `32 × Σ n_blocks`", SPEC)

@@ -167,3 +167,23 @@ def test_unwritable_cache_dir_warns_but_returns(split, tmp_path):
     with pytest.warns(CacheWarning, match="could not write"):
         emb, loaded = load_or_train(split, CFG, cache_dir=blocker, progress=False)
     assert loaded is False and emb.item_emb.shape == (split.n_items, CFG.dim)
+
+
+def test_failed_fsync_is_not_swallowed(split, tmp_path, monkeypatch):
+    """save_cached fsyncs through reelpack.util.atomic: a failed file fsync raises and leaves no entry nor temp
+    folder; load_or_train reports it as a CacheWarning and still returns the trained embeddings."""
+    import reelpack.models.cache as cache_module
+
+    emb, _ = load_or_train(split, CFG, cache_dir=tmp_path / "first", progress=False)
+
+    def failing_fsync(path):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(cache_module, "fsync_file", failing_fsync)
+    with pytest.raises(OSError, match="Input/output"):
+        cache_module.save_cached(emb, split, tmp_path / "second")
+    entry = cache_entry_dir(split, CFG, tmp_path / "second")
+    assert not entry.exists() and list(entry.parent.iterdir()) == []
+    with pytest.warns(CacheWarning, match="Input/output"):
+        again, loaded = load_or_train(split, CFG, cache_dir=tmp_path / "third", progress=False)
+    assert loaded is False and again.item_emb.shape == emb.item_emb.shape

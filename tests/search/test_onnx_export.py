@@ -47,19 +47,11 @@ SPECS = {
     "rabitq": 33,
     "rabitq3": 33,
     "rabitq8": 32,
+    "pq8x4": 32,  # 4-bit PQ (nibble-packed)
+    "pq16x4": 32,
+    "apq8-t0.3": 32,
+    "opq8,apq8": 32,
 }
-
-
-def _has_spec(spec):
-    try:
-        make_codec(spec)
-    except Exception:
-        return False
-    return True
-
-
-if _has_spec("pq8x4"):  # 4-bit PQ (nibble-packed), when the registry has it
-    SPECS.update({"pq8x4": 32, "pq16x4": 32})
 
 
 def _data(d, n=1200, q=6, seed=0):
@@ -191,7 +183,6 @@ def test_pq_with_few_centroids_rejects_out_of_range_codes():
         export_onnx(codec, 5, codes=bad)
 
 
-@pytest.mark.skipif(not _has_spec("pq8x4"), reason="no 4-bit PQ in this registry")
 def test_pq4_with_few_centroids_rejects_out_of_range_nibbles():
     X, Q = _data(16, n=10)
     codec = make_codec("pq8x4").fit(X)  # ksub = 10 < 16
@@ -217,11 +208,11 @@ def test_rabitq_rejects_bad_factor_bytes():
         OnnxScorer(export_onnx(codec, K)).search(Q, bad)
 
 
-@pytest.mark.parametrize("spec", ["countsketch16", "rq4+4", "wsq8"])
+@pytest.mark.parametrize("spec", ["countsketch16", "rq4+4", "rq2+2-b", "wsq8", "usq8", "qat-pq8"])
 def test_unsupported_families(spec):
     X, _ = _data(32, n=600)
     codec = make_codec(spec)
-    assert not onnx_supported(codec)
+    assert codec.family not in SUPPORTED_FAMILIES and not onnx_supported(codec)
     codec.fit(X, seed=0)
     with pytest.raises(UnsupportedOperationError, match="supported families: .*pq"):
         export_onnx(codec, 5)
@@ -362,3 +353,4 @@ def test_supported_family_list_is_registered():
     from reelpack.codecs import available_codecs
 
     assert set(SUPPORTED_FAMILIES) <= set(available_codecs())
+    assert {make_codec(s).family for s in SPECS} == set(SUPPORTED_FAMILIES)  # every family's export is run above

@@ -22,21 +22,21 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's "install httpx2" deprecation note
     from fastapi.testclient import TestClient
 
+from reelpack.catalog.store import CatalogStore, build_catalog
 from reelpack.codecs import codec_from_bytes
 from reelpack.errors import SerializationError
 from reelpack.format import PackReader, apply_delta
-from reelpack.format.container import crc32c
+from reelpack.format import crc32c
 from reelpack.service.app import (
     CHUNK_BYTES,
     RangeNotSatisfiable,
-    _read_span,
     create_app,
     decode_refine_frame,
     encode_refine_frame,
     parse_range,
     quantise_update,
 )
-from reelpack.catalog.store import CatalogStore, build_catalog
+from reelpack.service.http import read_span as _read_span
 
 N, D, KEY = 1500, 16, "s3cret-key"
 IDS = np.arange(N, dtype=np.int64) * 3 + 7

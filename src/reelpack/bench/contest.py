@@ -16,6 +16,10 @@ Summary (K = the run's largest cut-off, normally 50; the float32 reference row i
   ``ratio_score(x) = clip(0.5 + log2(x_ref / x) / (2 * log2(8)), 0, 1)`` (as good as float32: 0.5,
   8x better: 1, 8x worse: 0) and ``session_J = est_download_J_4g + 100 * est_query_mJ / 1000``
   (one catalog download plus 100 queries on the phone, both ESTIMATES from docs/ENERGY.md);
+  ``query_ms`` is MEASURED by ``reelpack bench`` one query at a time, median over a seeded user
+  sample, through each method's single-query path: ``make_scanner(codec, codes).search`` for reelpack
+  codecs, faiss ``index.search`` with one query, a float32 GEMV + top-K for the reference (the row's
+  ``latency_path``, kept in each score's ``latency_path``; see :mod:`reelpack.bench.latency`);
 * ``robustness = clip(robust_rel_recall@K / base, 0, 1)`` at the reference loss rate (10 % i.i.d.
   block loss, see ``result.extra["robustness"]``); ``base`` is ``robust_base_rel_recall@K`` (the same
   user sample without loss) when the row has it, else ``rel_recall@K``;
@@ -50,6 +54,7 @@ __all__ = [
     "latency_energy_term",
     "robustness_term",
     "engineering_term",
+    "latency_paths",
 ]
 
 WEIGHTS: dict[str, float] = {
@@ -77,6 +82,7 @@ class ContestScore:
         inputs: the raw inputs used (relative metrics, compression ratio, query ms, energies, ...).
         total: ``100 * sum(weight * term)`` in [0, 100]; a missing term counts 0.
         missing: names of the missing terms, in :data:`TERMS` order.
+        latency_path: what the row's ``query_ms`` timed (its ``latency_path``; ``None`` when not recorded).
     """
 
     method: str
@@ -85,6 +91,7 @@ class ContestScore:
     inputs: dict[str, float | None]
     total: float
     missing: tuple[str, ...]
+    latency_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (``missing`` as a list)."""
@@ -260,12 +267,26 @@ def contest_scores(result: object, weights: Mapping[str, float] | None = None) -
         }
         total = 100.0 * sum(w[name] * (terms[name] or 0.0) for name in TERMS)
         missing = tuple(name for name in TERMS if terms[name] is None)
-        out.append(ContestScore(str(row.get("method")), str(row.get("kind")), terms, inputs, total, missing))
+        path = row.get("latency_path")
+        out.append(ContestScore(str(row.get("method")), str(row.get("kind")), terms, inputs, total, missing,
+                                None if path is None else str(path)))  # fmt: skip
+    return out
+
+
+def latency_paths(result: object) -> dict[str, str]:
+    """``{kind: latency_path}`` of the rows of ``result`` (a ``BenchResult`` or its JSON dict) that record
+    one: what the latency term's ``query_ms`` timed for each kind of row (first path seen per kind)."""
+    rows, _ = _as_parts(result)
+    out: dict[str, str] = {}
+    for row in rows:
+        path = row.get("latency_path")
+        if path is not None:
+            out.setdefault(str(row.get("kind")), str(path))
     return out
 
 
 def contest_table(scores: Sequence[ContestScore]) -> list[dict[str, Any]]:
-    """JSON-able rows ``{rank, method, kind, total, <term>..., missing}``, sorted by total (descending;
+    """JSON-able rows ``{rank, method, kind, total, <term>..., missing, latency_path}``, sorted by total (descending;
     ties keep input order)."""
     ordered = sorted(enumerate(scores), key=lambda t: (-t[1].total, t[0]))
     table = []
@@ -275,5 +296,6 @@ def contest_table(scores: Sequence[ContestScore]) -> list[dict[str, Any]]:
             v = s.terms.get(name)
             entry[name] = None if v is None else round(v, 6)
         entry["missing"] = list(s.missing)
+        entry["latency_path"] = s.latency_path
         table.append(entry)
     return table

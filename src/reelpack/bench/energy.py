@@ -1,4 +1,4 @@
-"""A documented latency and energy *estimate* for scoring a pack on a phone (issue 6, part 4).
+"""A documented latency and energy *estimate* for scoring a pack on a phone.
 
 Nothing in this module is a measurement on a phone. It turns two things the bench
 does measure on the machine it runs on -- wall-clock ranking time and the bytes of
@@ -58,9 +58,9 @@ Constants (see ``docs/ENERGY.md`` for the full table):
   ~1000 are ASSUMPTIONS, stated with their reasoning in the doc.
 
 Left out: screen, idle/baseline power, decoding and storing the pack, thermal
-throttling, DVFS, little cores, SIMD differences between x86 and ARM, the gap
-between batched per-user time and single-query latency, uplink traffic, radio
-signal strength.
+throttling, DVFS, little cores, SIMD differences between x86 and ARM, uplink
+traffic, radio signal strength. (The measured time is that of one query through the
+method's single-query path, see :mod:`reelpack.bench.latency`.)
 """
 
 from __future__ import annotations
@@ -382,13 +382,17 @@ def estimate_energy(
 
 
 def measured_query_ms(row: Mapping[str, Any]) -> float | None:
-    """MEASURED per-user ranking time on the bench machine: ``rank_s * 1000 / n_users`` (ms).
+    """MEASURED query time on the bench machine (ms).
 
-    ``rank_s`` is the wall-clock time to score every catalog item for every evaluated user in batches
-    and take each user's top-K (train items excluded), on one thread. The result is that time
-    amortised per user -- not the latency of one isolated query. ``None`` when the row lacks the
-    fields or has no users.
+    ``row["query_ms"]`` when the row has it: the median time of one query through the method's
+    single-query path, as ``reelpack bench`` times it (results schema 3, see
+    :mod:`reelpack.bench.latency` and the row's ``latency_path``). Otherwise (a row without it) the
+    batched figure ``rank_s * 1000 / n_users``: the wall-clock time to score every catalog item for
+    every evaluated user in batches and take each user's top-K, amortised per user -- not the latency
+    of one isolated query. ``None`` when the row has neither.
     """
+    if row.get("query_ms") is not None:
+        return _check_number(row["query_ms"], "query_ms")
     rank_s, n_users = row.get("rank_s"), row.get("n_users")
     if rank_s is None or not n_users:
         return None
@@ -408,7 +412,8 @@ def estimate_row(row: Mapping[str, Any], n_items: int, model: DeviceModel | str)
       transfer, promotion and tail included;
     * ``est_download_s_<radio>``: promotion delay plus transfer time at the radio's assumed throughput.
 
-    Fields whose inputs are missing (no ``rank_s``/``n_users``, no ``bytes_per_item``) are ``None``.
+    Fields whose inputs are missing (no ``query_ms`` nor ``rank_s``/``n_users``, no ``bytes_per_item``)
+    are ``None``.
     """
     m = _model(model)
     n = int(_check_number(n_items, "n_items"))

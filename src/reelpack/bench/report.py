@@ -7,8 +7,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from reelpack.util.atomic import atomic_write_bytes
-from reelpack.bench.harness import BenchResult
+from reelpack.bench.latency import latency_note
+from reelpack.bench.results import BenchResult
+from reelpack.util.atomic import atomic_write_text  # re-exported: the CLI imports it from here
 
 __all__ = ["results_table", "results_markdown", "write_results", "atomic_write_text", "contest_rich_table", "contest_markdown"]
 
@@ -72,7 +73,7 @@ def _estimate_note(result: BenchResult) -> str | None:
     name = dm.get("name") if isinstance(dm, dict) else dm
     return (
         f"Columns headed \"est.\" are ESTIMATES for a phone, not measurements: \"est. phone ms\" is the measured "
-        f"\"query ms\" (rank s / users: batched scoring of every item plus top-K, amortised per user, on this machine) "
+        f"\"query ms\" (one query on this machine, see the latency note) "
         f"times the core-speed ratio of device model `{name}`; \"est. download J (4G)\" is the codes' bytes "
         "(bytes/item x items) through an LTE power model, promotion and tail included. Constants and their sources: "
         "docs/ENERGY.md."
@@ -101,7 +102,7 @@ def _title(result: BenchResult) -> str:
 def results_table(result: BenchResult) -> Table:
     """A rich table of every row; faiss rows dimmed under their reelpack twin."""
     cols = _columns(result)
-    table = Table(title=_title(result), title_justify="left")
+    table = Table(title=_title(result), title_justify="left", caption=latency_note(result.rows), caption_justify="left")
     for header, _, fmt in cols:
         table.add_column(header, justify="left" if fmt == "s" else "right", no_wrap=True)
     for row in _display_rows(result):
@@ -122,9 +123,9 @@ def results_markdown(result: BenchResult) -> str:
         if row.get("kind") == "faiss":
             cells[0] = f"&nbsp;&nbsp;{cells[0]}"
         lines.append("| " + " | ".join(cells) + " |")
-    note = _estimate_note(result)
-    if note:
-        lines += ["", note]
+    for note in (latency_note(result.rows), _estimate_note(result)):
+        if note:
+            lines += ["", note]
     lines += rate_quality_markdown(result)
     lines += robustness_markdown(result)
     lines += contest_markdown(result)
@@ -208,6 +209,16 @@ def _contest_rows(result: BenchResult) -> list[dict]:
     return contest_table(contest_scores(result))
 
 
+def _latency_paths(result: BenchResult) -> str:
+    """What the contest's latency input timed, from the contest scores' ``latency_path`` (else the rows')."""
+    from reelpack.bench.contest import latency_paths
+
+    paths = latency_paths(result)
+    if not paths:
+        return "the timed path is not recorded in these results."
+    return "timed through " + "; ".join(f"{kind}: {path}" for kind, path in paths.items()) + "."
+
+
 def contest_markdown(result: BenchResult) -> list[str]:
     """Lines of the contest table (docs/SCORING.md), best first."""
     from reelpack.bench.contest import TERMS, WEIGHTS
@@ -217,7 +228,8 @@ def contest_markdown(result: BenchResult) -> list[str]:
         return []
     lines = [
         "",
-        "Contest score (docs/SCORING.md): 100 x weighted sum of terms in [0, 1]; a missing term counts 0.",
+        "Contest score (docs/SCORING.md): 100 x weighted sum of terms in [0, 1]; a missing term counts 0. "
+        "The latency half of latency_energy compares each row's query ms with float32's: " + _latency_paths(result),
         "",
         "| rank | method | total | " + " | ".join(f"{t} ({WEIGHTS[t]:.0%})" for t in TERMS) + " | missing |",
         "|---:|---|---:|" + "---:|" * len(TERMS) + "---|",
@@ -233,7 +245,8 @@ def contest_rich_table(result: BenchResult) -> Table:
     """The contest table for the terminal (``reelpack contest``), best first; faiss rows dimmed."""
     from reelpack.bench.contest import TERMS, WEIGHTS
 
-    table = Table(title=f"Contest score | {_title(result)}", title_justify="left")
+    table = Table(title=f"Contest score | {_title(result)}", title_justify="left",
+                  caption=f"latency term: query ms vs float32's, {_latency_paths(result)}", caption_justify="left")  # fmt: skip
     table.add_column("rank", justify="right")
     table.add_column("method", no_wrap=True)
     table.add_column("kind")
@@ -246,11 +259,6 @@ def contest_rich_table(result: BenchResult) -> Table:
         table.add_row(str(e["rank"]), e["method"], e["kind"], _fmt(e["total"], ".1f"),
                       *(_fmt(e[t], ".3f") for t in TERMS), ", ".join(e["missing"]) or "-", style=style)  # fmt: skip
     return table
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temp file in the same folder, fsync, then rename."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_results(result: BenchResult, out_dir: str | os.PathLike, stem: str = "bench") -> tuple[Path, Path]:

@@ -196,7 +196,7 @@ def read_degraded(
         (degraded catalog, ``{layer: LayerRecovery}``). A layer whose codec is unusable
         counts as entirely unavailable.
     """
-    from reelpack.format.container import PackReader
+    from reelpack.format import PackReader
     from reelpack.format.parity import recover_layer
 
     if not isinstance(reader, PackReader):

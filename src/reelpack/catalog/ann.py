@@ -6,31 +6,36 @@ returns item ids with no lookup table.
 
 Defaults (``connectivity=32``, ``expansion_add=128``, ``expansion_search=256``) were chosen on a SYNTHETIC clustered
 catalog of 100k x 64 unit vectors (``reelpack.bench.speed.synthetic_catalog``): recall@50 against exact float32
-inner product >= 0.95 (figures in the issue 7 report; re-measure with ``recall_at``).
+inner product >= 0.95 (re-measure with ``recall_at``).
 
 usearch's ``ip`` metric is the distance ``1 - <q, x>``; :meth:`HNSWIndex.search` returns the score ``1 - distance``
 (float32, so it can differ from the exact inner product by a few ulps of 1.0).
+
+usearch is the ``[serve]`` extra: it is imported when an index is built or loaded, so this module imports
+without it (a missing usearch raises :class:`~reelpack.errors.MissingExtraError`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from reelpack.util.atomic import atomic_path
-from reelpack.util.validate import as_float_matrix, check_k
 from reelpack.errors import (
     DataNotFoundError,
     DimensionMismatchError,
-    DTypeError,
     EmptyInputError,
     InvalidInputError,
     SerializationError,
 )
+from reelpack.util.atomic import atomic_path
+from reelpack.util.extras import require
+from reelpack.util.ids import check_item_ids
+from reelpack.util.validate import as_float_matrix, check_k
 
-__all__ = ["HNSWIndex", "DEFAULT_CONNECTIVITY", "DEFAULT_EXPANSION_ADD", "DEFAULT_EXPANSION_SEARCH", "exact_top_k"]
+__all__ = ["HNSWIndex", "require_usearch", "DEFAULT_CONNECTIVITY", "DEFAULT_EXPANSION_ADD", "DEFAULT_EXPANSION_SEARCH", "exact_top_k"]
 
 DEFAULT_CONNECTIVITY = 32
 DEFAULT_EXPANSION_ADD = 128
@@ -44,21 +49,9 @@ def _check_param(name: str, value: object, lo: int = 1, hi: int = _MAX_PARAM) ->
     return int(value)
 
 
-def _check_index_ids(ids: object, n: int) -> np.ndarray:
-    """Unique non-negative ids int64 [n] or a typed error."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise DTypeError(f"ids must be a 1-D integer array, got dtype {arr.dtype} shape {arr.shape}")
-    if arr.shape[0] != n:
-        raise DimensionMismatchError(f"ids must have shape ({n},) to match the vectors, got {arr.shape}")
-    if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= 2**63:
-        raise InvalidInputError("ids must be < 2**63")
-    arr = arr.astype(np.int64)
-    if arr.size and int(arr.min()) < 0:
-        raise InvalidInputError(f"ids must be non-negative, found {int(arr.min())}")
-    if np.unique(arr).size != arr.size:
-        raise InvalidInputError("ids must be unique")
-    return arr
+def require_usearch() -> Any:
+    """``usearch.index`` (the ``[serve]`` extra), or :class:`~reelpack.errors.MissingExtraError`."""
+    return require("usearch.index", "serve", "the HNSW index (build-catalog without --no-index, reelpack serve)")
 
 
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
@@ -119,17 +112,15 @@ class HNSWIndex:
                 the same arguments give the same graph, byte for byte.
             threads: insertion threads (0 = all cores; more than 1 makes the graph depend on scheduling).
         """
-        from usearch.index import Index
-
         X = as_float_matrix(vectors, "vectors")
-        key_ids = _check_index_ids(ids, X.shape[0])
+        key_ids = check_item_ids(ids, what="ids", n=X.shape[0])
         connectivity = _check_param("connectivity", connectivity, 2)
         expansion_add = _check_param("expansion_add", expansion_add)
         expansion_search = _check_param("expansion_search", expansion_search)
         threads = _check_param("threads", threads, 0, 1024)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise InvalidInputError(f"seed must be an integer, got {seed!r}")
-        index = Index(
+        index = require_usearch().Index(
             ndim=X.shape[1], metric="ip", dtype="f32", connectivity=connectivity,
             expansion_add=expansion_add, expansion_search=expansion_search,
         )  # fmt: skip
@@ -160,8 +151,8 @@ class HNSWIndex:
             DataNotFoundError: no such file.
             SerializationError: not a usearch dense index, truncated, or not float32 inner product.
         """
-        from usearch.index import Index, MetricKind, ScalarKind
-
+        usearch_index = require_usearch()
+        Index, MetricKind, ScalarKind = usearch_index.Index, usearch_index.MetricKind, usearch_index.ScalarKind
         path = Path(path)
         if not path.is_file():
             raise DataNotFoundError(f"HNSW index file not found: {path}")
@@ -274,7 +265,7 @@ class HNSWIndex:
             if self.ids is None:
                 raise InvalidInputError("recall_at on a loaded index needs the ids of the vectors' rows (ids=...)")
             ids = self.ids
-        row_ids = _check_index_ids(ids, X.shape[0])
+        row_ids = check_item_ids(ids, what="ids", n=X.shape[0])
         Q = as_float_matrix(queries, "queries", dim=self.dim)
         if X.shape[0] != self.n_items:
             raise DimensionMismatchError(f"vectors has {X.shape[0]} rows, the index {self.n_items} items")

@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from reelpack.util.ids import check_item_ids
 from reelpack.util.validate import as_float_matrix
 from reelpack.codecs import Codec
 from reelpack.codecs.registry import codec_from_bytes, make_codec
@@ -75,7 +76,7 @@ from reelpack.errors import (
     InvalidInputError,
     SerializationError,
 )
-from reelpack.format.container import crc32c
+from reelpack.format import crc32c
 
 __all__ = [
     "EdgeCatalog",
@@ -170,11 +171,6 @@ class _Reader:
 def _check_centroids_radii(centroids: np.ndarray, radii: np.ndarray, what: str) -> None:
     if not (np.isfinite(centroids).all() and np.isfinite(radii).all() and (radii >= 0).all()):
         raise SerializationError(f"{what} centroids or radii are not finite / non-negative")
-
-
-def _check_ids(ids: np.ndarray, n: int, what: str) -> None:
-    if (ids < 0).any() or np.unique(ids).size != n:
-        raise SerializationError(f"{what} item ids must be unique and non-negative")
 
 
 def _parse_codec(codec_bytes: bytes, dim: int, bpv: int, what: str) -> Codec:
@@ -294,7 +290,7 @@ class DeviceSummary:
             raise SerializationError(f"device summary lam is {lam}, expected a value in [0, 4]")
         if (clusters >= nlist).any() or np.unique(clusters).size != n_local or int(counts.sum()) != n_items:
             raise SerializationError("device summary cluster list is inconsistent with nlist or the item count")
-        _check_ids(ids, n_items, what)
+        check_item_ids(ids, what=f"{what} item ids", allow_empty=True, error=SerializationError)
         codec = _parse_codec(codec_bytes, dim, bpv, what)
         return cls(dim, int(cat_version), bytes(fp), float(lam), centroids, radii, clusters, counts, ids, codes, codec)
 
@@ -407,12 +403,11 @@ class EdgeCatalog:
         """
         import faiss
 
-        from reelpack.catalog.ann import _check_index_ids
 
         X = as_float_matrix(vectors, "vectors")
         if X.shape[0] == 0:
             raise EmptyInputError("vectors is empty")
-        key_ids = _check_index_ids(ids, X.shape[0])
+        key_ids = check_item_ids(ids, what="ids", n=X.shape[0])
         top = min(X.shape[0], _MAX_NLIST)
         if isinstance(nlist, bool) or not isinstance(nlist, (int, np.integer)) or not 1 <= nlist <= top:
             raise InvalidInputError(f"nlist must be an integer in 1..{top}, got {nlist!r}")
@@ -496,7 +491,7 @@ class EdgeCatalog:
         _check_centroids_radii(centroids, radii, what)
         if (assign >= nlist).any():
             raise SerializationError(f"edge catalog assigns items to clusters >= nlist {nlist}")
-        _check_ids(ids, n, what)
+        check_item_ids(ids, what=f"{what} item ids", allow_empty=True, error=SerializationError)
         codec = _parse_codec(codec_bytes, dim, bpv, what)
         cat = cls(centroids, radii, assign, ids, codes, codec, int(cat_version))
         if cat.fingerprint != bytes(fp):

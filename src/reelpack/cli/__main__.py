@@ -1,5 +1,5 @@
 """``python -m reelpack.cli``: the command line."""
 
-from reelpack.cli import app
+from reelpack.cli import main
 
-app()
+main()

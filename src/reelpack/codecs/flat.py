@@ -9,9 +9,13 @@ import numpy as np
 
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
+from reelpack.codecs.scanner import Scanner
+from reelpack.kernels.checks import check_codes, fast_queries
+from reelpack.kernels.topk import topk
+from reelpack.util.validate import check_k
 from reelpack.errors import SerializationError
 
-__all__ = ["Float32Codec", "Float16Codec"]
+__all__ = ["Float32Codec", "Float16Codec", "FlatScanner"]
 
 
 class Float32Codec(Codec):
@@ -34,6 +38,12 @@ class Float32Codec(Codec):
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
         return codes.view("<f4").astype(np.float32)
+
+    def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,
+                rerank: int | None = None) -> Scanner:  # fmt: skip
+        """Decoded float32 rows prepared once, then GEMV + top-K per query (:class:`FlatScanner`)."""
+        self._require_fitted("scanner")
+        return FlatScanner(self, codes)
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {}, {}
@@ -66,6 +76,12 @@ class Float16Codec(Codec):
     def _decode(self, codes: np.ndarray) -> np.ndarray:
         return codes.view("<f2").astype(np.float32)
 
+    def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,
+                rerank: int | None = None) -> Scanner:  # fmt: skip
+        """Decoded float32 rows prepared once, then GEMV + top-K per query (:class:`FlatScanner`)."""
+        self._require_fitted("scanner")
+        return FlatScanner(self, codes)
+
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {}, {}
 
@@ -82,3 +98,21 @@ def _build_float32(m: re.Match[str]) -> Codec:
 @register_codec("fp16", r"(fp16|float16)", "fp16")
 def _build_fp16(m: re.Match[str]) -> Codec:
     return Float16Codec()
+
+
+class FlatScanner(Scanner):
+    """float32 / fp16 codes: the rows are decoded to float32 once (fp16: ``prepared_bytes`` = 4 n d), then each
+    query is one GEMV and a top-K, which is what :meth:`Codec.score` computes for one query."""
+
+    def __init__(self, codec: Codec, codes: np.ndarray) -> None:
+        self.codec = codec
+        codes = check_codes(codes, codec.bytes_per_vector)
+        self.rows = np.ascontiguousarray(codec.decode(codes), np.float32)
+        self.n_items = self.rows.shape[0]
+        self.prepared_bytes = 0 if np.shares_memory(self.rows, codes) else int(self.rows.nbytes)
+        self.kernel = "float32-gemv+topk"
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = fast_queries(queries, int(self.codec.dim))
+        k = check_k(k, self.n_items)
+        return topk(q @ self.rows.T, k)

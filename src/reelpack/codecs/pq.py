@@ -64,13 +64,12 @@ from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.errors import CodecSpecError, DimensionMismatchError, InvalidInputError, SerializationError
 from reelpack.codecs.scanner import Scanner
+from reelpack.kernels.checks import check_codes, check_queries
 from reelpack.kernels.dense import pack_int4, pair_tables, pq_adc, pq_decode, pq_ip, pq_lut, unpack_int4
 from reelpack.kernels.scan import (
     FastScanBlocks,
     PQ8Blocks,
     check_code_values,
-    check_codes,
-    check_queries,
     check_tables,
     fastscan_search,
     fs4_call,

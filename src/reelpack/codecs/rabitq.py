@@ -103,7 +103,8 @@ from reelpack.codecs._common import check_state_keys, orthogonal_rows, row_block
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.codecs.scanner import Scanner
-from reelpack.kernels.scan import binary_ip_search, check_codes, check_queries
+from reelpack.kernels.binscan import binary_ip_search
+from reelpack.kernels.checks import check_codes, check_queries
 from reelpack.kernels.topk import topk
 from reelpack.util.validate import check_k
 from reelpack.kernels.heap import sift_down

@@ -344,6 +344,7 @@ class ResidualCodec(Codec):
         rq.train_type = TRAIN_TYPE
         rq.cp.seed = s_faiss
         rq.cp.verbose = False
+        rq.cp.min_points_per_centroid = 1  # only silences faiss's "please provide at least ..." warning
         rq.verbose = False
         with _faiss_kmeans_settings():
             rq.train(np.ascontiguousarray(sample, np.float32))

@@ -46,7 +46,9 @@ from reelpack.codecs._common import (
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.codecs.scanner import Scanner
-from reelpack.kernels.scan import check_codes, sq4_search, sq8_search
+from reelpack.kernels.checks import check_codes, fast_queries
+from reelpack.kernels.scan import check_affine, sq_run
+from reelpack.util.validate import check_k
 from reelpack.errors import CodecSpecError, SerializationError
 from reelpack.kernels.dense import pack_int4, sq4_dot, sq_decode, sq_dot, unpack_int4
 
@@ -162,8 +164,11 @@ class SQScanner(Scanner):
         self.codec = codec
         self.codes = check_codes(codes, codec.bytes_per_vector)
         self.n_items = self.codes.shape[0]
+        self.lo, self.step = check_affine(codec.lo, codec.step, int(codec.dim))  # checked once per catalog
         self.kernel = f"sq{codec.bits}-dot"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        fn = sq8_search if self.codec.bits == 8 else sq4_search
-        return fn(queries, self.codec.lo, self.codec.step, self.codes, k)
+        q = fast_queries(queries, int(self.codec.dim))
+        k = check_k(k, self.n_items)
+        heap = self.work(k, lambda kk: (np.empty(kk, np.float32), np.empty(kk, np.int64)))
+        return sq_run(q, self.lo, self.step, self.codes, k, int(self.codec.bits), heap)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reelpack.kernels.scan import check_codes, check_queries
+from reelpack.kernels.checks import check_codes, check_queries
 from reelpack.kernels.topk import topk
 from reelpack.util.validate import check_k
 

@@ -47,7 +47,9 @@ from reelpack.codecs._common import check_state_keys, orthogonal_rows, row_block
 from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.codecs.scanner import Scanner
-from reelpack.kernels.scan import binary_ip_search, check_codes, check_queries, hamming_search
+from reelpack.kernels.binscan import binary_ip_search, code_words, hamming_run
+from reelpack.kernels.checks import check_codes, fast_queries
+from reelpack.util.validate import check_k
 from reelpack.errors import CodecSpecError
 from reelpack.kernels.dense import hamming, signs_dot
 
@@ -153,12 +155,15 @@ class SimHashScanner(Scanner):
         self.codec, self.query_bits = codec, query_bits
         self.codes = check_codes(codes, codec.bytes_per_vector)
         self.n_items = self.codes.shape[0]
+        self.words = code_words(self.codes)
         self.kernel = "hamming-popcount" if codec.hamming else f"binary-ip-{query_bits}bit"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = check_queries(queries, int(self.codec.dim))
+        q = fast_queries(queries, int(self.codec.dim))
         if self.codec.hamming:
-            ids, dist = hamming_search(self.codec.encode(q), self.codes, k)
+            k = check_k(k, self.n_items)
+            heap = self.work(k, lambda kk: (np.empty(kk, np.float32), np.empty(kk, np.int64)))
+            ids, dist = hamming_run(self.codec._encode(q), self.words, k, heap)
             return ids, -dist.astype(np.float32)
         proj = np.float32(self.codec.scale) * self.codec._project(q)
         return binary_ip_search(proj, self.codes, k, query_bits=self.query_bits)

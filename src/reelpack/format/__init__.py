@@ -1,41 +1,39 @@
 """The reelpack pack format: a checksummed, block-addressable container of compressed item embeddings.
 
-The byte layout is specified in docs/FORMAT.md. Write with :func:`write_pack` or
-:class:`PackWriter`; read with :class:`PackReader` (memory-mapped, zero-copy code
-views), :func:`iter_blocks_stream` (blocks as bytes arrive) or :func:`inspect`.
+The byte layout is specified in docs/FORMAT.md. Write with :func:`write_pack` (optionally with Reed-Solomon
+parity, ``parity=(k, m)``) or the streaming :class:`PackWriter`; read with :class:`PackReader` (memory-mapped,
+zero-copy code views), :func:`iter_blocks_stream` (blocks as bytes arrive) or :func:`inspect`; update with
+:func:`make_delta` / :func:`apply_delta`; recover lost blocks with :func:`read_parity` / :func:`recover_layer`.
+
+Modules: :mod:`~reelpack.format.layout` (constants, struct layouts, directory parser), ``reader``, ``stream``,
+``writer``, ``inspection``, ``delta``, ``parity``, ``entropy``, ``varint``. Result types (``Block``,
+``LayerInfo``, ``PackStream``, ``DeltaReport``, ``LayerRecovery``, ``ParityLayer``) live in those modules.
 """
 
-from reelpack.format import container
-from reelpack.format.container import (
-    FORMAT_MAJOR,
-    FORMAT_MINOR,
-    MAGIC,
-    Block,
-    LayerData,
-    LayerInfo,
-    PackReader,
-    PackStream,
-    PackWriter,
-    SectionType,
-    VerifyReport,
-    inspect,
-    iter_blocks_stream,
-    write_pack,
-)
+from __future__ import annotations
 
-__all__ = list(container.__all__)
+from reelpack.format.delta import apply_delta, make_delta
+from reelpack.format.inspection import inspect
+from reelpack.format.layout import FORMAT_MAJOR, FORMAT_MINOR, MAGIC, SectionType, crc32c
+from reelpack.format.parity import read_parity, recover_layer
+from reelpack.format.reader import PackReader, VerifyReport
+from reelpack.format.stream import iter_blocks_stream
+from reelpack.format.writer import PackWriter, write_pack
 
-from reelpack.format.delta import DeltaReport, apply_delta, build_pack, make_delta  # noqa: E402
-
-__all__ += ["DeltaReport", "build_pack", "make_delta", "apply_delta"]
-
-from reelpack.format.parity import (  # noqa: E402
-    LayerRecovery,
-    ParityLayer,
-    encode_parity,
-    read_parity,
-    recover_layer,
-    write_pack_with_parity,
-)
-
-__all__ += ["ParityLayer", "LayerRecovery", "encode_parity", "read_parity", "recover_layer", "write_pack_with_parity"]
+__all__ = [
+    "MAGIC",
+    "FORMAT_MAJOR",
+    "FORMAT_MINOR",
+    "SectionType",
+    "crc32c",
+    "PackReader",
+    "PackWriter",
+    "write_pack",
+    "iter_blocks_stream",
+    "inspect",
+    "VerifyReport",
+    "make_delta",
+    "apply_delta",
+    "read_parity",
+    "recover_layer",
+]

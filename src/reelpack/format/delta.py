@@ -45,8 +45,13 @@ import numpy as np
 
 from reelpack.codecs import Codec, make_codec
 from reelpack.errors import ChecksumError, DeltaError, DimensionMismatchError, InvalidInputError, PackFormatError
-from reelpack.format.container import PackReader, PackWriter, _check_ids, crc32c, inspect, write_pack
+from reelpack.format.inspection import inspect
+from reelpack.format.layout import crc32c
+from reelpack.format.reader import PackReader
+from reelpack.format.writer import PackWriter, write_pack
 from reelpack.format.varint import decode_varints, encode_varints
+from reelpack.util.atomic import fsync_dir
+from reelpack.util.ids import check_item_ids
 
 __all__ = [
     "DELTA_KIND",
@@ -76,15 +81,12 @@ _BOUNDS_OFFSET = 24  # max_sq_error, mean_sq_error: bytes [24, 32) of a BLOCK_IN
 # ================================================================================================
 def _prepare(item_ids: object, vectors: object) -> tuple[np.ndarray, np.ndarray]:
     """Sorted ids int64 [n] and float32 vectors [n, d] in that order."""
-    ids = _check_ids(item_ids)
+    ids = check_item_ids(item_ids)
     X = np.asarray(vectors, dtype=np.float32)
     if X.ndim != 2 or X.shape[0] != ids.size:
         raise DimensionMismatchError(f"vectors must be [{ids.size}, d], got {X.shape}")
     order = np.argsort(ids, kind="stable")
-    ids = ids[order]
-    if ids.size > 1 and np.any(np.diff(ids) == 0):
-        raise InvalidInputError("item_ids must be unique")
-    return ids, np.ascontiguousarray(X[order])
+    return ids[order], np.ascontiguousarray(X[order])
 
 
 def _mse(codec: Codec, X: np.ndarray) -> float:
@@ -424,6 +426,7 @@ def make_delta(
                 writer.write_layer(i, cb[sent])
         if target_path is not None:
             os.replace(tmp_target, target_path)
+            fsync_dir(Path(target_path).parent)
     finally:
         tmp_target.unlink(missing_ok=True)
     return DeltaReport(

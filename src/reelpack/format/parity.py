@@ -11,6 +11,9 @@ belongs to group ``b mod G``, so a burst of up to ``G`` consecutive lost blocks
 costs each group at most one block.
 
 The code is systematic Reed-Solomon over GF(2^8) (``zfec``); ``k + m <= 256``.
+
+Write parity with ``write_pack(..., parity=(k, m))`` (:func:`reelpack.format.write_pack`), which builds the
+section with :func:`parity_section`.
 """
 
 from __future__ import annotations
@@ -22,21 +25,25 @@ from typing import Any
 
 import numpy as np
 
-from reelpack.codecs.base import Codec
 from reelpack.errors import ChecksumError, DTypeError, DimensionMismatchError, InvalidInputError, PackFormatError
-from reelpack.format.container import PackReader, PackWriter, SectionType, _sort_unique_ids, crc32c
+from reelpack.format.layout import SectionType, crc32c
+from reelpack.format.reader import PackReader
 
 __all__ = [
     "PARITY_SCHEME_RS",
+    "ParityPlan",
     "ParityLayer",
     "LayerRecovery",
     "parity_groups",
     "encode_parity",
+    "parity_section",
     "parse_parity",
     "read_parity",
     "recover_layer",
-    "write_pack_with_parity",
 ]
+
+#: ``(k, m)`` for every layer, or ``{layer: (k, m)}`` for some layers (``m`` parity blocks per ``k`` data blocks).
+ParityPlan = tuple[int, int] | Mapping[int, tuple[int, int]]
 
 PARITY_SCHEME_RS = 1
 _HEAD = struct.Struct("<II")  # n_records, meta_crc32c
@@ -361,58 +368,38 @@ def recover_layer(
                          np.flatnonzero(~block_ok).tolist(), failed, msgs)  # fmt: skip
 
 
-def write_pack_with_parity(
-    path: Any,
-    item_ids: np.ndarray,
-    layers: Sequence[tuple[Codec, np.ndarray]],
-    parity: Mapping[int, tuple[int, int]] | tuple[int, int],
-    vectors: np.ndarray | None = None,
-    metadata: dict[str, Any] | None = None,
-    items_per_block: int | Sequence[int] = 1024,
-) -> dict[str, Any]:
-    """Write a pack (like :func:`~reelpack.format.write_pack`) with a PARITY section.
+def parity_section(
+    parity: ParityPlan,
+    codes: Sequence[np.ndarray],
+    items_per_block: Sequence[int],
+    entropy_coded: Sequence[bool] | None = None,
+) -> bytes:
+    """The PARITY section body that protects the layers named by ``parity`` (``b""`` when it names none).
 
     Args:
         parity: ``(k, m)`` for every layer, or ``{layer: (k, m)}`` for some layers.
-        items_per_block: one value for every layer or one per layer.
+        codes: per layer, codes uint8 [n_items, B] in ITEM_IDS (sorted) order, as written to the blocks.
+        items_per_block: per layer, the items per block the pack is written with.
+        entropy_coded: per layer, whether it is entropy coded (parity needs fixed-width blocks).
 
-    Returns:
-        ``{"path", "parity_bytes", "codes_bytes", "overhead"}`` (overhead = parity / codes bytes).
+    Raises:
+        InvalidInputError: a malformed plan, a layer out of range or entropy coded, bad ``k``/``m``.
     """
-    order, sorted_ids = _sort_unique_ids(item_ids)
-    if not layers:
-        raise InvalidInputError("write_pack_with_parity needs at least one layer")
-    ipbs = [items_per_block] * len(layers) if isinstance(items_per_block, (int, np.integer)) else list(items_per_block)
-    if len(ipbs) != len(layers):
-        raise InvalidInputError(f"items_per_block has {len(ipbs)} values for {len(layers)} layers")
-    plan = dict(parity) if isinstance(parity, Mapping) else {i: parity for i in range(len(layers))}
-    if not isinstance(parity, Mapping) and (not isinstance(parity, tuple) or len(parity) != 2):
+    n_layers = len(codes)
+    if isinstance(parity, Mapping):
+        plan = dict(parity)
+    elif isinstance(parity, tuple) and len(parity) == 2:
+        plan = {i: parity for i in range(n_layers)}
+    else:
         raise InvalidInputError(f"parity must be (k, m) or {{layer: (k, m)}}, got {parity!r}")
-    prepared = []
-    for entry in layers:
-        if not isinstance(entry, tuple) or len(entry) != 2:
-            raise InvalidInputError("each layer must be (codec, codes)")
-        codes = np.asarray(entry[1])
-        if codes.ndim != 2 or codes.shape[0] != sorted_ids.size:
-            raise DimensionMismatchError(f"codes must be [{sorted_ids.size}, B], got {codes.shape}")
-        prepared.append((entry[0], np.ascontiguousarray(codes[order])))
     spec = []
-    for layer, km in sorted(plan.items()):
-        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(layers):
-            raise InvalidInputError(f"parity names layer {layer!r}, the pack has {len(layers)}")
+    for layer, km in plan.items():
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n_layers:
+            raise InvalidInputError(f"parity names layer {layer!r}, the pack has {n_layers}")
         if not isinstance(km, tuple) or len(km) != 2:
             raise InvalidInputError(f"parity of layer {layer} must be (k, m), got {km!r}")
-        spec.append((int(layer), prepared[layer][1], int(ipbs[layer]), *_check_km(*km)))
-    body = encode_parity(spec) if spec else b""
-    vec = None if vectors is None else np.asarray(vectors)[order]
-    writer = PackWriter(path, sorted_ids, metadata=metadata)
-    with writer:
-        for (codec, _), ipb in zip(prepared, ipbs):
-            writer.add_layer(codec, items_per_block=ipb)
-        if body:
-            writer.add_section(SectionType.PARITY, body, required=False)
-        for i, (_, codes) in enumerate(prepared):
-            writer.write_layer(i, codes, vectors=vec)
-    codes_bytes = sum(c.nbytes for _, c in prepared)
-    return {"path": writer.path, "parity_bytes": len(body), "codes_bytes": codes_bytes,
-            "overhead": len(body) / codes_bytes}  # fmt: skip
+        if entropy_coded is not None and entropy_coded[layer]:
+            raise InvalidInputError(f"layer {layer} is entropy coded: parity needs fixed-width blocks")
+        spec.append((int(layer), codes[layer], items_per_block[layer], *_check_km(*km)))
+    spec.sort(key=lambda entry: entry[0])
+    return encode_parity(spec) if spec else b""

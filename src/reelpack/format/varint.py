@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from reelpack.errors import PackFormatError
+from reelpack.util.ids import MAX_ITEM_ID
 
 __all__ = [
     "encode_varints",
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 MAX_VARINT_BYTES = 9
-MAX_ID = (1 << 63) - 1
+MAX_ID = MAX_ITEM_ID  # (1 << 63) - 1: ids are non-negative int64
 IDS_DELTAS = 0
 IDS_RUNS = 1
 

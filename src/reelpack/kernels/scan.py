@@ -21,7 +21,8 @@ Kernels (all return ``(ids int64 [q, k], scores float32 [q, k])``, best first):
   same integers elsewhere). ``exact=True`` (default) rescores the candidates
   with the float tables as above; ``exact=False`` returns the quantised
   ranking and its dequantised scores, as faiss's ``IndexPQFastScan`` does.
-* :func:`hamming_search`: popcount Hamming distance, smallest first.
+* :func:`hamming_search` (in :mod:`reelpack.kernels.binscan`, re-exported here): popcount Hamming distance,
+  smallest first.
 * :func:`binary_ip_search`: asymmetric binary scoring ``proj . (2b - 1)`` with the
   float query quantised to ``query_bits`` bit planes and one popcount per plane
   and word (RaBitQ's query quantisation); optional per-item scale and offset,
@@ -50,10 +51,11 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from reelpack.util.validate import as_codes, as_float_matrix, check_k
+from reelpack.util.validate import check_k
 from reelpack.errors import DimensionMismatchError, DTypeError, InvalidInputError
-from reelpack.kernels.dense import popcount, pq_lut
+from reelpack.kernels.dense import pq_lut
 from reelpack.kernels.simd import HAS_AVX2, HAS_AVX512BW, HAS_VBMI, PQ8_BLOCK, ctz64, fs4_block, fs4_block64, pq8_block
+from reelpack.kernels.checks import check_codes, check_queries, empty_results
 from reelpack.kernels.heap import (
     PACKED_ID_BITS,
     PACKED_ID_MASK,
@@ -69,41 +71,21 @@ __all__ = [
     "PQ8Blocks",
     "fastscan_search",
     "FastScanBlocks",
-    "hamming_search",
-    "binary_ip_search",
-    "quantize_query_planes",
     "sq8_search",
     "sq4_search",
-    "check_queries",
-    "check_codes",
     "check_tables",
     "check_code_values",
     "pq8_work",
     "pq_run",
     "fs4_call",
     "fs4_run",
+    "check_affine",
+    "sq_run",
 ]
 
 # ================================================================================================
 # input checks
 # ================================================================================================
-def check_queries(queries: object, dim: int) -> np.ndarray:
-    """Queries as float32 [q, dim]; a 1-D vector is one query."""
-    arr = np.asarray(queries)
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    return as_float_matrix(arr, "queries", dim=dim)
-
-
-def check_codes(codes: object, width: int) -> np.ndarray:
-    arr = as_codes(codes, width, allow_empty=False)
-    return arr
-
-
-def _outputs(nq: int, k: int, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    return np.empty((nq, k), np.int64), np.empty((nq, k), dtype)
-
-
 def check_tables(centroids: object, ksub_max: int) -> np.ndarray:
     c = np.asarray(centroids)
     if c.dtype.kind != "f" or c.ndim != 3:
@@ -276,7 +258,6 @@ def _pq8_scan_vbmi(blocks, n, m, q, centroids, lut, qlut2, slack, accs, bmax, hv
     for s_ in range(q.shape[0]):
         if not np.isfinite(q[s_]):
             return False
-    nb = bmax.shape[0]
     _lut_into(q, centroids, lut)
     _quantize_one(lut, qlut2)
     _pq8_blocks_pass(blocks, n, m, qlut2.reshape(-1), accs, True, hv, hi)
@@ -390,10 +371,9 @@ def pq_run(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`pq_search` after its checks (queries float32 [q, d] finite, centroids checked, 1 <= k <= n)."""
     m, ksub, _ = centroids.shape
-    ids, vals = _outputs(queries.shape[0], k)
+    ids, vals = empty_results(queries.shape[0], k)
     hv, hi = np.empty(k, np.float32), np.empty(k, np.int64)
     if isinstance(codes, PQ8Blocks) and use_simd and HAS_VBMI:
-        nb = -(-n // PQ8_BLOCK)
         if work is None:
             work = pq8_work(m, n, k)
         lut, qlut, accs, bmax, hv, hi = work
@@ -705,203 +685,6 @@ def fs4_run(
 
 
 # ================================================================================================
-# binary codes
-# ================================================================================================
-def _words(codes: np.ndarray) -> np.ndarray:
-    """uint64 view [n, B/8] when the width is a multiple of 8 bytes, else the uint8 array itself."""
-    return codes.view(np.uint64) if codes.shape[1] % 8 == 0 and codes.flags.c_contiguous else codes
-
-
-@numba.njit(cache=True, nogil=True)
-def _offer_distance(hv, hi, dist, t):  # pragma: no cover - compiled
-    """Offer -dist; return the distance of the worst kept item afterwards (huge while not full)."""
-    heap_offer(hv, hi, -np.float32(dist), t)
-    return np.int64(-hv[0]) if hv[0] > -np.inf else np.int64(1) << 40
-
-
-@numba.njit(cache=True, nogil=True)
-def _hamming_scan(qw, cw, hv, hi, out_ids, out_vals):  # pragma: no cover - compiled
-    # explicit loops for 1 and 2 words: a word loop of unknown length costs ~3x at these widths
-    n, w = cw.shape
-    heap_reset(hv, hi)
-    worst = np.int64(1) << 40
-    if w == 2:
-        q0, q1 = qw[0], qw[1]
-        for t in range(n):
-            dist = numba.int64(popcount(q0 ^ cw[t, 0])) + numba.int64(popcount(q1 ^ cw[t, 1]))
-            if dist < worst:
-                worst = _offer_distance(hv, hi, dist, t)
-    elif w == 1:
-        q0 = qw[0]
-        for t in range(n):
-            dist = numba.int64(popcount(q0 ^ cw[t, 0]))
-            if dist < worst:
-                worst = _offer_distance(hv, hi, dist, t)
-    else:
-        for t in range(n):
-            dist = 0
-            for j in range(w):
-                dist += numba.int64(popcount(qw[j] ^ cw[t, j]))
-            if dist < worst:
-                worst = _offer_distance(hv, hi, dist, t)
-    heap_drain(hv, hi, out_ids, out_vals)
-
-
-def hamming_search(query_codes: np.ndarray, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` codes nearest each query code in Hamming distance (popcount of XOR).
-
-    Args:
-        query_codes: uint8 [q, B] (or [B]); codes: uint8 [n, B] (a memmap is read in place).
-        k: 1 <= k <= n.
-
-    Returns:
-        ids int64 [q, k] and distances int32 [q, k], nearest first, ties to the lower index.
-    """
-    qc = np.asarray(query_codes)
-    if qc.ndim == 1:
-        qc = qc[None, :]
-    codes = np.asarray(codes)
-    if codes.ndim != 2:
-        raise DimensionMismatchError(f"codes must be 2-D [n, bytes], got shape {codes.shape}")
-    qc = check_codes(qc, codes.shape[1])
-    codes = check_codes(codes, qc.shape[1])
-    k = check_k(k, codes.shape[0])
-    cw = _words(codes)
-    qw = _words(np.ascontiguousarray(qc))
-    ids, vals = _outputs(qc.shape[0], k)
-    hv, hi = np.empty(k, np.float32), np.empty(k, np.int64)
-    for i in range(qc.shape[0]):
-        _hamming_scan(qw[i], cw, hv, hi, ids[i], vals[i])
-    return ids, (-vals).astype(np.int32)
-
-
-def quantize_query_planes(proj: np.ndarray, query_bits: int, nbits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quantise float projections [q, b] to ``query_bits``-bit unsigned integers, as packed bit planes.
-
-    ``u = round((proj - lo) / delta)`` in 0..2^B-1 with ``lo = min``, ``delta = (max - min) / (2^B - 1)``
-    per query. Plane ``i`` holds bit ``i`` of ``u`` packed like ``np.packbits`` (padded to ``nbits``).
-
-    Returns:
-        planes uint8 [q, B, nbits/8], lo float64 [q], delta float64 [q].
-    """
-    if not 1 <= query_bits <= 16:
-        raise InvalidInputError(f"query_bits must be in 1..16, got {query_bits}")
-    proj = np.asarray(proj, np.float64)
-    lo = proj.min(axis=1)
-    span = proj.max(axis=1) - lo
-    levels = (1 << query_bits) - 1
-    delta = np.where(span > 0, span / levels, 1.0)
-    u = np.clip(np.rint((proj - lo[:, None]) / delta[:, None]), 0, levels).astype(np.int64)
-    padded = np.zeros((proj.shape[0], nbits), np.int64)
-    padded[:, : proj.shape[1]] = u
-    planes = np.stack([np.packbits((padded >> i) & 1, axis=1) for i in range(query_bits)], axis=1)
-    return planes.astype(np.uint8), lo, delta
-
-
-@numba.njit(cache=True, nogil=True)
-def _bitplane_scan(planes, cw, alpha, beta, gamma, item_scale, offset, hv, hi, out_ids, out_vals):  # pragma: no cover
-    # score_t = offset + item_scale[t] * (alpha * dot_u + beta * popcount(c_t) + gamma),
-    # dot_u = sum_i 2^i popcount(plane_i & c_t)
-    n, w = cw.shape
-    nplanes = planes.shape[0]
-    scaled = item_scale.shape[0] > 0
-    heap_reset(hv, hi)
-    thr = hv[0]
-    for t in range(n):
-        dot = 0
-        ones = 0
-        if w == 1:
-            c = cw[t, 0]
-            ones = numba.int64(popcount(c))
-            for i in range(nplanes):
-                dot += numba.int64(popcount(planes[i, 0] & c)) << i
-        elif w == 2:
-            c0 = cw[t, 0]
-            c1 = cw[t, 1]
-            ones = numba.int64(popcount(c0)) + numba.int64(popcount(c1))
-            for i in range(nplanes):
-                dot += (numba.int64(popcount(planes[i, 0] & c0)) + numba.int64(popcount(planes[i, 1] & c1))) << i
-        else:
-            for j in range(w):
-                c = cw[t, j]
-                ones += numba.int64(popcount(c))
-                for i in range(nplanes):
-                    dot += numba.int64(popcount(planes[i, j] & c)) << i
-        v = alpha * np.float64(dot) + beta * np.float64(ones) + gamma
-        if scaled:
-            v *= item_scale[t]
-        s = np.float32(v + offset)
-        if s > thr:
-            heap_offer(hv, hi, s, t)
-            thr = hv[0]
-    heap_drain(hv, hi, out_ids, out_vals)
-
-
-def binary_ip_search(
-    proj: np.ndarray,
-    codes: np.ndarray,
-    k: int,
-    *,
-    query_bits: int = 8,
-    item_scale: np.ndarray | None = None,
-    offset: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` items by the asymmetric binary score ``proj . (2 b - 1)`` (optionally scaled per item).
-
-    The float query is quantised to ``query_bits`` bit planes (:func:`quantize_query_planes`), so
-    ``proj . b ~ delta * sum_i 2^i popcount(plane_i & b) + lo * popcount(b)``: one AND + popcount
-    per plane and 64-bit word. Each score is exact for the quantised query ``lo + delta * u``; its
-    distance to the float score is at most ``delta / 2 * b`` (``b`` = bits per code).
-
-    Args:
-        proj: float32 [q, b] (or [b]), b <= 8 * code bytes; code bits beyond ``b`` must be 0 (padding).
-        codes: uint8 [n, B], ``np.packbits`` order (a memmap is read in place when B % 8 == 0).
-        k: 1 <= k <= n.
-        query_bits: bits per query coordinate (1..16).
-        item_scale: optional float [n]; offset: a constant: ``score_t = offset + scale_t * proj . (2 b_t - 1)``
-            (the RaBitQ estimator).
-
-    Returns:
-        ids int64 [q, k], scores float32 [q, k], best first, ties to the lower index.
-    """
-    codes = np.asarray(codes)
-    if codes.ndim != 2:
-        raise DimensionMismatchError(f"codes must be 2-D [n, bytes], got shape {codes.shape}")
-    nbits = codes.shape[1] * 8
-    proj = np.asarray(proj)
-    proj = as_float_matrix(proj[None, :] if proj.ndim == 1 else proj, "proj")
-    if proj.shape[1] > nbits:
-        raise DimensionMismatchError(f"proj has {proj.shape[1]} coordinates, codes hold {nbits} bits")
-    codes = check_codes(codes, codes.shape[1])
-    n = codes.shape[0]
-    k = check_k(k, n)
-    empty = np.zeros(0, np.float64)
-    scale = empty if item_scale is None else _per_item(item_scale, n, "item_scale")
-    if not np.isfinite(offset):
-        raise InvalidInputError(f"offset must be finite, got {offset}")
-    planes, lo, delta = quantize_query_planes(proj, query_bits, nbits)
-    cw = _words(codes)
-    ids, vals = _outputs(proj.shape[0], k)
-    hv, hi = np.empty(k, np.float32), np.empty(k, np.int64)
-    for i in range(proj.shape[0]):
-        pw = _words(np.ascontiguousarray(planes[i])) if cw.dtype == np.uint64 else np.ascontiguousarray(planes[i])
-        u_sum = float(np.rint((proj[i].astype(np.float64) - lo[i]) / delta[i]).clip(0, (1 << query_bits) - 1).sum())
-        total = lo[i] * proj.shape[1] + delta[i] * u_sum  # sum of the quantised query
-        # proj . (2b - 1) = 2 (delta * dot_u + lo * ones) - total
-        _bitplane_scan(pw, cw, 2.0 * delta[i], 2.0 * lo[i], -total, scale, float(offset), hv, hi, ids[i], vals[i])
-    return ids, vals
-
-
-def _per_item(x: np.ndarray, n: int, name: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64).reshape(-1)
-    if arr.shape[0] != n:
-        raise DimensionMismatchError(f"{name} has {arr.shape[0]} entries, the catalog {n}")
-    if not np.isfinite(arr).all():
-        raise InvalidInputError(f"{name} holds NaN or Inf")
-    return np.ascontiguousarray(arr)
-
-
-# ================================================================================================
 # scalar quantisation
 # ================================================================================================
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -937,7 +720,8 @@ def _sq4_scan(q_lo, q_hi, codes, offset, hv, hi, out_ids, out_vals):  # pragma: 
     heap_drain(hv, hi, out_ids, out_vals)
 
 
-def _affine(lo: np.ndarray, step: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+def check_affine(lo: np.ndarray, step: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """lo, step as float32 [d], finite (DimensionMismatchError / InvalidInputError otherwise)."""
     lo = np.asarray(lo, np.float32).reshape(-1)
     step = np.asarray(step, np.float32).reshape(-1)
     if lo.shape[0] != d or step.shape[0] != d:
@@ -958,32 +742,61 @@ def sq8_search(
     Returns:
         ids int64 [q, k], scores float32 [q, k], best first (float32 sums, reassociated per item).
     """
-    lo, step = _affine(lo, step, len(np.asarray(lo).reshape(-1)))
+    lo, step = check_affine(lo, step, len(np.asarray(lo).reshape(-1)))
     queries = check_queries(queries, lo.shape[0])
     codes = check_codes(codes, lo.shape[0])
     k = check_k(k, codes.shape[0])
-    ids, vals = _outputs(queries.shape[0], k)
-    hv, hi = np.empty(k, np.float32), np.empty(k, np.int64)
-    for i in range(queries.shape[0]):
-        _sq8_scan(queries[i] * step, codes, np.float32(queries[i] @ lo), hv, hi, ids[i], vals[i])
-    return ids, vals
+    return sq_run(queries, lo, step, codes, k, 8)
 
 
 def sq4_search(
     queries: np.ndarray, lo: np.ndarray, step: np.ndarray, codes: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`sq8_search` for nibble-packed 4-bit codes uint8 [n, ceil(d/2)] (dimension 2j = low nibble)."""
-    lo, step = _affine(lo, step, len(np.asarray(lo).reshape(-1)))
+    lo, step = check_affine(lo, step, len(np.asarray(lo).reshape(-1)))
     d = lo.shape[0]
     queries = check_queries(queries, d)
     codes = check_codes(codes, (d + 1) // 2)
     k = check_k(k, codes.shape[0])
-    ids, vals = _outputs(queries.shape[0], k)
-    hv, hi = np.empty(k, np.float32), np.empty(k, np.int64)
+    return sq_run(queries, lo, step, codes, k, 4)
+
+
+def sq_run(
+    queries: np.ndarray,
+    lo: np.ndarray,
+    step: np.ndarray,
+    codes: np.ndarray,
+    k: int,
+    bits: int,
+    heap: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sq8_search` (``bits=8``) / :func:`sq4_search` (``bits=4``) after their checks: queries float32
+    [q, d] finite, lo and step from :func:`check_affine`, codes checked, 1 <= k <= n. ``heap`` (values float32
+    [k], ids int64 [k]) is reused when given (a scanner keeps one per thread)."""
+    d = lo.shape[0]
+    ids, vals = empty_results(queries.shape[0], k)
+    hv, hi = (np.empty(k, np.float32), np.empty(k, np.int64)) if heap is None else heap
     for i in range(queries.shape[0]):
         qs = queries[i] * step
+        offset = np.float32(queries[i] @ lo)
+        if bits == 8:
+            _sq8_scan(qs, codes, offset, hv, hi, ids[i], vals[i])
+            continue
         q_lo = np.ascontiguousarray(qs[0::2])
         q_hi = np.zeros_like(q_lo)
         q_hi[: d // 2] = qs[1::2]
-        _sq4_scan(q_lo, q_hi, codes, np.float32(queries[i] @ lo), hv, hi, ids[i], vals[i])
+        _sq4_scan(q_lo, q_hi, codes, offset, hv, hi, ids[i], vals[i])
     return ids, vals
+
+
+_BINSCAN = ("hamming_search", "binary_ip_search", "quantize_query_planes")
+
+
+def __getattr__(name: str):
+    """The binary-code scans live in :mod:`reelpack.kernels.binscan`; they are reachable here too, so that every
+    fused scan has one namespace (loaded on first use: binscan itself imports this module's checks)."""
+    if name in _BINSCAN:
+        from reelpack.kernels import binscan
+
+        return getattr(binscan, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

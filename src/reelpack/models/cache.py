@@ -9,7 +9,8 @@ Layout: ``<cache_dir>/twotower/<key>/`` holds
   train seconds, loss history.
 
 Entries are written into a temporary directory inside ``<cache_dir>/twotower``,
-fsynced, then renamed into place, so a reader sees a whole entry or none. An
+fsynced (:func:`reelpack.util.atomic.fsync_file` / :func:`~reelpack.util.atomic.fsync_dir`, which raise on
+failure), then renamed into place, so a reader sees a whole entry or none. An
 entry that cannot be read back exactly (missing file, bad JSON, other format
 version, shape/dtype/count mismatch, NaN) is reported with a
 :class:`CacheWarning` and retrained, never raised.
@@ -31,6 +32,7 @@ import numpy as np
 from reelpack.data.interactions import Split
 from reelpack.errors import InvalidInputError
 from reelpack.models.twotower import TrainedEmbeddings, TwoTowerConfig, train_two_tower
+from reelpack.util.atomic import fsync_dir, fsync_file
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -86,20 +88,6 @@ def cache_entry_dir(split: Split, config: TwoTowerConfig, cache_dir: str | os.Pa
     return root / _SUBDIR / cache_key(split, config)
 
 
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_cached(emb: TrainedEmbeddings, split: Split, cache_dir: str | os.PathLike | None = None) -> Path:
     """Write ``emb`` atomically as the cache entry of (``split``, ``emb.config``); return its directory.
 
@@ -130,13 +118,11 @@ def save_cached(emb: TrainedEmbeddings, split: Split, cache_dir: str | os.PathLi
         for name, arr in (("items.npy", emb.item_emb), ("users.npy", emb.user_emb)):
             with open(tmp / name, "wb") as fh:
                 np.save(fh, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
         with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=2, sort_keys=True, allow_nan=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _fsync_path(tmp, directory=True)
+        for name in _FILES:
+            fsync_file(tmp / name)
+        fsync_dir(tmp)
         if final.exists():
             # rename() cannot replace a non-empty directory: move the old entry aside first.
             old = Path(tempfile.mkdtemp(prefix=f".old-{final.name[:16]}-", dir=parent))
@@ -150,7 +136,7 @@ def save_cached(emb: TrainedEmbeddings, split: Split, cache_dir: str | os.PathLi
         except OSError:
             if not final.is_dir():  # not a lost race with another writer: a real failure
                 raise
-        _fsync_path(parent, directory=True)
+        fsync_dir(parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

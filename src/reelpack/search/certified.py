@@ -41,7 +41,6 @@ from typing import Any, Union
 
 import numpy as np
 
-from reelpack.util.validate import as_codes, as_float_matrix, check_k
 from reelpack.codecs.base import Codec
 from reelpack.errors import (
     DimensionMismatchError,
@@ -50,6 +49,8 @@ from reelpack.errors import (
     InvalidKError,
     NotFittedError,
 )
+from reelpack.search.progressive import fetch_codes, unpack_fetch
+from reelpack.util.validate import as_codes, as_float_matrix, check_k
 
 __all__ = [
     "CertifiedResult",
@@ -206,17 +207,6 @@ def _check_fallback(fallback: object, n_steps: int, k: int, n_avail: int) -> lis
     return [min(v, n_avail) for v in values]
 
 
-def _unpack_fetch(out: object, what: str) -> tuple[np.ndarray, int | None]:
-    if isinstance(out, tuple):
-        if len(out) != 2:
-            raise InvalidInputError(f"{what} must return an array or (array, bytes_transferred)")
-        arr, n_bytes = out
-        if isinstance(n_bytes, bool) or not isinstance(n_bytes, (int, np.integer)) or int(n_bytes) < 0:
-            raise InvalidInputError(f"{what} returned bytes_transferred {n_bytes!r}, expected a non-negative int")
-        return np.asarray(arr), int(n_bytes)
-    return np.asarray(out), None
-
-
 # ---- the per-query loop -------------------------------------------------------------------------
 class _Plan:
     """Everything :func:`_refine` needs that does not depend on the query."""
@@ -273,11 +263,15 @@ class _Plan:
         return est, np.zeros_like(est)
 
     def fetch_stage(self, stage: int, rows: np.ndarray) -> tuple[np.ndarray, int]:
-        codes, n_bytes = _unpack_fetch(self.fetch(stage, rows), f"fetch(stage={stage}, rows)")  # type: ignore[misc]
-        codes = as_codes(codes, self.widths[stage], f"fetched stage-{stage} codes")
-        if codes.shape[0] != rows.size:
-            raise DimensionMismatchError(f"fetch(stage={stage}) returned {codes.shape[0]} codes for {rows.size} rows")
-        return codes, int(codes.nbytes if n_bytes is None else n_bytes)
+        """Stage ``stage`` codes uint8 [m, stage_bytes[stage]] of ``rows`` and the bytes moved (:func:`fetch_codes`)."""
+        fetch = self.fetch  # callable: checked in __init__ for a codec with more than one stage
+        return fetch_codes(
+            lambda r: fetch(stage, r),  # type: ignore[misc]
+            rows,
+            self.widths[stage],
+            f"fetch(stage={stage}, rows)",
+            f"fetched stage-{stage} codes",
+        )
 
     def exact_cost(self, m: int) -> int:
         dim = int(self.codec.dim)  # type: ignore[arg-type]
@@ -286,7 +280,7 @@ class _Plan:
 
     def fetch_exact(self, query: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, int]:
         """Exact scores float64 [m] of ``rows`` and the bytes moved."""
-        vecs, n_bytes = _unpack_fetch(self.exact(rows), "exact(rows)")  # type: ignore[misc]
+        vecs, n_bytes = unpack_fetch(self.exact(rows), "exact(rows)")  # type: ignore[misc]
         if vecs.dtype.kind != "f":
             raise DTypeError(f"exact(rows) must return float vectors, got dtype {vecs.dtype}")
         if vecs.ndim != 2 or vecs.shape != (rows.size, self.codec.dim):

@@ -27,7 +27,6 @@ from typing import Any, Union
 
 import numpy as np
 
-from reelpack.util.validate import as_codes, as_float_matrix, check_k
 from reelpack.codecs.base import Codec
 from reelpack.errors import (
     ChecksumError,
@@ -38,8 +37,17 @@ from reelpack.errors import (
     NotFittedError,
 )
 from reelpack.kernels.topk import topk
+from reelpack.util.validate import as_codes, as_float_matrix, check_k
 
-__all__ = ["ProgressiveResult", "FetchFn", "progressive_topk", "PackLayerFetcher"]
+__all__ = [
+    "ProgressiveResult",
+    "FetchFn",
+    "progressive_topk",
+    "refine_candidates",
+    "fetch_codes",
+    "unpack_fetch",
+    "PackLayerFetcher",
+]
 
 FetchFn = Callable[[np.ndarray], Union[np.ndarray, tuple[np.ndarray, int]]]
 """Maps sorted unique item rows int64 [m] to refinement codes uint8 [m, B] (row i for ``rows[i]``),
@@ -55,7 +63,8 @@ class ProgressiveResult:
         scores: float32 [q, k] refinement scores of ``ids``.
         bytes_fetched: refinement bytes the fetch callback transferred in this call (layer 0 not counted).
         items_fetched: number of distinct items whose refinement codes were fetched (the union over queries).
-        candidates: int64 [q, c] the candidate rows of each query (ascending), chosen by the coarse layer.
+        candidates: int64 [q, c] the candidate rows of each query, chosen by the coarse layer (ascending from
+            :func:`progressive_topk`; as given to :func:`refine_candidates`).
     """
 
     ids: np.ndarray
@@ -150,23 +159,96 @@ def progressive_topk(
 
     cand = np.sort(topk(coarse, candidates)[0], axis=1)  # ascending rows: refined ties go to the lower row
     excluded = np.take_along_axis(coarse, cand, axis=1) == -np.inf
-    rows = np.unique(cand)
-    fetched = fetch_refinement(rows)
-    n_bytes = None
-    if isinstance(fetched, tuple):
-        if len(fetched) != 2:
-            raise InvalidInputError("fetch_refinement must return codes or (codes, bytes_transferred)")
-        fetched, n_bytes = fetched
-    fine_codes = as_codes(fetched, refine_codec.bytes_per_vector, "fetched refinement codes")
-    if fine_codes.shape[0] != rows.size:
-        raise DimensionMismatchError(
-            f"fetch_refinement returned {fine_codes.shape[0]} codes for {rows.size} requested items"
-        )
-    bytes_fetched = int(fine_codes.nbytes if n_bytes is None else n_bytes)
+    return refine_candidates(q, cand, fetch_refinement, refine_codec, k, excluded=excluded)
 
-    fine = refine_codec.score(q, fine_codes)  # [q, m]
-    refined = np.take_along_axis(fine, np.searchsorted(rows, cand), axis=1)
-    refined[excluded] = -np.inf
+
+def unpack_fetch(out: object, what: str) -> tuple[np.ndarray, int | None]:
+    """What a fetch callback returned -> ``(array, bytes_transferred or None)``.
+
+    A callback returns an array, or ``(array, bytes_transferred)`` when the transport moved more than the
+    array's bytes (whole blocks). Raises InvalidInputError for another tuple or a byte count that is not a
+    non-negative int; ``what`` names the callback in the message.
+    """
+    if isinstance(out, tuple):
+        if len(out) != 2:
+            raise InvalidInputError(f"{what} must return an array or (array, bytes_transferred)")
+        arr, n_bytes = out
+        if isinstance(n_bytes, bool) or not isinstance(n_bytes, (int, np.integer)) or int(n_bytes) < 0:
+            raise InvalidInputError(f"{what} returned bytes_transferred {n_bytes!r}, expected a non-negative int")
+        return np.asarray(arr), int(n_bytes)
+    return np.asarray(out), None
+
+
+def fetch_codes(
+    fetch: Callable[[np.ndarray], object],
+    rows: np.ndarray,
+    bytes_per_vector: int,
+    what: str = "fetch_refinement(rows)",
+    name: str = "fetched refinement codes",
+) -> tuple[np.ndarray, int]:
+    """The refinement fetch shared by :func:`progressive_topk`, :func:`~reelpack.search.certified_topk` and the
+    phone client: one call of ``fetch(rows)`` for the sorted unique item rows int64 [m], its answer checked.
+
+    Returns:
+        ``(codes uint8 [m, bytes_per_vector], bytes_transferred)``; the byte count is the callback's when it
+        returned one, else ``codes.nbytes``.
+
+    Raises:
+        InvalidInputError: a bad ``(codes, bytes)`` answer; DTypeError / DimensionMismatchError: codes not uint8
+        ``[m, bytes_per_vector]`` (``name`` in the message). Whatever ``fetch`` raises propagates.
+    """
+    arr, n_bytes = unpack_fetch(fetch(rows), what)
+    codes = as_codes(arr, bytes_per_vector, name)
+    if codes.shape[0] != rows.size:
+        raise DimensionMismatchError(f"{what} returned {codes.shape[0]} codes for {rows.size} requested rows")
+    return codes, int(codes.nbytes if n_bytes is None else n_bytes)
+
+
+def refine_candidates(
+    queries: np.ndarray,
+    cand: np.ndarray,
+    fetch_refinement: FetchFn,
+    refine_codec: Codec,
+    k: int,
+    excluded: np.ndarray | None = None,
+) -> ProgressiveResult:
+    """The refinement step of :func:`progressive_topk`: rescore each query's candidates with the refinement codec.
+
+    The refinement codes of the union of the candidates are fetched once (:func:`fetch_codes`, rows sorted and
+    unique), each query's candidates are scored with ``refine_codec`` and its top ``k`` kept. Ties go to the
+    earlier column of ``cand``: pass candidates in ascending row order for "ties to the lower row", or best
+    coarse score first for "ties keep the coarse order" (the phone client). With one query its candidates'
+    codes are scored in the order of ``cand``; with several, the union is scored once and gathered.
+
+    Args:
+        queries: float32 [q, d] checked query vectors.
+        cand: int [q, c] candidate item rows per query (no repeats within a row), ``k <= c``.
+        fetch_refinement: see :data:`FetchFn`.
+        refine_codec: fitted codec of the refinement layer.
+        k: items to return per query.
+        excluded: optional bool [q, c], candidates never to return (scored ``-inf``, placed last).
+
+    Returns:
+        :class:`ProgressiveResult` with ``ids`` int64 [q, k] taken from ``cand``, ``scores`` float32 [q, k].
+    """
+    cand = np.asarray(cand)
+    if cand.ndim != 2 or cand.shape[0] != queries.shape[0] or (cand.size and cand.dtype.kind not in "iu"):
+        raise DimensionMismatchError(
+            f"cand must be integer rows [q={queries.shape[0]}, c], got dtype {cand.dtype} shape {cand.shape}"
+        )
+    cand = cand.astype(np.int64, copy=False)
+    k = check_k(k, cand.shape[1])
+    rows = np.unique(cand)
+    fine_codes, bytes_fetched = fetch_codes(fetch_refinement, rows, refine_codec.bytes_per_vector)
+    pos = np.searchsorted(rows, cand)  # [q, c]: where each candidate's codes are in fine_codes
+    if queries.shape[0] == 1:
+        # one query: score its candidates' codes in candidate order (a kernel's rounding may depend on a row's
+        # place in the batch, so this is bit for bit what scoring the candidates as given returns)
+        refined = np.array(refine_codec.score(queries, fine_codes[pos[0]]), dtype=np.float32, order="C")
+    else:
+        refined = np.take_along_axis(refine_codec.score(queries, fine_codes), pos, axis=1)  # [q, m] -> [q, c]
+    if excluded is not None:
+        refined[excluded] = -np.inf
     local, scores = topk(refined, k)
     ids = np.take_along_axis(cand, local, axis=1)
     return ProgressiveResult(ids, scores, bytes_fetched, int(rows.size), cand)

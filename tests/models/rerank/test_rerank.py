@@ -131,7 +131,7 @@ def _repack(data: bytes, edit) -> bytes:
     """Re-serialise ``data`` with its JSON header changed by ``edit(header)`` and a valid CRC."""
     import json
 
-    from reelpack.format.container import crc32c
+    from reelpack.format import crc32c
 
     (hdr_len,) = struct.unpack_from("<I", data, 12)
     header = json.loads(data[16 : 16 + hdr_len])

@@ -8,9 +8,15 @@ import torch
 
 from reelpack.data.interactions import synthetic_interactions, train_test_split
 from reelpack.errors import DimensionMismatchError, InvalidInputError, NonFiniteError
+from reelpack.models.video.aggregator import (
+    FullAttention,
+    MeanPool,
+    VideoAggregator,
+    calibrate_title_threshold,
+)
 from reelpack.models.video.data import synthetic_video_catalog
-from reelpack.models.video.aggregator import FullAttention, MeanPool, VideoAggregator, calibrate_title_threshold
 from reelpack.models.video.train import VideoTrainConfig, train_video_two_tower
+from reelpack.util.memory import reset_peak_rss
 
 torch.set_num_threads(1)
 
@@ -283,11 +289,22 @@ def test_training_is_deterministic_and_runs_baselines() -> None:
     a = train_video_two_tower(split, cat, "aggregator", cfg)
     b = train_video_two_tower(split, cat, "aggregator", cfg)
     np.testing.assert_array_equal(a.item_emb, b.item_emb)
-    assert a.peak_growth_bytes is None or a.peak_growth_bytes >= 0
+    # measure_memory: the VmHWM growth in bytes wherever the peak mark can be reset (Linux /proc), else None
+    measurable = reset_peak_rss() is not None
+    for r in (a, b):
+        if measurable:
+            assert isinstance(r.peak_growth_bytes, int) and r.peak_growth_bytes >= 0, r.peak_growth_bytes
+            assert r.peak_growth_bytes % 1024 == 0  # whole kB from /proc/self/status
+        else:
+            assert r.peak_growth_bytes is None
     for name in ("mean", "full"):
         r = train_video_two_tower(split, cat, name, cfg)
         assert r.item_emb.shape == (split.n_items, 8) and np.isfinite(r.item_emb).all()
         assert "recall@50" in r.metrics
+        assert (r.peak_growth_bytes is not None) == measurable
+    unmeasured_cfg = VideoTrainConfig(**{**cfg.to_dict(), "measure_memory": False})
+    unmeasured = train_video_two_tower(split, cat, "mean", unmeasured_cfg)
+    assert unmeasured.peak_growth_bytes is None  # nothing measured, nothing reported
 
 
 def test_training_with_missing_titles_zero_frames_and_nan_catalog() -> None:

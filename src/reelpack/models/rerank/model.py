@@ -244,7 +244,7 @@ class Reranker:
         }  # fmt: skip
         hdr = json.dumps(header, sort_keys=True).encode()
         body = MAGIC + struct.pack("<II", FORMAT_VERSION, len(hdr)) + hdr + b"".join(payload)
-        from reelpack.format.container import crc32c
+        from reelpack.format import crc32c
 
         return body + struct.pack("<I", crc32c(body))
 
@@ -255,7 +255,7 @@ class Reranker:
     @classmethod
     def from_bytes(cls, data: bytes) -> Reranker:
         """Parse and validate re-ranker file bytes (see the module docstring)."""
-        from reelpack.format.container import crc32c
+        from reelpack.format import crc32c
 
         data = bytes(data)
         if len(data) < len(MAGIC) + 12 or data[: len(MAGIC)] != MAGIC:
