@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from reelpack.data import synthetic_interactions, train_test_split
-from reelpack.models.video.train import MODEL_NAMES, VideoTrainConfig, _restrict_catalog, train_isolated, train_video_two_tower
+from reelpack.models.video.train import MODEL_NAMES, VideoTrainConfig, restrict_catalog, train_isolated, train_video_two_tower
 
 CODECS = ("sq8", "pq16", "pq8", "pq32x4")
 
@@ -43,7 +43,7 @@ def _oracle(config: VideoTrainConfig, rate: float) -> dict[str, Any]:
 
     inter = synthetic_interactions()
     split = train_test_split(inter, seed=0)
-    cat = _restrict_catalog(synthetic_video_catalog(inter, wrong_title_rate=rate), split)
+    cat = restrict_catalog(synthetic_video_catalog(inter, wrong_title_rate=rate), split)
     sig = cat.signal_mean(normalize=True).astype(np.float32)
     oracle_cat = SimpleNamespace(frames=sig[:, None, :], n_frames=np.ones(len(sig), np.int64), title_emb=cat.title_emb)
     res = train_video_two_tower(split, oracle_cat, "mean", config)

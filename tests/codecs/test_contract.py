@@ -17,6 +17,7 @@ from reelpack.codecs import (
     codec_from_bytes,
     make_codec,
 )
+from reelpack.codecs.flat import FlatScanner
 from reelpack.codecs.pq import FastScanScanner, PQScanner
 from reelpack.codecs.rabitq import RaBitQScanner
 from reelpack.codecs.scalar import SQScanner
@@ -464,6 +465,7 @@ FUSED = {
     "sq8": SQScanner, "sq4": SQScanner, "sq8-p99.9": SQScanner,
     "simhash64": SimHashScanner, "simhash64-hamming": SimHashScanner,
     "rabitq": RaBitQScanner, "rabitq4": RaBitQScanner,
+    "float32": FlatScanner, "fp16": FlatScanner,
 }  # fmt: skip
 # scanners that quantise the float query to query_bits bit planes (kernels.binscan.binary_ip_search): each
 # score is exact for the quantised query and within delta / 2 per code bit (times RaBitQ's item factor) of
@@ -486,7 +488,9 @@ def _quantisation_slack(codec, queries: np.ndarray, codes: np.ndarray, query_bit
 
 
 def test_every_family_with_a_fused_kernel_is_checked():
-    assert {make_codec(s).family for s in FUSED} == {"pq", "opq", "apq", "opq-apq", "sq", "simhash", "rabitq"}
+    assert {make_codec(s).family for s in FUSED} == {
+        "pq", "opq", "apq", "opq-apq", "sq", "simhash", "rabitq", "float32", "fp16"
+    }  # fmt: skip
     assert any(make_codec(s).nbits == 4 for s in FUSED if make_codec(s).family == "pq")  # 4-bit fast-scan too
 
 
@@ -579,11 +583,6 @@ def test_scanner_bad_input_raises_typed_errors(spec, fitted, contract_data):
                 make_scanner(codec, codes, query_bits=query_bits).search(queries, 5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fused scanners check queries for shape and NaN/Inf only (the hot path skips as_float_matrix), so "
-    "queries beyond 1e30 in magnitude, which codec.score refuses with InvalidInputError, are scanned",
-)
 def test_scanners_refuse_the_queries_codec_score_refuses(fitted, contract_data):
     huge = contract_data["queries"].copy()
     huge[1, 4] = 1e35
@@ -611,11 +610,6 @@ BAD_SCANNER_OPTIONS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="make_scanner / the scanners do not validate query_bits and rerank: non-integers raise TypeError or a "
-    "bare ValueError, and negative or fractional rerank depths are accepted silently",
-)
 def test_bad_scanner_options_raise_typed_errors(fitted, contract_data):
     queries = contract_data["queries"]
     untyped = []

@@ -372,12 +372,14 @@ def _build_pq(match: re.Match[str]) -> Codec:
 # ================================================================================================
 def rotated_queries(codec: Codec, queries: np.ndarray) -> np.ndarray:
     """Queries float32 C-contiguous [q, d], rotated by the codec (OPQ) for a PQ scan; shape and dtype checked
-    cheaply, NaN/Inf by the kernels (or here when the input needs converting)."""
+    cheaply, NaN/Inf and magnitudes beyond 1e30 here (typed errors of :func:`check_queries`)."""
     d = codec.dim
     q = queries if type(queries) is np.ndarray else np.asarray(queries)
     if q.ndim == 1:
         q = q[None, :]
     if q.dtype != np.float32 or q.ndim != 2 or q.shape[1] != d or q.shape[0] == 0 or not q.flags.c_contiguous:
+        q = check_queries(q, d)
+    elif not np.abs(q).max() <= 1e30:  # NaN, Inf or beyond 1e30: the typed error of check_queries
         q = check_queries(q, d)
     if getattr(codec, "rotation", None) is None:
         return q

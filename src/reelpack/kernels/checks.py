@@ -30,16 +30,17 @@ def empty_results(nq: int, k: int, dtype: type = np.float32) -> tuple[np.ndarray
 
 def fast_queries(queries: object, dim: int) -> np.ndarray:
     """Queries float32 C-contiguous [q, dim] for a scanner's hot path: an input that already is one is checked
-    for shape and finiteness only (a few microseconds); anything else goes through :func:`check_queries`.
+    for shape, finiteness and magnitude only (a few microseconds); anything else goes through :func:`check_queries`.
 
     Raises:
-        DimensionMismatchError, DTypeError, NonFiniteError, EmptyInputError: as :func:`check_queries`.
+        DimensionMismatchError, DTypeError, NonFiniteError, EmptyInputError, InvalidInputError (values beyond
+        1e30): as :func:`check_queries`.
     """
     q = queries if type(queries) is np.ndarray else np.asarray(queries)
     if q.ndim == 1:
         q = q[None, :]
     if q.dtype != np.float32 or q.ndim != 2 or q.shape[1] != dim or q.shape[0] == 0 or not q.flags.c_contiguous:
         return check_queries(q, dim)
-    if not np.isfinite(q).all():
-        return check_queries(q, dim)  # raises NonFiniteError naming the rows
+    if not np.abs(q).max() <= 1e30:  # NaN, Inf or a magnitude check_queries refuses
+        return check_queries(q, dim)  # raises NonFiniteError naming the rows, or InvalidInputError
     return q

@@ -32,9 +32,16 @@ def make_scanner(
         the codec's :class:`Scanner` (``codec.scanner(codes, ...)``).
 
     Raises:
-        InvalidInputError: ``codec`` is not a :class:`Codec`. NotFittedError: the codec is not fitted.
+        InvalidInputError: ``codec`` is not a :class:`Codec`, or a bad ``query_bits`` / ``rerank`` / ``exact``.
+        NotFittedError: the codec is not fitted.
         DTypeError, DimensionMismatchError, InvalidInputError: bad codes.
     """
     if not isinstance(codec, Codec):
         raise InvalidInputError(f"make_scanner needs a reelpack Codec, got {type(codec).__name__}")
-    return codec.scanner(codes, exact=exact, query_bits=query_bits, rerank=rerank)
+    if isinstance(query_bits, bool) or not isinstance(query_bits, (int, np.integer)) or not 1 <= query_bits <= 16:
+        raise InvalidInputError(f"query_bits must be an integer in 1..16, got {query_bits!r}")
+    if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 1):
+        raise InvalidInputError(f"rerank must be None or an integer >= 1, got {rerank!r}")
+    if not isinstance(exact, (bool, np.bool_)):
+        raise InvalidInputError(f"exact must be True or False, got {exact!r}")
+    return codec.scanner(codes, exact=bool(exact), query_bits=int(query_bits), rerank=None if rerank is None else int(rerank))

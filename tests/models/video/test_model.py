@@ -262,9 +262,9 @@ def test_bad_config_and_catalog() -> None:
 
 
 def _restricted(inter, split):
-    from reelpack.models.video.train import _restrict_catalog
+    from reelpack.models.video.train import restrict_catalog
 
-    return _restrict_catalog(_catalog(inter), split)
+    return restrict_catalog(_catalog(inter), split)
 
 
 def test_training_beats_untrained_model() -> None:
@@ -310,9 +310,9 @@ def test_training_is_deterministic_and_runs_baselines() -> None:
 def test_training_with_missing_titles_zero_frames_and_nan_catalog() -> None:
     inter = synthetic_interactions(n_users=150, n_items=80, n_clusters=3, mean_items_per_user=6, seed=6)
     split = train_test_split(inter, seed=0)
-    from reelpack.models.video.train import _restrict_catalog
+    from reelpack.models.video.train import restrict_catalog
 
-    cat = _restrict_catalog(_catalog(inter, missing_title_rate=0.3, zero_frame_rate=0.2, wrong_title_rate=0.3), split)
+    cat = restrict_catalog(_catalog(inter, missing_title_rate=0.3, zero_frame_rate=0.2, wrong_title_rate=0.3), split)
     assert (np.asarray(cat.n_frames) == 0).any() and (np.abs(cat.title_emb).sum(1) == 0).any()
     cfg = VideoTrainConfig(d_out=8, epochs=1, batch_size=64, top_k=3, n_latents=2)
     for name in ("aggregator", "mean", "full"):

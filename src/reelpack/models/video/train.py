@@ -50,7 +50,7 @@ from reelpack.models.video.aggregator import (
     check_video_inputs,
 )
 
-__all__ = ["VideoTrainConfig", "VideoTrainResult", "train_video_two_tower", "train_isolated", "MODEL_NAMES"]
+__all__ = ["VideoTrainConfig", "VideoTrainResult", "train_video_two_tower", "train_isolated", "restrict_catalog", "MODEL_NAMES"]
 
 MODEL_NAMES: tuple[str, ...] = ("aggregator", "mean", "full")
 
@@ -499,14 +499,14 @@ def _worker(job_json: str, out: str) -> None:
     inter = synthetic_interactions(**job["interactions"])
     split = train_test_split(inter, seed=job["split_seed"])
     catalog = synthetic_video_catalog(inter, **job["catalog"])
-    catalog = _restrict_catalog(catalog, split)
+    catalog = restrict_catalog(catalog, split)
     res = train_video_two_tower(split, catalog, job["model"], VideoTrainConfig(**job["config"]))
     np.savez(out + ".npz", user_emb=res.user_emb, item_emb=res.item_emb)
     with open(out + ".json", "w") as fh:
         json.dump(res.summary(), fh)
 
 
-def _restrict_catalog(catalog: Any, split: Split) -> Any:
+def restrict_catalog(catalog: Any, split: Split) -> Any:
     """The catalog rows of the split's items (split item index i -> raw item id ``split.item_ids[i]``)."""
     if np.asarray(catalog.frames).shape[0] == split.n_items and np.array_equal(split.item_ids, np.arange(split.n_items)):
         return catalog
