@@ -18,11 +18,11 @@ __all__ = ["require", "EXTRAS"]
 #: The optional-dependency extras and the top-level modules each one brings.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch",),
-    "serve": ("fastapi", "uvicorn", "httpx", "usearch"),
+    "serve": ("fastapi", "uvicorn", "httpx", "usearch", "pyarrow"),
     "scale": ("dask", "distributed"),
     "report": ("matplotlib",),
     "onnx": ("onnx", "onnxruntime"),
-    "video": ("torch",),
+    "video": ("torch", "sklearn", "pyarrow"),
 }
 
 
