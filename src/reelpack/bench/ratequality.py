@@ -26,22 +26,6 @@ def _codec_mse(codec, codes: np.ndarray, item_emb: np.ndarray) -> dict[str, floa
     return {"mse": mse, "rd_bound": _rd_bound(item_emb, codec.bytes_per_vector)}
 
 
-def _faiss_row(ft, search_s: float, twin_of: str | None, item_emb: np.ndarray) -> dict[str, Any]:
-    """The result row of a faiss index (metrics are added by the caller)."""
-    float_bytes = 4 * item_emb.shape[1]
-    return {
-        "method": ft.name,
-        "kind": "faiss",
-        "twin_of": twin_of,
-        "bytes_per_item": ft.bytes_per_vector,
-        "compression": float_bytes / ft.bytes_per_vector,
-        "fit_s": ft.fit_seconds,
-        "encode_s": ft.encode_seconds,
-        "rank_s": search_s,
-        **_faiss_mse(ft, item_emb),
-    }
-
-
 def _faiss_mse(ft, item_emb: np.ndarray) -> dict[str, float]:
     """The same for a faiss index, through ``sa_encode``/``sa_decode`` (absent where faiss cannot decode)."""
     if ft.factory.startswith("LSH"):  # binary codes, no reconstruction

@@ -9,9 +9,9 @@ from rich.table import Table
 
 from reelpack.bench.latency import latency_note
 from reelpack.bench.results import BenchResult
-from reelpack.util.atomic import atomic_write_text  # re-exported: the CLI imports it from here
+from reelpack.util.atomic import atomic_write_text
 
-__all__ = ["results_table", "results_markdown", "write_results", "atomic_write_text", "contest_rich_table", "contest_markdown"]
+__all__ = ["results_table", "results_markdown", "write_results", "contest_rich_table", "contest_markdown", "format_cell"]
 
 
 def _columns(result: BenchResult) -> list[tuple[str, str, str]]:
@@ -80,7 +80,8 @@ def _estimate_note(result: BenchResult) -> str | None:
     )
 
 
-def _fmt(value: object, fmt: str) -> str:
+def format_cell(value: object, fmt: str) -> str:
+    """One table cell: ``-`` for None, strings as they are, numbers with ``fmt`` (falling back to ``str``)."""
     if value is None:
         return "-"
     if isinstance(value, str):
@@ -107,7 +108,7 @@ def results_table(result: BenchResult) -> Table:
         table.add_column(header, justify="left" if fmt == "s" else "right", no_wrap=True)
     for row in _display_rows(result):
         style = "dim" if row.get("kind") == "faiss" else ("bold" if row.get("kind") == "reference" else None)
-        table.add_row(*(_fmt(row.get(key), fmt) for _, key, fmt in cols), style=style)
+        table.add_row(*(format_cell(row.get(key), fmt) for _, key, fmt in cols), style=style)
     return table
 
 
@@ -119,7 +120,7 @@ def results_markdown(result: BenchResult) -> str:
     lines.append("| " + " | ".join(h for h, _, _ in cols) + " |")
     lines.append("|" + "|".join("---" if f == "s" else "---:" for _, _, f in cols) + "|")
     for row in _display_rows(result):
-        cells = [_fmt(row.get(key), fmt) for _, key, fmt in cols]
+        cells = [format_cell(row.get(key), fmt) for _, key, fmt in cols]
         if row.get("kind") == "faiss":
             cells[0] = f"&nbsp;&nbsp;{cells[0]}"
         lines.append("| " + " | ".join(cells) + " |")
@@ -171,11 +172,11 @@ def rate_quality_markdown(result: BenchResult) -> list[str]:
         cells = [
             budget,
             r["method"] if r else "-",
-            _fmt(r[key] if r else None, ".3f"),
-            _fmt(r.get("rel_ndcg@10") if r else None, ".3f"),
+            format_cell(r[key] if r else None, ".3f"),
+            format_cell(r.get("rel_ndcg@10") if r else None, ".3f"),
             f["method"] if f else "-",
-            _fmt(f[key] if f else None, ".3f"),
-            _fmt(entry.get("bar"), ".3f"),
+            format_cell(f[key] if f else None, ".3f"),
+            format_cell(entry.get("bar"), ".3f"),
             {True: "yes", False: "no"}.get(entry.get("closes_half_gap"), "-"),
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -198,7 +199,7 @@ def robustness_markdown(result: BenchResult) -> list[str]:
         "|---|---|" + "---:|" * len(rates),
     ]
     for method, curve in rob["curves"].items():
-        cells = [method, rob.get("how", {}).get(method, "-"), *(_fmt(v, ".3f") for v in curve)]
+        cells = [method, rob.get("how", {}).get(method, "-"), *(format_cell(v, ".3f") for v in curve)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -235,7 +236,7 @@ def contest_markdown(result: BenchResult) -> list[str]:
         "|---:|---|---:|" + "---:|" * len(TERMS) + "---|",
     ]
     for e in table:
-        cells = [str(e["rank"]), e["method"], _fmt(e["total"], ".1f"), *(_fmt(e[t], ".3f") for t in TERMS),
+        cells = [str(e["rank"]), e["method"], format_cell(e["total"], ".1f"), *(format_cell(e[t], ".3f") for t in TERMS),
                  ", ".join(e["missing"]) or "-"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -256,8 +257,8 @@ def contest_rich_table(result: BenchResult) -> Table:
     table.add_column("missing")
     for e in _contest_rows(result):
         style = "dim" if e["kind"] == "faiss" else ("bold" if e["kind"] == "reference" else None)
-        table.add_row(str(e["rank"]), e["method"], e["kind"], _fmt(e["total"], ".1f"),
-                      *(_fmt(e[t], ".3f") for t in TERMS), ", ".join(e["missing"]) or "-", style=style)  # fmt: skip
+        table.add_row(str(e["rank"]), e["method"], e["kind"], format_cell(e["total"], ".1f"),
+                      *(format_cell(e[t], ".3f") for t in TERMS), ", ".join(e["missing"]) or "-", style=style)  # fmt: skip
     return table
 
 

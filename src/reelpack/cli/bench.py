@@ -135,7 +135,7 @@ def bench(
     """Train (or load) embeddings, then measure float32, every codec and its faiss twin in one run.
 
     Each row also gets its rank quality under packet loss (a real pack with lost blocks corrupted,
-    found by CRC) and engineering checks; the JSON (schema version 2) holds the contest score
+    found by CRC) and engineering checks; the JSON (results schema version 3) holds the contest score
     (docs/SCORING.md; print it with `reelpack contest RESULTS.json`).
     """
     need("train", ("torch",), "reelpack bench")
@@ -265,7 +265,7 @@ def bench_speed(
 
 @app.command("contest")
 def contest(
-    results: Annotated[Path, typer.Argument(help="A results JSON written by `reelpack bench` (schema version 2).")],
+    results: Annotated[Path, typer.Argument(help="A results JSON written by `reelpack bench` (results schema version 3).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON instead of a rich table.")] = False,
 ) -> None:
     """Print the contest score of every method of a bench run (formula: docs/SCORING.md)."""

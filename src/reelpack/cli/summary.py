@@ -36,17 +36,6 @@ def compact_columns(result: Any) -> list[tuple[str, str, str]]:
     ]
 
 
-def _cell(value: Any, fmt: str) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    try:
-        return format(value, fmt)
-    except (TypeError, ValueError):
-        return str(value)
-
-
 def compact_table(result: Any, full_table: str | None = None) -> Table:
     """A rich table of every row of a bench result, at most :data:`COMPACT_MAX_WIDTH` columns wide.
 
@@ -68,8 +57,10 @@ def compact_table(result: Any, full_table: str | None = None) -> Table:
             table.add_column(header, justify="left", no_wrap=True, max_width=_METHOD_WIDTH, overflow="ellipsis")
         else:
             table.add_column(header, justify="right", no_wrap=True)
+    from reelpack.bench.report import format_cell
+
     for row in getattr(result, "rows", []):
         kind = row.get("kind")
         style = "dim" if kind == "faiss" else ("bold" if kind == "reference" else None)
-        table.add_row(*(_cell(row.get(key), fmt) for _, key, fmt in cols), style=style)
+        table.add_row(*(format_cell(row.get(key), fmt) for _, key, fmt in cols), style=style)
     return table
