@@ -43,6 +43,36 @@ def tiny_pack(n: int = 10, d: int = 4, items_per_block: int = 4, metadata: dict 
         return path.read_bytes()
 
 
+def parity_pack(n: int = 10, d: int = 4, items_per_block: int = 3, seed: int = 0) -> bytes:
+    """A small one-layer sq8 pack with a PARITY section (k=2, m=1) as bytes."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    codec = make_codec("sq8").fit(X, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "parity.rpak"
+        write_pack(path, np.arange(n) * 7 + 3, [(codec, codec.encode(X))], vectors=X, parity=(2, 1),
+                   items_per_block=items_per_block)  # fmt: skip
+        return path.read_bytes()
+
+
+def delta_pack(n: int = 10, d: int = 4, seed: int = 0) -> bytes:
+    """A small delta (one sq8 layer; one id removed, one added) with DELTA_REMOVED and DELTA_BOUNDS sections."""
+    from reelpack.format import make_delta
+    from reelpack.format.delta import build_pack
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    ids = np.arange(n) * 7 + 3
+    codec = make_codec("sq8").fit(X, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "a.rpak"
+        build_pack(base, ids, X, [codec], metadata={"v": "A"}, items_per_block=4)
+        ids_b = np.concatenate([ids[1:], [1000]])
+        X_b = np.concatenate([X[1:], X[:1] + 0.5])
+        make_delta(base, ids_b, X_b, Path(tmp) / "d.rpak", metadata={"v": "B"})
+        return (Path(tmp) / "d.rpak").read_bytes()
+
+
 def get(buf: bytes | bytearray, name: str) -> int:
     off, fmt = HEADER_FIELDS[name]
     return struct.unpack_from(fmt, buf, off)[0]

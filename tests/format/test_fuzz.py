@@ -17,13 +17,15 @@ import tracemalloc
 import pytest
 from hypothesis import HealthCheck, given, is_hypothesis_test, settings
 from hypothesis import strategies as st
-from packtools import HEADER_FIELDS, exercise, reseal, sections, stream, tiny_pack
+from packtools import HEADER_FIELDS, delta_pack, exercise, parity_pack, reseal, sections, stream, tiny_pack
 
 from reelpack.format import iter_blocks_stream
 
 EXAMPLES = int(os.environ.get("REELPACK_FUZZ_EXAMPLES", "2500"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 PACK = tiny_pack(n=10, d=4, items_per_block=4, metadata={"catalog": "fuzz"})
+# packs with the optional sections: PARITY (type 8), and a delta's DELTA_REMOVED / DELTA_BOUNDS (0xDE17, 0xDE18)
+PACKS = {"plain": PACK, "parity": parity_pack(), "delta": delta_pack()}
 MAX_PEAK_BYTES = 32 << 20  # a few-hundred-byte input must never make the parser allocate more than this
 CI_MINIMUM = 10_000  # hypothesis examples per run, all fuzz tests together
 RAN: dict[str, int] = {}  # examples each hypothesis test of this module really ran in this session
@@ -33,13 +35,20 @@ def _ran(name: str) -> None:
     RAN[name] = RAN.get(name, 0) + 1
 
 
-def test_pristine_pack_is_clean():
-    assert not exercise(PACK)
-    assert all(b.intact for b in iter_blocks_stream([PACK]))
+@pytest.mark.parametrize("kind", sorted(PACKS))
+def test_pristine_pack_is_clean(kind):
+    assert not exercise(PACKS[kind])
+    assert all(b.intact for b in iter_blocks_stream([PACKS[kind]]))
 
 
-def test_every_single_bit_flip_is_noticed():
-    buf = bytearray(PACK)
+def test_fuzzed_packs_have_the_optional_sections():
+    types = {kind: {s[0] for s in sections(raw)} for kind, raw in PACKS.items()}
+    assert 8 in types["parity"] and {0xDE17, 0xDE18} <= types["delta"]
+
+
+@pytest.mark.parametrize("kind", sorted(PACKS))
+def test_every_single_bit_flip_is_noticed(kind):
+    buf = bytearray(PACKS[kind])
     missed = []
     for bit in range(8 * len(buf)):
         buf[bit // 8] ^= 1 << (bit % 8)
@@ -51,9 +60,10 @@ def test_every_single_bit_flip_is_noticed():
     assert not missed, f"{len(missed)} undetected bit flips, first at byte {missed[0] // 8}"
 
 
-def test_every_truncation_is_noticed():
-    for length in range(len(PACK)):
-        raw = PACK[:length]
+@pytest.mark.parametrize("kind", sorted(PACKS))
+def test_every_truncation_is_noticed(kind):
+    for length in range(len(PACKS[kind])):
+        raw = PACKS[kind][:length]
         assert exercise(raw), f"truncation to {length} bytes went unnoticed"
         stream(raw, [length // 2])
 

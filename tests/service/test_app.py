@@ -25,8 +25,7 @@ with warnings.catch_warnings():
 from reelpack.catalog.store import CatalogStore, build_catalog
 from reelpack.codecs import codec_from_bytes
 from reelpack.errors import SerializationError
-from reelpack.format import PackReader, apply_delta
-from reelpack.format import crc32c
+from reelpack.format import PackReader, apply_delta, crc32c
 from reelpack.service.app import (
     CHUNK_BYTES,
     RangeNotSatisfiable,

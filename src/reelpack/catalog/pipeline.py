@@ -52,6 +52,7 @@ from reelpack.catalog.shards import (
 )
 from reelpack.catalog.sources import CatalogSource
 from reelpack.catalog.store import (
+    WORK_NAME,
     CatalogStore,
     clean_stale,
     latest_entry,
@@ -413,7 +414,7 @@ def run_build(
             prev = latest_entry(prev_manifest)
             version = 1 if prev is None else prev["version"] + 1
             specs, ipb, chain = _settle(prev, opts, source.d)
-            work = opts.work_dir if opts.work_dir is not None else cat_dir / ".work"
+            work = opts.work_dir if opts.work_dir is not None else cat_dir / WORK_NAME
             use_files = executor.distributed or opts.work_dir is not None
             if use_files:
                 try:

@@ -15,7 +15,9 @@ Layout (``ROOT`` = any folder)::
                                                           clusters + sq8 codes the service cuts device summaries from
     ROOT/<catalog>/.work/                                 shard files of a resumable build (build-catalog --scheduler)
 
-This module is the store: names, the manifest, the lock, staging and publishing, reads and deletions. The
+This module is the store: names, the manifest, the lock, staging and publishing, reads (the server-side arrays
+checked against the manifest: ``load_array``), verification (``verify``, ``reelpack verify-store``) and
+deletions. A request the store refuses, or a build that fails, leaves no folder or lock file it created. The
 builds that write versions are :func:`~reelpack.catalog.build.build_catalog` and
 :func:`~reelpack.catalog.build.build_catalog_sharded` (one pipeline, :mod:`reelpack.catalog.pipeline`);
 ``build_catalog``, ``load_embeddings`` and ``DEFAULT_CODECS`` stay importable from here.
@@ -41,10 +43,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import re
 import secrets
 import shutil
+import tokenize
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,14 +70,21 @@ __all__ = [
     "latest_entry",
     "FILE_KINDS",
     "MANIFEST_FORMAT",
+    "WORK_NAME",
+    "ARRAY_KINDS",
+    "FileCheck",
+    "StoreReport",
 ]
 
 MANIFEST_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
 STAGING_PREFIX = ".staging-"
+WORK_NAME = ".work"
 FILE_KINDS = ("pack", "layer0", "index", "vectors", "ids", "users", "user_ids", "delta", "layer0_delta", "edge")
 """Kinds of files a version entry can list (``CatalogStore.file``)."""
+ARRAY_KINDS = ("vectors", "ids", "users", "user_ids")
+"""Kinds of the server-side ``.npy`` arrays (``CatalogStore.load_array``)."""
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _VERSION_DIR_RE = re.compile(r"v(\d{6})")
@@ -225,18 +236,54 @@ class CatalogStore:
 
         Builds and deletions of one catalog hold it, so they run one after the other, across threads and
         processes. Readers never need it.
+
+        When the block raises, whatever this call created is removed again (holding the lock): the lock file,
+        and the catalog folder when it holds nothing else (a catalog whose first build failed leaves no trace; a
+        ``.work`` folder with shard files of a resumable build stays). A waiter whose lock file was removed so
+        takes the lock again on a new one (the lock file's identity is checked after every ``flock``).
         """
         cat_dir = self.catalog_dir(catalog)
+        while True:
+            fd, made_dir, made_lock = self._open_lock(catalog, cat_dir)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if _same_file(fd, cat_dir / LOCK_NAME):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # the holder removed it while this call waited: lock the new one
         try:
-            cat_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(cat_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(f"cannot lock catalog {catalog!r} in {self.root}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield cat_dir
+        except BaseException:
+            if made_lock:
+                _remove_created(cat_dir, made_dir)
+            raise
         finally:
             os.close(fd)  # closing the only descriptor of this open file releases the lock
+
+    def _open_lock(self, catalog: str, cat_dir: Path) -> tuple[int, bool, bool]:
+        """(descriptor of the lock file, whether the catalog folder and the lock file were created here)."""
+        for _ in range(1000):  # a folder or lock file removed between two steps (a failed build): start again
+            made_dir = False
+            try:
+                try:
+                    cat_dir.mkdir()
+                    made_dir = True
+                except FileExistsError:
+                    pass
+                try:
+                    return os.open(cat_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), made_dir, True
+                except FileExistsError:
+                    return os.open(cat_dir / LOCK_NAME, os.O_RDWR), made_dir, False
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if made_dir:
+                    with contextlib.suppress(OSError):
+                        cat_dir.rmdir()
+                raise StoreError(f"cannot lock catalog {catalog!r}: {exc.strerror or exc}") from None
+        raise StoreError(f"cannot lock catalog {catalog!r}: its folder keeps disappearing")
 
     # ------------------------------------------------------------------ reading
     def catalogs(self) -> list[str]:
@@ -317,6 +364,88 @@ class CatalogStore:
             raise StoreError(f"catalog {catalog!r} version {entry['version']}: {kind} file {path} is missing")
         return path
 
+    # ------------------------------------------------------------------ server-side arrays
+    def load_array(self, catalog: str, version: int, kind: str, *, mmap: bool = True,
+                   check_sha256: bool = True) -> np.ndarray:  # fmt: skip
+        """A server-side array of a version (``vectors``, ``ids``, ``users``, ``user_ids``), checked first.
+
+        The file must have the manifest's size and (``check_sha256``, streamed: about 1 s per GB) its SHA-256, a
+        readable npy header without pickles, and exactly the bytes that header claims. Memory-mapped
+        read-only unless ``mmap`` is false.
+
+        Raises:
+            InvalidInputError: another kind. NotFoundError: unknown catalog or version, or no such file (no
+            users). StoreError: the file is missing or damaged; the message names the catalog, version and file
+            (relative to the version folder), never a server path.
+        """
+        if kind not in ARRAY_KINDS:
+            raise InvalidInputError(f"unknown array kind {kind!r}; expected one of {', '.join(ARRAY_KINDS)}")
+        path = self.file(catalog, version, kind)
+        entry = self.version_info(catalog, version)
+        f = entry["files"][kind]
+        what = f"catalog {catalog!r} version {entry['version']}: the {kind} array ({path.name})"
+        check = _check_file(path, f, sha256=check_sha256)
+        if check != "ok":
+            raise StoreError(f"{what} is damaged ({check}); check the store with `reelpack verify-store`")
+        try:
+            with open(path, "rb") as fh:
+                shape, dtype, offset = _npy_header(fh)
+        except StoreError as exc:
+            raise StoreError(f"{what} is damaged: {exc}; check the store with `reelpack verify-store`") from None
+        except OSError as exc:
+            raise StoreError(f"{what} cannot be read: {exc.strerror or type(exc).__name__}") from None
+        claimed = offset + math.prod(shape) * dtype.itemsize
+        if claimed != f["bytes"]:
+            raise StoreError(f"{what} is damaged: its npy header claims {claimed} bytes, the file has {f['bytes']}")
+        try:
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{what} cannot be read: {type(exc).__name__}") from None
+
+    # ------------------------------------------------------------------ verifying
+    def verify(self, catalog: str | None = None) -> StoreReport:
+        """Check every file of every version (of ``catalog``, else of every catalog with a manifest) against the
+        manifest's size and SHA-256 (streamed); a manifest that cannot be read is a ``manifest`` problem.
+
+        Returns:
+            a :class:`StoreReport` (``ok`` when every file verifies).
+
+        Raises:
+            InvalidInputError: invalid catalog name. NotFoundError: ``catalog`` has no manifest.
+            StoreError: the store's root cannot be listed.
+        """
+        if catalog is not None:
+            validate_catalog_name(catalog)
+            if not (self.catalog_dir(catalog) / MANIFEST_NAME).is_file():
+                raise NotFoundError(f"unknown catalog {catalog!r}")
+            names = [catalog]
+        else:
+            try:
+                names = self.catalogs()
+            except OSError as exc:
+                raise StoreError(f"cannot list the store's catalogs: {exc.strerror or exc}") from None
+        checks: list[FileCheck] = []
+        for name in names:
+            try:
+                manifest = self.read_manifest(name)
+            except StoreError as exc:
+                checks.append(FileCheck(name, None, "manifest", f"{name}/{MANIFEST_NAME}", None, None, "manifest",
+                                        str(exc)))  # fmt: skip
+                continue
+            if manifest is None:  # removed since it was listed
+                continue
+            for e in sorted(manifest["versions"], key=lambda e: e["version"]):
+                for kind, f in e["files"].items():
+                    path = self.catalog_dir(name) / f["path"]
+                    detail = _check_file(path, f, sha256=True)
+                    status = detail.split(":", 1)[0]
+                    found = None
+                    with contextlib.suppress(OSError):
+                        found = path.stat().st_size
+                    checks.append(FileCheck(name, e["version"], kind, f"{name}/{f['path']}", f["bytes"], found,
+                                            status, detail))  # fmt: skip
+        return StoreReport(checks)
+
     # ------------------------------------------------------------------ deleting
     def delete_version(self, catalog: str, version: int) -> None:
         """Unpublish a version: the manifest is replaced without it first, then its folder is removed.
@@ -326,6 +455,7 @@ class CatalogStore:
             InvalidInputError: ``version`` is the latest (publish a newer version first; numbers are never reused).
         """
         v = _version_number(version)
+        self.manifest(catalog)  # NotFoundError before the lock: an unknown catalog gets no folder
         with self.lock(catalog) as cat_dir:
             m = self.manifest(catalog)
             if v not in [e["version"] for e in m["versions"]]:
@@ -337,6 +467,115 @@ class CatalogStore:
             m = dict(m, versions=[e for e in m["versions"] if e["version"] != v])
             _write_manifest(cat_dir, m)
             shutil.rmtree(cat_dir / version_dir(v), ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One row of :meth:`CatalogStore.verify`.
+
+    Attributes:
+        catalog, version, kind: the file's catalog, version and kind (``version`` None, ``kind`` "manifest" for
+            a manifest that cannot be read).
+        path: relative to the store root (``books/v000002/users.npy``).
+        expected_bytes, found_bytes: the manifest's size and the size on disk (None: unknown or missing).
+        status: ``ok``, ``missing``, ``size`` (another size), ``sha256`` (same size, other bytes),
+            ``unreadable`` or ``manifest``.
+        detail: a sentence for people.
+    """
+
+    catalog: str
+    version: int | None
+    kind: str
+    path: str
+    expected_bytes: int | None
+    found_bytes: int | None
+    status: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class StoreReport:
+    """What :meth:`CatalogStore.verify` found: one :class:`FileCheck` per file (and per unreadable manifest)."""
+
+    checks: list[FileCheck]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every file verified."""
+        return all(c.status == "ok" for c in self.checks)
+
+    @property
+    def problems(self) -> list[FileCheck]:
+        """The rows that did not verify."""
+        return [c for c in self.checks if c.status != "ok"]
+
+
+def _check_file(path: Path, f: dict[str, Any], *, sha256: bool) -> str:
+    """``ok``, or what is wrong with a version's file against its manifest entry ``f`` (``missing``,
+    ``size: N bytes, the manifest says M``, ``sha256: ...``, ``unreadable: ...``)."""
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            return "unreadable: not a regular file"
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or type(exc).__name__}"
+    if size != f["bytes"]:
+        return f"size: {size} bytes, the manifest says {f['bytes']}"
+    if sha256:
+        try:
+            digest = sha256_file(path)
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or type(exc).__name__}"
+        if digest != f["sha256"]:
+            return "sha256: its SHA-256 does not match the manifest"
+    return "ok"
+
+
+def _npy_header(fh: Any) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of the npy file ``fh``; StoreError (no path) for anything unreadable."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(fh)
+        else:
+            raise StoreError(f"npy format {version}, expected 1.0 or 2.0")
+    except StoreError:
+        raise
+    except (ValueError, SyntaxError, TypeError, RecursionError, EOFError, tokenize.TokenError) as exc:
+        raise StoreError(f"its npy header cannot be parsed ({type(exc).__name__})") from None
+    if dtype.hasobject:
+        raise StoreError(f"its npy header has dtype {dtype} (object arrays are never stored)")
+    return tuple(shape), dtype, fh.tell()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open descriptor ``fd`` is still the file at ``path`` (not removed or replaced)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _remove_created(cat_dir: Path, made_dir: bool) -> None:
+    """After a failure under the lock: remove the lock file this call created and, when it also created the
+    catalog folder, that folder if it holds nothing but the lock file and an empty ``.work`` (never raises)."""
+    with contextlib.suppress(OSError):
+        if made_dir:
+            names = {p.name for p in cat_dir.iterdir()}
+            if not names <= {LOCK_NAME, WORK_NAME}:
+                return  # something else is there now: keep the folder (and its lock)
+            if WORK_NAME in names:
+                (cat_dir / WORK_NAME).rmdir()  # OSError when it holds shard files: everything stays
+        (cat_dir / LOCK_NAME).unlink()
+        if made_dir:
+            cat_dir.rmdir()
 
 
 def _write_manifest(cat_dir: Path, manifest: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
-"""Catalog commands: build-catalog, serve, client, edge-summary.
+"""Catalog commands: build-catalog, verify-store, serve, client, edge-summary.
 
 ``serve`` and ``client`` need the ``[serve]`` extra (fastapi, uvicorn, httpx), ``build-catalog`` needs it for
 its HNSW index (usearch; ``--no-index`` skips it) and ``[scale]`` (dask, distributed) with ``--scheduler``;
-``edge-summary`` runs on the core. The synthetic catalog of ``build-catalog --synthetic`` lives in
+``verify-store`` and ``edge-summary`` run on the core. The synthetic catalog of ``build-catalog --synthetic`` lives in
 :mod:`reelpack.catalog.synthetic`.
 """
 
@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from reelpack.cli.shared import app, console, err_console, fail, load_npy, need
 from reelpack.errors import ReelpackError
 
-__all__ = ["serve_cmd", "build_catalog_cmd", "client_cmd", "edge_summary_cmd"]
+__all__ = ["serve_cmd", "build_catalog_cmd", "verify_store_cmd", "client_cmd", "edge_summary_cmd"]
 
 
 @app.command("serve")
@@ -221,6 +222,44 @@ def build_catalog_cmd(
     console.print(f"published {catalog} version {entry['version']}: {entry['n_items']} items, d={entry['dim']}, "
                   f"codecs {' '.join(entry['codecs'])}, {delta}; {recall}")  # fmt: skip
     typer.echo(json.dumps(entry, indent=1))
+
+
+@app.command("verify-store")
+def verify_store_cmd(
+    store: Annotated[Path, typer.Argument(help="Catalog store folder (written by build-catalog or the service).")],
+    catalog: Annotated[Optional[str], typer.Option("--catalog", help="Check this catalog only.")] = None,
+) -> None:
+    """Check every file of every version in a catalog store against its manifest (size and SHA-256); one row per
+    file, paths relative to STORE. Exit 0: all verify; 1: a file is damaged or missing (or a manifest unreadable);
+    2: STORE or --catalog cannot be read."""
+    from rich.table import Table
+
+    from reelpack.catalog.store import CatalogStore
+    from reelpack.errors import StoreError
+
+    try:
+        if not store.is_dir():
+            raise StoreError(f"store {store} is not a folder")
+        report = CatalogStore(store).verify(catalog)
+    except ReelpackError as exc:
+        fail(exc)
+    table = Table(title=f"store {store}")
+    for col, justify in (("catalog", "left"), ("version", "right"), ("file", "left"), ("bytes", "right"),
+                         ("status", "left")):  # fmt: skip
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for c in report.checks:
+        shown = c.detail if c.status != "ok" else "ok"
+        table.add_row(c.catalog, "" if c.version is None else str(c.version), c.path,
+                      "" if c.found_bytes is None else str(c.found_bytes),
+                      shown if c.status == "ok" else f"[red]{escape(shown)}[/]")  # fmt: skip
+    console.print(table)
+    bad = report.problems
+    catalogs = len({c.catalog for c in report.checks})
+    if bad:
+        console.print(f"[red]{len(bad)} of {len(report.checks)} file(s) damaged or missing in {catalogs} catalog(s):[/] "
+                      + ", ".join(c.path for c in bad), soft_wrap=True)  # fmt: skip
+        raise typer.Exit(code=1)
+    console.print(f"all {len(report.checks)} file(s) of {catalogs} catalog(s) verify")
 
 
 @app.command("client")

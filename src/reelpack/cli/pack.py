@@ -16,8 +16,8 @@ import typer
 from reelpack.cli.shared import (
     DataOpt,
     app,
+    check_out_path,
     console,
-    err_console,
     fail,
     jsonable,
     load_npy,
@@ -27,10 +27,16 @@ from reelpack.cli.shared import (
     parse_codecs,
     require_file,
     two_tower_embeddings,
+    write_error,
 )
 from reelpack.errors import ReelpackError
 
-__all__ = ["list_codecs", "pack", "inspect_pack", "verify", "delta_app", "delta_make", "delta_apply", "export_onnx_cmd"]
+__all__ = ["list_codecs", "pack", "inspect_pack", "verify", "delta_app", "delta_make", "delta_apply", "export_onnx_cmd",
+           "MAX_PACK_DIM"]  # fmt: skip
+
+#: Largest embedding dimension ``pack`` and ``delta make`` accept. Codecs such as simhash, rabitq and OPQ fit a
+#: random d x d rotation (a float64 QR: 8 d^2 bytes, O(d^3) work): 512 MiB at d = 8192, 74.5 GiB at d = 100,000.
+MAX_PACK_DIM = 8192
 
 
 @app.command("codecs")
@@ -67,12 +73,15 @@ def _pack_source(
     import numpy as np
 
     from reelpack.errors import DimensionMismatchError, DTypeError, InvalidInputError
+    from reelpack.util.ids import check_item_ids
     from reelpack.util.validate import as_float_matrix
 
     if embeddings is not None:
         if data is not None or dim is not None:
             raise InvalidInputError("give either an embeddings .npy or --data/--dim, not both")
-        X = as_float_matrix(load_npy(embeddings, "embeddings"), "embeddings")
+        raw_x = load_npy(embeddings, "embeddings")
+        _check_dim(raw_x.shape[-1] if raw_x.ndim else 0, "embeddings have")
+        X = as_float_matrix(raw_x, "embeddings")
         source = f"{embeddings.name} {X.shape[0]}x{X.shape[1]}"
         if ids is None:
             return X, np.arange(X.shape[0], dtype=np.int64), source
@@ -81,12 +90,26 @@ def _pack_source(
             raise DTypeError(f"ids must be an integer array, got dtype {raw.dtype}")
         if raw.shape != (X.shape[0],):
             raise DimensionMismatchError(f"ids must have shape ({X.shape[0]},) to match the embeddings, got {raw.shape}")
-        return X, raw.astype(np.int64), source
+        # negative or >= 2**63 ids are named as given (a uint64 2**63 is not shown as its int64 wrap-around)
+        return X, check_item_ids(raw, what="ids", n=X.shape[0], unique=False), source
     if ids is not None:
         raise InvalidInputError("--ids needs an embeddings .npy (with --data the split's item ids are used)")
+    if dim is not None:
+        _check_dim(dim, "--dim is")
     split = load_split(data, seed)
     emb = two_tower_embeddings(split, 64 if dim is None else dim, epochs, cache_dir, retrain, seed)
     return emb.item_emb, np.asarray(split.item_ids, np.int64), f"two-tower item embeddings d={emb.item_emb.shape[1]}"
+
+
+def _check_dim(dim: int, what: str) -> None:
+    """InvalidInputError for a dimension beyond :data:`MAX_PACK_DIM` (before any codec allocates d x d)."""
+    from reelpack.errors import InvalidInputError
+
+    if dim > MAX_PACK_DIM:
+        raise InvalidInputError(
+            f"{what} dimension {dim}; reelpack packs at most {MAX_PACK_DIM} dimensions (codecs such as simhash, "
+            f"rabitq and opq fit a d x d rotation: {8 * dim * dim / 2**30:.1f} GiB at d={dim})"
+        )
 
 
 @app.command()
@@ -127,6 +150,7 @@ def pack(
         layouts = entropy_layouts(entropy, [c.spec for c in built])
         if isinstance(items_per_block, bool) or not 1 <= items_per_block <= 1 << 20:
             raise typer.BadParameter(f"--items-per-block must be in 1..{1 << 20}, got {items_per_block}")
+        check_out_path(out)  # before the fitting, which may take minutes
         X, item_ids, source = _pack_source(embeddings, ids, data, dim, epochs, cache_dir, retrain, seed)
         layers = []
         for codec in built:
@@ -134,9 +158,12 @@ def pack(
             layers.append((codec, codec.encode(X)))
         meta = {"created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "source": source,
                 "codecs": [c.spec for c in built], "seed": seed}  # fmt: skip
-        path = write_pack(
-            out, item_ids, layers, vectors=X, metadata=meta, items_per_block=items_per_block, entropy=layouts
-        )
+        try:
+            path = write_pack(
+                out, item_ids, layers, vectors=X, metadata=meta, items_per_block=items_per_block, entropy=layouts
+            )
+        except OSError as exc:  # the writer removes its temporary file: nothing is left behind
+            raise write_error(exc, out) from None
     except ReelpackError as exc:
         fail(exc)
     size = path.stat().st_size
@@ -289,10 +316,16 @@ def delta_make(
 
     try:
         require_file(base, "base pack")
+        check_out_path(out)
+        if target is not None:
+            check_out_path(target, "--target")
         X, item_ids, _ = _pack_source(embeddings, ids, None, None, None, None, False, seed)
         if not (math.isfinite(threshold) and threshold >= 0):
             raise typer.BadParameter(f"--threshold must be a finite number >= 0, got {threshold}")
-        rep = make_delta(base, item_ids, X, out, distortion_threshold=threshold, seed=seed, target_path=target)
+        try:
+            rep = make_delta(base, item_ids, X, out, distortion_threshold=threshold, seed=seed, target_path=target)
+        except OSError as exc:
+            raise write_error(exc, out if target is None else f"{out} or {target}") from None
     except ReelpackError as exc:
         fail(exc)
     console.print(
@@ -333,6 +366,7 @@ def delta_apply(
     try:
         require_file(base, "base pack")
         require_file(delta, "delta")
+        check_out_path(out)
         try:
             path = apply_delta(base, delta, out)
         except OSError as exc:
@@ -369,15 +403,16 @@ def export_onnx_cmd(
     target = out if out is not None else path.with_suffix(".onnx")
     try:
         with open_pack(path) as reader:
+            check_out_path(target)
             codec = reader.codec(layer)
             codes = reader.layer_codes(layer) if embed_codes else None  # a view of the file, read while open
             ids = reader.item_ids if embed_codes else None
-            data = export_onnx(codec, k, codes=codes, item_ids=ids, path=target)
+            # K is checked against the pack's catalog even when codes are a model input
+            data = export_onnx(codec, k, codes=codes, item_ids=ids, n_items=reader.n_items, path=target)
     except ReelpackError as exc:
         fail(exc)
     except OSError as exc:
-        err_console.print(f"[bold red]error:[/] cannot write {target}: {exc.strerror or exc}")
-        raise typer.Exit(code=2) from None
+        fail(write_error(exc, target))
     inputs = f"query float32 (q x {codec.dim})"
     inputs += "" if embed_codes else f" and codes uint8 (n x {codec.bytes_per_vector})"
     what = f"{len(codes)} embedded items, ids are item ids" if codes is not None else "ids are row indexes into codes"

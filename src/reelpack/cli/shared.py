@@ -21,7 +21,8 @@ from rich.markup import escape
 from reelpack.errors import ReelpackError
 
 __all__ = ["app", "console", "err_console", "DataOpt", "parse_codecs", "fail", "need", "load_npy", "open_pack",
-           "jsonable", "load_split", "two_tower_embeddings", "describe_embeddings", "require_file"]  # fmt: skip
+           "jsonable", "load_split", "two_tower_embeddings", "describe_embeddings", "require_file", "check_out_path",
+           "write_error"]  # fmt: skip
 
 app = typer.Typer(
     name="reelpack",
@@ -82,6 +83,25 @@ def require_file(path: Path, what: str) -> None:
 
     if not path.is_file():
         raise DataNotFoundError(f"{what} not found: {path}")
+
+
+def check_out_path(path: Path, what: str = "--out") -> None:
+    """Refuse an output path that cannot be written, before any work is done: a directory
+    (:class:`~reelpack.errors.InvalidInputError`) or a path whose folder does not exist
+    (:class:`~reelpack.errors.DataNotFoundError`)."""
+    from reelpack.errors import DataNotFoundError, InvalidInputError
+
+    if path.is_dir():
+        raise InvalidInputError(f"{what} {path} is a directory; give the path of a file to write")
+    if not path.parent.is_dir():
+        raise DataNotFoundError(f"folder of {what} {path} not found: {path.parent} (create it first)")
+
+
+def write_error(exc: OSError, path: Path | str) -> ReelpackError:
+    """An OSError met while writing ``path`` (permissions, a full disk...) as a typed one-line error."""
+    from reelpack.errors import InvalidInputError
+
+    return InvalidInputError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def load_npy(path: Path, what: str) -> Any:

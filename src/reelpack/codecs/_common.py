@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from reelpack.errors import SerializationError
+from reelpack.errors import InvalidInputError, SerializationError
 
 # Temporaries of an encode/score block stay near 2^22 elements (16 MiB of float32).
 BLOCK_ELEMS = 1 << 22
@@ -31,6 +31,10 @@ def sub_seeds(seed: int, count: int) -> list[int]:
     return [int(s) >> 1 for s in state]
 
 
+#: Largest dimension whose d x d random rotation :func:`orthogonal_rows` draws (512 MiB of float64).
+MAX_ROTATION_DIM = 8192
+
+
 def orthogonal_rows(rows: int, d: int, seed: int) -> np.ndarray:
     """Seeded float32 [rows, d] of unit rows made of stacked random orthogonal d x d blocks.
 
@@ -41,6 +45,11 @@ def orthogonal_rows(rows: int, d: int, seed: int) -> np.ndarray:
     orthogonal, and for ``rows <= d`` the result has orthonormal rows (a random
     rotation when ``rows == d``).
     """
+    if d > MAX_ROTATION_DIM:
+        raise InvalidInputError(
+            f"dimension {d} needs a random {d} x {d} rotation ({8 * d * d / 2**30:.1f} GiB while drawn); codecs with "
+            f"rotations or projections (simhash, rabitq, opq) take at most {MAX_ROTATION_DIM} dimensions"
+        )
     rng = np.random.default_rng(int(seed))
     blocks = []
     for _ in range(-(-int(rows) // int(d))):

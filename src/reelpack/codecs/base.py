@@ -32,7 +32,7 @@ from reelpack.util.validate import as_codes, as_float_matrix
 from reelpack.codecs.scanner import GenericScanner, Scanner
 from reelpack.errors import InvalidInputError, NotFittedError, SerializationError, UnsupportedOperationError
 
-__all__ = ["Codec", "pack_state", "unpack_state", "STATE_MAGIC", "STATE_VERSION"]
+__all__ = ["Codec", "pack_state", "unpack_state", "check_state", "STATE_MAGIC", "STATE_VERSION"]
 
 STATE_MAGIC = b"RPCS"
 STATE_VERSION = 1
@@ -61,26 +61,37 @@ def pack_state(spec: str, dim: int, meta: dict[str, Any], arrays: dict[str, np.n
     return STATE_MAGIC + struct.pack("<HI", STATE_VERSION, len(header)) + header + b"".join(chunks)
 
 
-def unpack_state(data: bytes) -> tuple[str, int, dict[str, Any], dict[str, np.ndarray]]:
-    """Parse bytes written by :func:`pack_state`; return (spec, dim, meta, arrays).
+def check_state(data: bytes | bytearray | memoryview) -> tuple[str, int, dict[str, Any], list[dict[str, Any]], int]:
+    """Validate the structure of a codec state without reading its arrays.
 
-    Raises :class:`SerializationError` on a wrong magic, unknown version, or any
-    length, offset, dtype or shape that does not fit the buffer.
+    Checks the magic, the version, the JSON header length against the buffer, the header keys
+    (``spec``, ``dim`` in 1..``MAX_DIM``, ``meta``, ``arrays``) and every array entry (name, dtype among the
+    allowed numeric dtypes, shape, ``nbytes == prod(shape) * itemsize``, ``offset >= 0``,
+    ``offset + nbytes`` within the payload, no overlap). Nothing of the size of an array is allocated.
+
+    Returns:
+        (spec, dim, meta, array entries, payload start): the payload starts ``10 + header_len`` bytes in.
+
+    Raises:
+        SerializationError: what was expected and what was found.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"codec state must be bytes, got {type(data).__name__}")
-    buf = bytes(data)
-    if len(buf) < 10:
-        raise SerializationError(f"codec state is truncated: {len(buf)} bytes, need at least 10")
-    if buf[:4] != STATE_MAGIC:
-        raise SerializationError(f"not a reelpack codec state: magic {buf[:4]!r}, expected {STATE_MAGIC!r}")
-    version, header_len = struct.unpack_from("<HI", buf, 4)
+    view = memoryview(data).cast("B")
+    if len(view) < 10:
+        raise SerializationError(f"codec state is truncated: {len(view)} bytes, need at least 10")
+    if bytes(view[:4]) != STATE_MAGIC:
+        raise SerializationError(f"not a reelpack codec state: magic {bytes(view[:4])!r}, expected {STATE_MAGIC!r}")
+    version, header_len = struct.unpack_from("<HI", view, 4)
     if version != STATE_VERSION:
         raise SerializationError(f"codec state version {version} is not supported (this reader knows {STATE_VERSION})")
-    if header_len > MAX_HEADER_BYTES or 10 + header_len > len(buf):
-        raise SerializationError(f"codec state header length {header_len} exceeds the buffer ({len(buf)} bytes)")
+    if header_len > MAX_HEADER_BYTES or 10 + header_len > len(view):
+        raise SerializationError(
+            f"codec state header length {header_len} exceeds the buffer ({len(view)} bytes) "
+            f"or the {MAX_HEADER_BYTES}-byte limit"
+        )
     try:
-        header = json.loads(buf[10 : 10 + header_len].decode("utf-8"))
+        header = json.loads(bytes(view[10 : 10 + header_len]).decode("utf-8"))
         spec = header["spec"]
         dim = header["dim"]
         meta = header["meta"]
@@ -97,8 +108,7 @@ def unpack_state(data: bytes) -> tuple[str, int, dict[str, Any], dict[str, np.nd
         raise SerializationError(f"codec state header has invalid spec, dim (1..{MAX_DIM}) or meta fields")
     if not isinstance(entries, list):
         raise SerializationError("codec state header 'arrays' must be a list")
-    payload = memoryview(buf)[10 + header_len :]
-    arrays: dict[str, np.ndarray] = {}
+    payload_len = len(view) - 10 - header_len
     spans: list[tuple[int, int]] = []
     names: set[str] = set()
     for e in entries:
@@ -125,18 +135,30 @@ def unpack_state(data: bytes) -> tuple[str, int, dict[str, Any], dict[str, np.nd
             raise SerializationError(f"codec state array {name!r} has an invalid shape or offset")
         dt = np.dtype(dtype)
         expected = dt.itemsize * math.prod(shape)  # Python ints: no overflow
-        if expected != nbytes or off + nbytes > len(payload):
+        if expected != nbytes or off + nbytes > payload_len:
             raise SerializationError(
                 f"codec state array {name!r} needs {expected} bytes at offset {off}, "
-                f"entry says {nbytes}, payload has {len(payload)}"
+                f"entry says {nbytes}, payload has {payload_len}"
             )
         names.add(name)
         spans.append((off, nbytes))
-    # arrays may not overlap: the copies below then total at most the payload size
+    # arrays may not overlap: the copies of unpack_state then total at most the payload size
     spans.sort()
     for (o1, n1), (o2, _) in zip(spans, spans[1:]):
         if o1 + n1 > o2:
             raise SerializationError(f"codec state arrays overlap at payload offset {o2}")
+    return spec, dim, meta, entries, 10 + header_len
+
+
+def unpack_state(data: bytes) -> tuple[str, int, dict[str, Any], dict[str, np.ndarray]]:
+    """Parse bytes written by :func:`pack_state`; return (spec, dim, meta, arrays).
+
+    Raises :class:`SerializationError` on a wrong magic, unknown version, or any
+    length, offset, dtype or shape that does not fit the buffer (:func:`check_state`).
+    """
+    spec, dim, meta, entries, start = check_state(data)
+    payload = memoryview(bytes(data))[start:]
+    arrays: dict[str, np.ndarray] = {}
     for e in entries:
         dt = np.dtype(e["dtype"])
         off, nbytes = e["offset"], e["nbytes"]
@@ -147,6 +169,21 @@ def unpack_state(data: bytes) -> tuple[str, int, dict[str, Any], dict[str, np.nd
 def _is_int(v: object) -> bool:
     """A JSON integer (``bool`` is an ``int`` subclass in Python but not an integer here)."""
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+#: Largest magnitude of an item vector's value that fit and encode accept: codecs train and assign in float32,
+#: where squared distances of larger values overflow (faiss k-means would abort the process).
+MAX_ITEM_VALUE = 1e15
+
+
+def _check_item_magnitude(X: np.ndarray) -> np.ndarray:
+    """``X`` (float32, finite) unchanged, or InvalidInputError when a value is beyond :data:`MAX_ITEM_VALUE`."""
+    if X.size and float(np.abs(X).max()) > MAX_ITEM_VALUE:
+        raise InvalidInputError(
+            f"X holds values beyond {MAX_ITEM_VALUE:.0e} in magnitude (largest {float(np.abs(X).max()):.3g}); "
+            "codecs train and encode in float32: scale the vectors down first"
+        )
+    return X
 
 
 class Codec(ABC):
@@ -202,7 +239,7 @@ class Codec(ABC):
         Returns:
             ``self``, fitted.
         """
-        X = as_float_matrix(X, "X")
+        X = _check_item_magnitude(as_float_matrix(X, "X"))
         self._check_fit_input(X)
         self._fit(X, int(seed))
         self.dim = int(X.shape[1])
@@ -211,7 +248,7 @@ class Codec(ABC):
     def encode(self, X: np.ndarray) -> np.ndarray:
         """Encode vectors float [n, d] to codes uint8 [n, bytes_per_vector]."""
         self._require_fitted("encode")
-        X = as_float_matrix(X, "X", dim=self.dim, allow_empty=True)
+        X = _check_item_magnitude(as_float_matrix(X, "X", dim=self.dim, allow_empty=True))
         codes = self._encode(X)
         assert codes.dtype == np.uint8 and codes.shape == (X.shape[0], self._bytes_per_vector())
         return codes
@@ -232,7 +269,14 @@ class Codec(ABC):
         self._require_fitted("score")
         queries = as_float_matrix(queries, "queries", dim=self.dim)
         codes = as_codes(codes, self._bytes_per_vector())
-        return np.ascontiguousarray(self._score(queries, codes), dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = np.ascontiguousarray(self._score(queries, codes), dtype=np.float32)
+        if not np.isfinite(scores).all():  # finite queries and codes: only a float32 overflow gets here
+            raise InvalidInputError(
+                "the scores exceed float32's range (about 3.4e38): query magnitude times item magnitude is too "
+                "large; scale the queries (or the item vectors) down"
+            )
+        return scores
 
     def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,
                 rerank: int | None = None) -> Scanner:  # fmt: skip

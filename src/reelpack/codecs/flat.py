@@ -11,6 +11,7 @@ from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.codecs.scanner import Scanner
 from reelpack.kernels.checks import check_codes, fast_queries
+from reelpack.kernels.dense import check_score_bound
 from reelpack.kernels.topk import topk
 from reelpack.util.validate import check_k
 from reelpack.errors import SerializationError
@@ -110,9 +111,11 @@ class FlatScanner(Scanner):
         self.rows = np.ascontiguousarray(codec.decode(codes), np.float32)
         self.n_items = self.rows.shape[0]
         self.prepared_bytes = 0 if np.shares_memory(self.rows, codes) else int(self.rows.nbytes)
+        self.column_max = np.abs(self.rows).max(axis=0).astype(np.float64)
         self.kernel = "float32-gemv+topk"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = fast_queries(queries, int(self.codec.dim))
         k = check_k(k, self.n_items)
+        check_score_bound(q, self.column_max)
         return topk(q @ self.rows.T, k)

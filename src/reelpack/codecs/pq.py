@@ -65,7 +65,17 @@ from reelpack.codecs.registry import register_codec
 from reelpack.errors import CodecSpecError, DimensionMismatchError, InvalidInputError, SerializationError
 from reelpack.codecs.scanner import Scanner
 from reelpack.kernels.checks import check_codes, check_queries
-from reelpack.kernels.dense import pack_int4, pair_tables, pq_adc, pq_decode, pq_ip, pq_lut, unpack_int4
+from reelpack.kernels.dense import (
+    finite_scores,
+    pack_int4,
+    pair_tables,
+    pq_adc,
+    pq_decode,
+    pq_ip,
+    pq_lut,
+    refuse_tables,
+    unpack_int4,
+)
 from reelpack.kernels.scan import (
     FastScanBlocks,
     PQ8Blocks,
@@ -257,6 +267,11 @@ class ProductQuantizer(Codec):
         return self._unrotate(pq_decode(self.centroids, self._subcodes(codes)))  # type: ignore[arg-type]
 
     def _score(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        # finite queries whose tables or sums overflow float32 are refused (InvalidInputError), not ranked
+        with np.errstate(over="ignore", invalid="ignore"):
+            return finite_scores(self._score_unchecked(queries, codes))
+
+    def _score_unchecked(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
         if self.nbits == 8:
             return pq_ip(self._rotate(queries), self.centroids, codes)  # type: ignore[arg-type]
         ksub = self.centroids.shape[1]  # type: ignore[union-attr]
@@ -432,8 +447,8 @@ class FastScanScanner(Scanner):
         fn, head, tail = self.work(check_k(k, self.n_items), self._make_call)
         ids, vals, ok = fn(*head, q, *tail)
         if not ok:
-            check_queries(q, q.shape[1])  # raises NonFiniteError naming the rows
-        return ids, vals
+            refuse_tables(q)  # NonFiniteError naming the rows, or float32 overflow of the tables
+        return ids, finite_scores(vals)
 
     def _make_call(self, k: int) -> tuple:
         """The numba batch kernel and its arguments before and after the queries (per thread and K)."""

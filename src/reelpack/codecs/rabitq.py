@@ -104,6 +104,7 @@ from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.codecs.scanner import Scanner
 from reelpack.kernels.binscan import binary_ip_search
+from reelpack.kernels.dense import TABLE_OVERFLOW
 from reelpack.kernels.checks import check_codes, check_queries
 from reelpack.kernels.topk import topk
 from reelpack.util.validate import check_k
@@ -545,6 +546,8 @@ class RaBitQScanner(Scanner):
         q = check_queries(queries, int(codec.dim))
         k = check_k(k, self.n_items)
         qrot = q @ codec.rotation.T
+        if not np.abs(qrot).max() <= 1e30:
+            raise InvalidInputError(TABLE_OVERFLOW)
         qc = (q @ codec.centroid).astype(np.float64)
         rerank = max(20 * k, 1000) if self.rerank is None else max(k, int(self.rerank))
         first = min(self.n_items, rerank if codec.bits > 1 else k)

@@ -47,6 +47,7 @@ from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.codecs.scanner import Scanner
 from reelpack.kernels.checks import check_codes, fast_queries
+from reelpack.kernels.dense import check_score_bound
 from reelpack.kernels.scan import check_affine, sq_run
 from reelpack.util.validate import check_k
 from reelpack.errors import CodecSpecError, SerializationError
@@ -165,10 +166,13 @@ class SQScanner(Scanner):
         self.codes = check_codes(codes, codec.bytes_per_vector)
         self.n_items = self.codes.shape[0]
         self.lo, self.step = check_affine(codec.lo, codec.step, int(codec.dim))  # checked once per catalog
+        top = self.lo.astype(np.float64) + ((1 << int(codec.bits)) - 1) * self.step.astype(np.float64)
+        self.column_max = np.maximum(np.abs(self.lo.astype(np.float64)), np.abs(top))
         self.kernel = f"sq{codec.bits}-dot"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = fast_queries(queries, int(self.codec.dim))
         k = check_k(k, self.n_items)
+        check_score_bound(q, self.column_max)
         heap = self.work(k, lambda kk: (np.empty(kk, np.float32), np.empty(kk, np.int64)))
         return sq_run(q, self.lo, self.step, self.codes, k, int(self.codec.bits), heap)

@@ -48,9 +48,10 @@ from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.codecs.scanner import Scanner
 from reelpack.kernels.binscan import binary_ip_search, code_words, hamming_run
+from reelpack.kernels.dense import TABLE_OVERFLOW
 from reelpack.kernels.checks import check_codes, fast_queries
 from reelpack.util.validate import check_k
-from reelpack.errors import CodecSpecError
+from reelpack.errors import CodecSpecError, InvalidInputError
 from reelpack.kernels.dense import hamming, signs_dot
 
 __all__ = ["SimHashCodec"]
@@ -166,4 +167,6 @@ class SimHashScanner(Scanner):
             ids, dist = hamming_run(self.codec._encode(q), self.words, k, heap)
             return ids, -dist.astype(np.float32)
         proj = np.float32(self.codec.scale) * self.codec._project(q)
+        if not np.abs(proj).max() <= 1e30:
+            raise InvalidInputError(TABLE_OVERFLOW)
         return binary_ip_search(proj, self.codes, k, query_bits=self.query_bits)

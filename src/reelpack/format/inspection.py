@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from reelpack.codecs.base import unpack_state
+from reelpack.codecs.base import check_state
 from reelpack.errors import ReelpackError
 from reelpack.format.layout import MAGIC, LayerInfo, SectionType
 from reelpack.format.reader import PackReader
@@ -32,7 +32,8 @@ def inspect(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
     """Describe a pack without decoding codes: header, sections, sizes, per-layer bytes/item and bounds.
 
     ``path`` may also be the pack's bytes. Block CRCs are not checked (use
-    :meth:`PackReader.verify`). Raises a :class:`PackFormatError` subclass when the
+    :meth:`PackReader.verify`); every section's CRC32C and each CODEC section's header structure are, and a
+    section's ``problem`` says what is wrong with it. Raises a :class:`PackFormatError` subclass when the
     directory is unusable.
     """
     reader = PackReader.from_buffer(path) if isinstance(path, (bytes, bytearray, memoryview)) else PackReader(path)
@@ -50,8 +51,8 @@ def inspect(path: str | os.PathLike[str] | bytes) -> dict[str, Any]:
         spec = None
         if info.codec_section not in d.section_problems:
             s = d.sections[info.codec_section]
-            try:
-                spec = unpack_state(reader._buf[s.offset : s.end].tobytes())[0]
+            try:  # the header only: the arrays are not read (parse_directory validated the structure)
+                spec = check_state(memoryview(reader._buf[s.offset : s.end]))[0]
             except ReelpackError:
                 spec = None
         max_err = entries["max_sq_error"].astype(np.float64)

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import crc32c as _crc32c
 import numpy as np
 
+from reelpack.codecs.base import check_state
 from reelpack.errors import (
     ChecksumError,
     PackFormatError,
+    SerializationError,
     TruncatedPackError,
     UnsupportedFeatureError,
     UnsupportedVersionError,
@@ -201,6 +203,7 @@ class Directory:
     section_problems: dict[int, str]  # section index -> why it is unusable (CODEC, CORRECTIONS, METADATA, ENTROPY_MODEL)
     skipped_sections: list[int]  # unknown optional sections
     entropy_models: dict[int, int]  # layer index -> its ENTROPY_MODEL section index
+    invalid_sections: set[int] = field(default_factory=set)  # problems that are a broken structure, not a CRC
 
 
 def as_u8(data: Any) -> np.ndarray:
@@ -325,14 +328,25 @@ def parse_directory(buf: np.ndarray, streaming: bool = False) -> Directory:
             problems[s.index] = f"ENTROPY_MODEL section names layer {layer_index}, which is not a distinct entropy-coded layer"
             continue
         entropy_models[layer_index] = s.index
+    # every other section but LAYER_CODES carries a CRC32C too: CODEC, CORRECTIONS, METADATA, ENTROPY_MODEL,
+    # PARITY and the skipped (unknown or application) sections; damage is reported, not raised
+    invalid: set[int] = set()
+    checked_above = (SectionType.ITEM_IDS, SectionType.LAYERS, SectionType.BLOCK_INDEX, SectionType.LAYER_CODES)
     for s in sections:
-        if s.type in (SectionType.CODEC, SectionType.CORRECTIONS, SectionType.METADATA, SectionType.ENTROPY_MODEL):
-            if s.index in problems:
-                continue
-            if s.end > n:
-                problems[s.index] = f"{SectionType.NAMES[s.type]} section is truncated"
-            elif crc32c(buf[s.offset : s.end]) != s.crc32c:
-                problems[s.index] = f"{SectionType.NAMES[s.type]} section CRC32C mismatch"
+        if s.type in checked_above or s.index in problems:
+            continue
+        name = SectionType.NAMES.get(s.type, f"type {s.type:#06x}")
+        if s.end > n:
+            problems[s.index] = f"{name} section is truncated"
+        elif crc32c(buf[s.offset : s.end]) != s.crc32c:
+            problems[s.index] = f"{name} section CRC32C mismatch"
+        elif s.type == SectionType.CODEC:
+            # the RPCS structure, header only (no array is read): lying lengths are reported here, not at load
+            try:
+                check_state(memoryview(buf[s.offset : s.end]))
+            except SerializationError as exc:
+                problems[s.index] = f"CODEC section is invalid: {exc}"
+                invalid.add(s.index)
     metadata = None
     for s in by_type.get(SectionType.METADATA, []):
         if s.index not in problems:
@@ -340,7 +354,8 @@ def parse_directory(buf: np.ndarray, streaming: bool = False) -> Directory:
             if why:
                 problems[s.index] = why
     return Directory(major, minor, header_flags, file_length, n_items, prefix_length, sections, layers, blocks,
-                      block_start, run_starts, run_offsets, metadata, problems, skipped, entropy_models)  # fmt: skip
+                      block_start, run_starts, run_offsets, metadata, problems, skipped, entropy_models,
+                      invalid)  # fmt: skip
 
 
 def _parse_metadata(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:

@@ -71,7 +71,10 @@ class VerifyReport:
     Attributes:
         bad_blocks: (layer, block, reason) of every block that cannot be used.
         missing_item_ids: layer -> int64 ids whose codes in that layer cannot be read.
-        section_problems: unusable optional or per-layer sections (CODEC, CORRECTIONS, METADATA) with reasons.
+        section_problems: every section but the directory's ITEM_IDS, LAYERS and BLOCK_INDEX (checked on open)
+            whose CRC32C does not match, that is truncated, or whose structure is invalid (a CODEC section's
+            RPCS header, METADATA JSON, an ENTROPY_MODEL), with reasons: CODEC, CORRECTIONS, METADATA,
+            ENTROPY_MODEL, PARITY and application sections (such as a delta's DELTA_REMOVED and DELTA_BOUNDS).
         truncated: the pack is shorter than its header says.
     """
 
@@ -100,6 +103,11 @@ class BlockSource:
 
     def _section_bytes(self, s: Section) -> bytes:
         raise NotImplementedError
+
+    def _section_error(self, index: int, layer: int) -> PackFormatError:
+        """The error for an unusable section: ChecksumError for damage, PackFormatError for a broken structure."""
+        why = f"layer {layer}: {self._dir.section_problems[index]}"
+        return PackFormatError(why) if index in self._dir.invalid_sections else ChecksumError(why)
 
     def entropy_model(self, layer: int) -> ColumnModel | None:
         """The :class:`ColumnModel` of an entropy-coded ``layer`` (``None`` for a plain layer).
@@ -170,7 +178,7 @@ class BlockSource:
 
     def _codec_from_section(self, info: LayerInfo, raw: bytes) -> Codec:
         if info.codec_section in self._dir.section_problems:
-            raise ChecksumError(f"layer {info.index}: {self._dir.section_problems[info.codec_section]}")
+            raise self._section_error(info.codec_section, info.index)
         codec = codec_from_bytes(raw)
         if codec.bytes_per_vector != info.bytes_per_vector:
             raise PackFormatError(
@@ -279,7 +287,7 @@ class PackReader(BlockSource):
         s = self._dir.sections[info.codec_section]
         if info.codec_section not in self._dir.section_problems:
             return self._codec_from_section(info, self._buf[s.offset : s.end].tobytes())
-        raise ChecksumError(f"layer {info.index}: {self._dir.section_problems[info.codec_section]}")
+        raise self._section_error(info.codec_section, info.index)
 
     def layer_corrections(self, layer: int) -> np.ndarray | None:
         """Per-vector corrections float32 [n_items, k] of ``layer`` (a view), or ``None`` when it has none."""
@@ -390,7 +398,11 @@ class PackReader(BlockSource):
         return LayerData(self.item_ids[good_rows], codes, self.item_ids[~good_rows], bad)
 
     def verify(self) -> VerifyReport:
-        """Check every block's CRC32C; report bad blocks, unreadable item ids and unusable sections."""
+        """Check every CRC32C of the pack (every section's and every block's) and each CODEC section's structure.
+
+        Reports bad blocks, unreadable item ids and unusable sections (:class:`VerifyReport`); the header, the
+        section table, ITEM_IDS, LAYERS and BLOCK_INDEX were checked when the pack was opened.
+        """
         report = VerifyReport(truncated=self.truncated)
         report.section_problems = [f"section {i}: {why}" for i, why in sorted(self._dir.section_problems.items())]
         for info in self._dir.layers:

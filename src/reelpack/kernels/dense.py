@@ -34,13 +34,18 @@ from numba import types
 from numba.extending import intrinsic
 
 from reelpack.errors import DimensionMismatchError, DTypeError, InvalidInputError
+from reelpack.kernels.checks import check_queries
 
 __all__ = [
+    "check_score_bound",
     "pq_lut",
     "pq_adc",
     "pq_decode",
     "pq_ip",
     "pair_tables",
+    "finite_scores",
+    "refuse_tables",
+    "TABLE_OVERFLOW",
     "GEMM_MIN_QUERIES",
     "hamming",
     "sq_dot",
@@ -205,6 +210,45 @@ def pq_ip(
     for s in range(0, codes.shape[0], step):
         out[:, s : s + step] = queries @ pq_decode(centroids, codes[s : s + step]).T
     return out
+
+
+#: The message of the refusal when finite queries give lookup tables or scores beyond float32.
+TABLE_OVERFLOW = (
+    "query norm too large for this codec's float32 tables: the scores would exceed float32's range "
+    "(about 3.4e38); scale the queries (or the item vectors) down"
+)
+
+
+def finite_scores(scores: np.ndarray) -> np.ndarray:
+    """``scores`` unchanged if all finite, else :class:`~reelpack.errors.InvalidInputError` (:data:`TABLE_OVERFLOW`).
+
+    For scores of queries already checked finite: an inf or NaN then means float32 overflow of the lookup
+    tables or of the sums (query magnitude times codebook magnitude beyond ~3.4e38), never a valid ranking.
+    """
+    if not np.isfinite(scores).all():
+        raise InvalidInputError(TABLE_OVERFLOW)
+    return scores
+
+
+def check_score_bound(queries: np.ndarray, column_max: np.ndarray) -> None:
+    """Refuse queries whose scores could leave float32's range before a scan sums them.
+
+    Args:
+        queries: float32 [q, d], finite. column_max: float64 [d], the largest ``|x_j|`` any item can decode to.
+
+    Raises:
+        InvalidInputError: :data:`TABLE_OVERFLOW`, when ``max_i sum_j |q_ij| column_max_j`` exceeds 1e38 (a sum
+        past ~3.4e38 turns into inf, or NaN when infinities of both signs meet, and would silently reorder).
+    """
+    if float((np.abs(queries).astype(np.float64) @ column_max).max(initial=0.0)) > 1e38:
+        raise InvalidInputError(TABLE_OVERFLOW)
+
+
+def refuse_tables(queries: np.ndarray) -> None:
+    """Raise after a scan kernel reported unusable lookup tables: :class:`~reelpack.errors.NonFiniteError` naming
+    the rows if a query holds NaN/Inf, else :class:`~reelpack.errors.InvalidInputError` (:data:`TABLE_OVERFLOW`)."""
+    check_queries(queries, queries.shape[1])
+    raise InvalidInputError(TABLE_OVERFLOW)
 
 
 def pair_tables(luts: np.ndarray) -> np.ndarray:

@@ -53,7 +53,7 @@ import numpy as np
 
 from reelpack.util.validate import check_k
 from reelpack.errors import DimensionMismatchError, DTypeError, InvalidInputError
-from reelpack.kernels.dense import pq_lut
+from reelpack.kernels.dense import finite_scores, pq_lut, refuse_tables
 from reelpack.kernels.simd import HAS_AVX2, HAS_AVX512BW, HAS_VBMI, PQ8_BLOCK, ctz64, fs4_block, fs4_block64, pq8_block
 from reelpack.kernels.checks import check_codes, check_queries, empty_results
 from reelpack.kernels.heap import (
@@ -135,16 +135,24 @@ def _pq8_scan_scalar(lut, codes, hv, hi, out_ids, out_vals):  # pragma: no cover
 
 @numba.njit(cache=True, nogil=True)
 def _lut_into(q, centroids, out):  # pragma: no cover - compiled
-    """out[j, c] = q[j*dsub:(j+1)*dsub] . centroids[j, c] (float32); entries c >= ksub of ``out`` set to 0."""
+    """out[j, c] = q[j*dsub:(j+1)*dsub] . centroids[j, c] (float32); entries c >= ksub of ``out`` set to 0.
+
+    Returns False (tables unusable) for a NaN/Inf in ``q`` or a table entry beyond float32 (overflow)."""
+    for s in range(q.shape[0]):
+        if not np.isfinite(q[s]):
+            return False
     m, ksub, dsub = centroids.shape
+    ok = True
     for j in range(m):
         for c in range(ksub):
             acc = np.float32(0.0)
             for s in range(dsub):
                 acc += q[j * dsub + s] * centroids[j, c, s]
             out[j, c] = acc
+            ok = ok and np.isfinite(acc)
         for c in range(ksub, out.shape[1]):
             out[j, c] = 0.0
+    return ok
 
 
 # Integer sums (uint16) rank with one int64 key per item: key = sum << 40 | (2^40 - 1 - id), so a larger
@@ -255,10 +263,8 @@ def _pq8_blocks_pass(blocks, n, m, qlut, accs, keep, hv, hi):  # pragma: no cove
 
 @numba.njit(cache=True, nogil=True)
 def _pq8_scan_vbmi(blocks, n, m, q, centroids, lut, qlut2, slack, accs, bmax, hv, hi, out_ids, out_vals):  # pragma: no cover
-    for s_ in range(q.shape[0]):
-        if not np.isfinite(q[s_]):
-            return False
-    _lut_into(q, centroids, lut)
+    if not _lut_into(q, centroids, lut):  # NaN/Inf query or float32 overflow of the tables
+        return False
     _quantize_one(lut, qlut2)
     _pq8_blocks_pass(blocks, n, m, qlut2.reshape(-1), accs, True, hv, hi)
     _block_maxima(accs, 64, n, bmax)
@@ -379,17 +385,17 @@ def pq_run(
         lut, qlut, accs, bmax, hv, hi = work
         slack = np.float32(_candidate_slack(m))
         for i in range(queries.shape[0]):
-            ok = _pq8_scan_vbmi(codes.data, n, m, queries[i], centroids, lut, qlut, slack, accs, bmax, hv, hi, ids[i], vals[i])
-            if not ok:
-                check_queries(queries, queries.shape[1])
-        return ids, vals
+            if not _pq8_scan_vbmi(codes.data, n, m, queries[i], centroids, lut, qlut, slack, accs, bmax, hv, hi, ids[i], vals[i]):
+                refuse_tables(queries)
+        return ids, finite_scores(vals)
     if not np.isfinite(queries).all():
         check_queries(queries, queries.shape[1])  # raises NonFiniteError naming the rows
     rows = codes.codes(np.arange(n)) if isinstance(codes, PQ8Blocks) else codes
-    luts = pq_lut(queries, centroids)
+    with np.errstate(over="ignore", invalid="ignore"):
+        luts = finite_scores(pq_lut(queries, centroids))  # float32 overflow of the tables: refused
     for i in range(queries.shape[0]):
         _pq8_scan_scalar(luts[i], rows, hv, hi, ids[i], vals[i])
-    return ids, vals
+    return ids, finite_scores(vals)
 
 
 # ================================================================================================
@@ -465,10 +471,8 @@ def _fs4_finish(blocks, n, n_pairs, width, lut2, accs, bmax, slack, scale_inv, b
 # fails instruction selection on a CPU without AVX-512, even if it never runs.
 @numba.njit(cache=True, nogil=True)
 def _fs4_scan_avx2(blocks, n, n_pairs, q, centroids, lut, qlut, tab, lut16, slack, accs, bmax, hv, hi, out_ids, out_vals):  # pragma: no cover
-    for s_ in range(q.shape[0]):
-        if not np.isfinite(q[s_]):
-            return False
-    _lut_into(q, centroids, lut)
+    if not _lut_into(q, centroids, lut):  # NaN/Inf query or float32 overflow of the tables
+        return False
     scale, bias = _fs4_tables(lut, qlut, tab, lut16, 2)
     keys = np.full(hv.shape[0], -1, np.int64)
     floor = np.uint16(0)
@@ -490,10 +494,8 @@ def _fs4_scan_avx2(blocks, n, n_pairs, q, centroids, lut, qlut, tab, lut16, slac
 
 @numba.njit(cache=True, nogil=True)
 def _fs4_scan_avx512(blocks, n, n_pairs, q, centroids, lut, qlut, tab, lut16, slack, accs, bmax, hv, hi, out_ids, out_vals):  # pragma: no cover
-    for s_ in range(q.shape[0]):
-        if not np.isfinite(q[s_]):
-            return False
-    _lut_into(q, centroids, lut)
+    if not _lut_into(q, centroids, lut):  # NaN/Inf query or float32 overflow of the tables
+        return False
     scale, bias = _fs4_tables(lut, qlut, tab, lut16, 4)
     keys = np.full(hv.shape[0], -1, np.int64)
     floor = np.uint16(0)
@@ -515,10 +517,8 @@ def _fs4_scan_avx512(blocks, n, n_pairs, q, centroids, lut, qlut, tab, lut16, sl
 
 @numba.njit(cache=True, nogil=True)
 def _fs4_scan_portable(blocks, n, n_pairs, width, q, centroids, lut, qlut, tab, lut16, slack, accs, bmax, hv, hi, out_ids, out_vals):  # pragma: no cover
-    for s_ in range(q.shape[0]):
-        if not np.isfinite(q[s_]):
-            return False
-    _lut_into(q, centroids, lut)
+    if not _lut_into(q, centroids, lut):  # NaN/Inf query or float32 overflow of the tables
+        return False
     scale, bias = _fs4_tables(lut, qlut, tab, lut16, 0)
     heap_reset(hv, hi)
     thr = np.int64(-1)
@@ -680,8 +680,8 @@ def fs4_run(
     fn, head, tail = fs4_call(centroids, blocks, k, exact, want_simd)
     ids, vals, ok = fn(*head, queries, *tail)
     if not ok:
-        check_queries(queries, queries.shape[1])  # raises NonFiniteError naming the rows
-    return ids, vals
+        refuse_tables(queries)  # NonFiniteError naming the rows, or float32 overflow of the tables
+    return ids, finite_scores(vals)
 
 
 # ================================================================================================

@@ -374,6 +374,7 @@ def export_onnx(
     *,
     codes: np.ndarray | None = None,
     item_ids: np.ndarray | None = None,
+    n_items: int | None = None,
     opset: int = DEFAULT_OPSET,
     path: str | os.PathLike[str] | None = None,
 ) -> bytes:
@@ -381,11 +382,14 @@ def export_onnx(
 
     Args:
         codec: a fitted codec of a family in :data:`SUPPORTED_FAMILIES`.
-        k: K, the number of results per query (>= 1; <= n when ``codes`` are embedded).
+        k: K, the number of results per query (>= 1; <= n when ``codes`` are embedded or ``n_items`` is given).
         codes: optional uint8 [n, bytes_per_vector] to embed as an initializer; the model
             then has the single input ``query``. ``None``: ``codes`` is a model input.
         item_ids: optional integer [n] (only with ``codes``): the ``ids`` output then holds
             ``item_ids[row]`` instead of the row index.
+        n_items: the size of the catalog the model will rank when ``codes`` are an input (e.g. the pack's item
+            count): ``k`` is checked against it here, instead of failing inside the ONNX runtime. With
+            ``codes`` it must equal their row count.
         opset: ONNX opset of the model, ``MIN_OPSET`` (18) up to the installed onnx's newest.
         path: optional file to write the model to (atomically: temp file + ``os.replace``).
 
@@ -395,7 +399,7 @@ def export_onnx(
     Raises:
         UnsupportedOperationError: the codec's family has no ONNX scorer.
         NotFittedError: the codec is not fitted.
-        InvalidKError: ``k`` is not a positive integer, or exceeds the embedded catalog.
+        InvalidKError: ``k`` is not a positive integer, or exceeds the catalog (embedded codes or ``n_items``).
         InvalidInputError / DimensionMismatchError / DTypeError: bad ``codes``, ``item_ids`` or ``opset``.
     """
     if not isinstance(codec, Codec):
@@ -424,7 +428,14 @@ def export_onnx(
             raise InvalidInputError(
                 f"{n_embedded} x {width} B codes do not fit in one ONNX protobuf (2 GiB); export without codes"
             )
-    k = check_k(k, n_embedded if n_embedded is not None else 2**62)
+    catalog = n_embedded
+    if n_items is not None:
+        if isinstance(n_items, bool) or not isinstance(n_items, (int, np.integer)) or int(n_items) < 1:
+            raise InvalidInputError(f"n_items must be a positive integer (the catalog size), got {n_items!r}")
+        if n_embedded is not None and int(n_items) != n_embedded:
+            raise DimensionMismatchError(f"n_items is {int(n_items)}, but the embedded codes hold {n_embedded} rows")
+        catalog = int(n_items)
+    k = check_k(k, catalog if catalog is not None else 2**62)
     ids_kind = "rows"
     if item_ids is not None:
         if codes is None:
@@ -437,7 +448,7 @@ def export_onnx(
                 f"item_ids must have shape ({n_embedded},) to match the codes, got {ids.shape}"
             )
         if ids.dtype == np.uint64 and ids.size and int(ids.max()) > np.iinfo(np.int64).max:
-            raise InvalidInputError("item_ids exceed the int64 range")
+            raise InvalidInputError(f"item_ids must be below 2**63; found {int(ids.max())}")
         ids_kind = "item_ids"
 
     g = _Graph()

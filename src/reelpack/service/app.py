@@ -26,8 +26,9 @@ the file) and ``Content-Length``; ``If-None-Match`` with that tag gives 304. ``R
 * several ranges (``bytes=0-1,5-9``) -> 200 with the whole file (no multipart responses);
 * a range that starts at or past the end, ``-0``, or a header that does not parse (``a > b``, another unit,
   garbage) -> 416 with ``Content-Range: bytes */<size>`` and the JSON error body;
-* ``If-Range`` with a tag other than the current ``ETag`` -> the ``Range`` is ignored (200, whole file), so a
-  client resuming a file that changed never splices two versions.
+* ``If-Range`` must name the current ``ETag`` exactly (the strong comparison of RFC 9110): another tag, a weak
+  tag ``W/"..."``, ``*`` or a date -> the ``Range`` is ignored (200, whole file), so a client resuming a file
+  that changed never splices two versions. (``If-None-Match`` compares weakly: ``W/"<sha256>"`` and ``*`` give 304.)
 
 Bodies are streamed from disk in 64 KiB chunks, never loaded whole.
 
@@ -56,7 +57,11 @@ budget over ``max_edge_bytes``, 422 for a budget below the smallest one (the mes
 Errors are JSON ``{"error": {"status": int, "code": str, "message": str}}`` (422 adds ``"details"``): 400
 ``bad_request`` (typed input errors), 401 ``unauthorized``, 403 ``forbidden``, 404 ``not_found``, 413
 ``payload_too_large``, 416 ``range_not_satisfiable``, 422 ``validation_error``; 500 ``store_error`` when the store on
-disk is inconsistent and 500 ``internal_error`` for anything unexpected (a bug).
+disk is inconsistent and 500 ``internal_error`` for anything unexpected (a bug). Messages name catalogs, versions
+and file kinds, never a server path (:func:`~reelpack.service.http.public_message` takes out any that an error
+carries); the full detail of every 500 goes to the ``reelpack.service`` log. Numbers are strict: a JSON field
+takes only JSON numbers (not ``"0.5"`` or ``true``), a query or path value only a plain decimal (``3``,
+``0.5``, ``2.5e-1``; not ``1.0`` for an integer, ``1_000``, ``nan``, ``inf`` or ``true``), else 422.
 
 Caches: per (catalog, version, pack SHA-256) the opened :class:`~reelpack.format.PackReader`, its item ids, layer
 codes, HNSW index (memory-mapped) and user vectors, in an LRU of ``cache_versions`` entries; a deleted version's
@@ -97,17 +102,17 @@ from reelpack.service.routes.users import quantise_update
 from reelpack.service.state import ServiceState, VersionCache
 
 __all__ = [
-    "create_app",
-    "app_from_env",
-    "parse_range",
-    "RangeNotSatisfiable",
-    "encode_refine_frame",
-    "decode_refine_frame",
-    "quantise_update",
-    "REFINE_MAGIC",
+    "CHUNK_BYTES",
     "DOWNLOADABLE_KINDS",
     "MAX_K",
-    "CHUNK_BYTES",
+    "REFINE_MAGIC",
+    "RangeNotSatisfiable",
+    "app_from_env",
+    "create_app",
+    "decode_refine_frame",
+    "encode_refine_frame",
+    "parse_range",
+    "quantise_update",
 ]
 
 

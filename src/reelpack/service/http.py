@@ -4,8 +4,10 @@ exception handlers and the body-size middleware (no routes here; see :mod:`reelp
 from __future__ import annotations
 
 import io
+import logging
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,15 +20,21 @@ from reelpack.errors import NotFoundError, ReelpackError, SerializationError, St
 
 __all__ = [
     "CHUNK_BYTES",
+    "BodyLimit",
     "RangeNotSatisfiable",
-    "parse_range",
-    "etag_matches",
-    "read_span",
     "error_body",
     "error_response",
+    "etag_matches",
+    "if_range_matches",
     "install_error_handlers",
-    "BodyLimit",
+    "parse_range",
+    "public_message",
+    "read_span",
 ]
+
+log = logging.getLogger("reelpack.service")
+"""The service's log: every 5xx with its full detail (paths included), and the original of any 4xx message
+from which :func:`public_message` took a path out."""
 
 CHUNK_BYTES = 64 * 1024
 _RANGE_RE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
@@ -101,7 +109,8 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
-    """Whether an ``If-None-Match`` / ``If-Range`` value names ``etag`` (weak comparison; ``*`` matches)."""
+    """Whether an ``If-None-Match`` value names ``etag``: the weak comparison of RFC 9110 13.1.2 (``W/"x"``
+    matches ``"x"``; ``*`` matches any)."""
     if not header:
         return False
     bare = etag.strip('"')
@@ -109,11 +118,19 @@ def etag_matches(header: str | None, etag: str) -> bool:
         tag = tag.strip()
         if tag == "*":
             return True
-        if tag.startswith("W/"):
-            tag = tag[2:]
+        tag = tag.removeprefix("W/")
         if tag.strip('"') == bare:
             return True
     return False
+
+
+def if_range_matches(header: str | None, etag: str) -> bool:
+    """Whether a ``Range`` may be honoured under ``If-Range: header`` (RFC 9110 13.1.5): no header, or exactly the
+    strong tag ``etag`` (quoted). A weak tag (``W/"..."``), ``*``, a list, an unquoted tag or a date (the service
+    sends no ``Last-Modified``) do not match, and the whole file is sent with 200."""
+    if header is None:
+        return True
+    return header.strip() == etag and etag.startswith('"') and not etag.startswith("W/")
 
 
 def read_span(fh: io.BufferedReader, start: int, length: int) -> Iterator[bytes]:
@@ -123,8 +140,9 @@ def read_span(fh: io.BufferedReader, start: int, length: int) -> Iterator[bytes]
         left = length
         while left > 0:
             chunk = fh.read(min(CHUNK_BYTES, left))
-            if not chunk:
-                raise StoreError(f"{getattr(fh, 'name', 'file')} ended {left} bytes early while being served")
+            if not chunk:  # the response has started: this ends the connection; the log names the file
+                log.error("%s ended %d bytes early while being served", getattr(fh, "name", "a file"), left)
+                raise StoreError(f"a file ended {left} bytes early while being served")
             left -= len(chunk)
             yield chunk
     finally:
@@ -135,6 +153,41 @@ def read_span(fh: io.BufferedReader, start: int, length: int) -> Iterator[bytes]
 # ================================================================================================
 # Errors
 # ================================================================================================
+# What may follow a path's first character: anything but whitespace, quotes and brackets.
+_PATH_TAIL = r"""[^\s'"`()\[\]{}<>,;]*"""
+# An absolute path (POSIX '/x', Windows 'C:\x' or 'C:/x', UNC '\\host') at the start of the text or after a space,
+# quote, bracket, '=', ':' or ','; so 'a / b', 'float32/fp16' and 'bytes */100' are left alone.
+_ABS_PATH = re.compile(r"""(?<![^\s'"`(\[{=:,])(?:/(?=[^\s/])|[A-Za-z]:[\\/]|\\\\)""" + _PATH_TAIL)
+
+
+def _last_part(path: str) -> str:
+    """A path's file name (trailing '.' and ':' that end a sentence are not part of it)."""
+    parts = [p for p in re.split(r"[\\/]+", path.rstrip(".:")) if p]
+    return parts[-1] if parts else ""
+
+
+def public_message(message: str, roots: Iterable[str] = ()) -> str:
+    """``message`` with every server path taken out, for a client: a path under one of ``roots`` (the store's
+    folder) or any other absolute path becomes its file name (``layer0.rpk``), and "in [store] ROOT" after a
+    catalog's name goes. Catalog names, versions, numbers and the rest of the text stay."""
+    for root in sorted({r for r in roots if r and os.path.isabs(r)}, key=len, reverse=True):
+        esc = re.escape(root.rstrip("/\\") or root)
+        message = re.sub(r"\s+in (?:the )?(?:store )?(?:root )?" + esc + r"(?![^\s'\"`)\]},;:.])", "", message)
+        message = re.sub(esc + r"(?:[\\/]+(" + _PATH_TAIL + "))?",
+                         lambda m: _last_part(m.group(1) or "") or "the store", message)  # fmt: skip
+    return _ABS_PATH.sub(lambda m: _last_part(m.group(0)) + m.group(0)[len(m.group(0).rstrip(".:")) :]
+                         or "a server path", message)  # fmt: skip
+
+
+def _store_roots(request: Request) -> list[str]:
+    """The serving app's store folder as given and resolved (for :func:`public_message`)."""
+    service = getattr(request.app.state, "service", None)
+    root = getattr(getattr(service, "store", None), "root", None)
+    if root is None:
+        return []
+    return [str(root), os.path.abspath(root), os.path.realpath(root)]
+
+
 def error_body(status: int, message: str, code: str | None = None, **extra: Any) -> dict[str, Any]:
     """``{"error": {"status", "code", "message", **extra}}``; ``code`` defaults to the status's name."""
     code = code or _STATUS_CODES.get(status, "error")
@@ -143,7 +196,8 @@ def error_body(status: int, message: str, code: str | None = None, **extra: Any)
 
 def error_response(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None,
                    **extra: Any) -> JSONResponse:  # fmt: skip
-    """The JSON error body as a response."""
+    """The JSON error body as a response (``message`` as given: callers with server detail use
+    :func:`public_message` first, as the app's exception handlers do)."""
     return JSONResponse(error_body(status, message, code, **extra), status_code=status, headers=headers)
 
 
@@ -155,36 +209,57 @@ def _status_of(exc: ReelpackError) -> tuple[int, str]:
     return 400, "bad_request"
 
 
+def _public(request: Request, status: int, message: str, exc: BaseException | None = None) -> str:
+    """The client's version of ``message``. The original, with the errors ``exc`` was raised from (their paths
+    included), goes to the log for a 5xx, or for a 4xx when a path was taken out or a cause holds one."""
+    public = public_message(message, _store_roots(request))
+    detail, cause = message, exc.__cause__ if exc is not None else None
+    while cause is not None:
+        detail += f" <- {type(cause).__name__}: {cause}"
+        cause = cause.__cause__
+    if status >= 500:
+        log.error("%s %s -> %d: %s", request.method, request.url.path, status, detail)
+    elif public != detail:
+        log.info("%s %s -> %d: %s", request.method, request.url.path, status, detail)
+    return public
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Map typed reelpack errors, 416s, HTTP exceptions, validation errors and bugs to the JSON error body."""
+    """Map typed reelpack errors, 416s, HTTP exceptions, validation errors and bugs to the JSON error body.
+
+    Every message passes through :func:`public_message` (no server path reaches a client); the full detail of
+    each 5xx, and of each message a path was taken out of, goes to the ``reelpack.service`` log."""
 
     @app.exception_handler(ReelpackError)
     async def _reelpack_error(request: Request, exc: ReelpackError) -> JSONResponse:
         status, code = _status_of(exc)
-        return error_response(status, str(exc), code)
+        return error_response(status, _public(request, status, str(exc), exc), code)
 
     @app.exception_handler(RangeNotSatisfiable)
     async def _range_error(request: Request, exc: RangeNotSatisfiable) -> JSONResponse:
-        return error_response(416, str(exc), headers={"Content-Range": f"bytes */{exc.size}"})
+        return error_response(416, _public(request, 416, str(exc)), headers={"Content-Range": f"bytes */{exc.size}"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code in (204, 304) or exc.status_code < 400:
             return Response(status_code=exc.status_code, headers=exc.headers)
-        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+        return error_response(exc.status_code, _public(request, exc.status_code, str(exc.detail)), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        roots = _store_roots(request)
         details = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": public_message(str(e.get("msg", "")), roots),
+             "type": str(e.get("type", ""))}
             for e in exc.errors()[:20]
-        ]
+        ]  # fmt: skip
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         message = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else first["msg"]
         return error_response(422, message, details=details)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s -> 500: unexpected %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
         return error_response(500, f"internal error ({type(exc).__name__}); this is a bug in reelpack")
 
 

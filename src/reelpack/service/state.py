@@ -28,30 +28,32 @@ from reelpack.errors import (
     DimensionMismatchError,
     NonFiniteError,
     NotFoundError,
+    SerializationError,
     StoreError,
 )
 from reelpack.format import PackReader
 
 __all__ = [
     "ServiceState",
-    "VersionEntry",
-    "VersionCache",
     "State",
+    "VersionCache",
+    "VersionEntry",
     "get_state",
+    "query_vector",
     "require_admin",
     "store_file",
-    "query_vector",
 ]
 
 
 def store_file(store: CatalogStore, catalog: str, version: int, kind: str) -> Path:
     """``store.file``, except that a file missing because its version was just deleted is a NotFoundError (404)
-    rather than a StoreError (500)."""
+    rather than a StoreError (500), and that the StoreError of a missing file names no path (the error it comes
+    from, which the service logs, does)."""
     try:
         return store.file(catalog, version, kind)
-    except StoreError:
+    except StoreError as exc:
         store.version_info(catalog, version)  # NotFoundError when the version is gone
-        raise
+        raise StoreError(f"catalog {catalog!r} version {version}: its {kind} file is missing or unreadable") from exc
 
 
 def query_vector(vector: np.ndarray, dim: int, catalog: str, version: int) -> np.ndarray:
@@ -91,15 +93,24 @@ class VersionEntry:
                     ) from None
                 try:
                     self._edge = EdgeCatalog.load(path)
-                except DataNotFoundError as exc:
-                    raise StoreError(str(exc)) from None
+                except (DataNotFoundError, SerializationError) as exc:
+                    raise StoreError(
+                        f"catalog {self.catalog!r} version {self.version}: its edge catalog is missing or damaged"
+                    ) from exc
             return self._edge
 
     @property
     def reader(self) -> PackReader:
         with self.lock:
             if self._reader is None:
-                self._reader = PackReader(store_file(self.store, self.catalog, self.version, "pack"))
+                path = store_file(self.store, self.catalog, self.version, "pack")
+                try:
+                    self._reader = PackReader(path)
+                except (SerializationError, OSError) as exc:
+                    raise StoreError(
+                        f"catalog {self.catalog!r} version {self.version}: its pack file is damaged or unreadable "
+                        f"({type(exc).__name__})"
+                    ) from exc
             return self._reader
 
     def codes(self, layer: int) -> np.ndarray:
@@ -130,8 +141,10 @@ class VersionEntry:
                 kwargs = {"expansion_search": int(info["expansion_search"])} if info.get("expansion_search") else {}
                 try:
                     self._index = HNSWIndex.load(path, view=True, **kwargs)
-                except DataNotFoundError as exc:
-                    raise StoreError(str(exc)) from None
+                except (DataNotFoundError, SerializationError) as exc:
+                    raise StoreError(
+                        f"catalog {self.catalog!r} version {self.version}: its HNSW index is missing or damaged"
+                    ) from exc
             return self._index
 
     def users(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,15 +152,13 @@ class VersionEntry:
         with self.lock:
             if self._users is None:
                 try:
-                    upath = store_file(self.store, self.catalog, self.version, "users")
-                    ipath = store_file(self.store, self.catalog, self.version, "user_ids")
+                    store_file(self.store, self.catalog, self.version, "users")  # both listed and present
+                    store_file(self.store, self.catalog, self.version, "user_ids")
                 except NotFoundError:
                     raise NotFoundError(f"{self.catalog} version {self.version} has no user vectors") from None
-                try:
-                    vectors = np.load(upath, mmap_mode="r", allow_pickle=False)
-                    uids = np.asarray(np.load(ipath, allow_pickle=False))
-                except (OSError, ValueError) as exc:
-                    raise StoreError(f"{self.catalog} version {self.version}: unreadable user vectors: {exc}") from None
+                # load_array checks each file against the manifest (size, SHA-256): damage is a StoreError
+                vectors = self.store.load_array(self.catalog, self.version, "users")
+                uids = np.asarray(self.store.load_array(self.catalog, self.version, "user_ids", mmap=False))
                 if (vectors.ndim != 2 or uids.ndim != 1 or uids.shape[0] != vectors.shape[0]
                         or uids.dtype.kind not in "iu"):  # fmt: skip
                     raise StoreError(

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import tempfile
+import tokenize
 import zipfile
 from typing import Annotated, Any
 
@@ -22,9 +24,23 @@ from reelpack.errors import InvalidInputError, ReelpackError
 from reelpack.service.models import MAX_ID
 from reelpack.service.state import State, require_admin
 
-__all__ = ["router", "MAX_CODECS", "parse_codec_list", "load_npz", "check_publish_arrays"]
+__all__ = [
+    "MAX_CODECS",
+    "MAX_PUBLISH_DIM",
+    "MAX_PUBLISH_ROWS",
+    "check_publish_arrays",
+    "load_npz",
+    "parse_codec_list",
+    "router",
+]  # fmt: skip
 
 MAX_CODECS = 16
+MAX_PUBLISH_DIM = 4096
+"""Largest vector dimension a publish accepts (413 above). Fitting a codec can cost far more than the upload:
+the random rotations and projections (``reelpack.codecs._common.orthogonal_rows``, used by simhash, opq and
+rabitq) draw and factor d x d float64 matrices, 8 * d**2 bytes each: 128 MiB at this limit, 298 GiB at d=200,000."""
+MAX_PUBLISH_ROWS = 1 << 24
+"""Most rows (items, users) of one publish (413 above)."""
 _NPZ_KEYS = frozenset({"ids", "vectors", "users", "user_ids"})
 
 router = APIRouter()
@@ -48,28 +64,86 @@ def parse_codec_list(values: list[str]) -> tuple[str, ...]:
     return tuple(specs)
 
 
-def load_npz(fh: Any, max_unpacked: int) -> dict[str, np.ndarray]:
-    """Arrays of an uploaded ``.npz`` in the seekable binary file ``fh`` (no pickles, known keys only, at most
-    ``max_unpacked`` bytes once decompressed, as the zip directory declares them; zipfile never reads past a
-    member's declared size)."""
+def _too_large(message: str) -> StarletteHTTPException:
+    return StarletteHTTPException(413, message)
+
+
+def _read_npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data bytes the header claims) of the member ``info``, from its npy header alone (at most a
+    few KiB of the member are decompressed). 400: no readable npy header or an object dtype; 422: the shape and
+    dtype claim another byte count than the member holds after its header."""
+    fmt = np.lib.format
+    try:
+        with zf.open(info) as fh:
+            version = fmt.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(fh)
+            else:
+                raise InvalidInputError(f"array {key!r} is npy format {version}; expected 1.0 or 2.0")
+            offset = fh.tell()
+    except (ValueError, SyntaxError, TypeError, RecursionError, EOFError, OSError, zipfile.BadZipFile,
+            struct.error, tokenize.TokenError) as exc:  # fmt: skip
+        if isinstance(exc, ReelpackError):
+            raise
+        raise InvalidInputError(f"array {key!r} of the .npz has no readable npy header: {exc}") from None
+    if dtype.hasobject:
+        raise InvalidInputError(f"array {key!r} has dtype {dtype}: object arrays need pickle and are refused")
+    claimed = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    held = info.file_size - offset
+    if claimed != held:
+        raise StarletteHTTPException(
+            422, f"array {key!r}: its npy header claims shape {tuple(shape)} of {dtype} ({claimed} bytes), but the "
+            f".npz member holds {held} bytes after the header")  # fmt: skip
+    return tuple(shape), dtype, claimed
+
+
+def _check_limits(key: str, shape: tuple[int, ...], max_rows: int, max_dim: int) -> None:
+    """413 for more rows than ``max_rows`` or (``vectors``, ``users``) a dimension over ``max_dim``."""
+    if shape and shape[0] > max_rows:
+        raise _too_large(f"array {key!r} has {shape[0]} rows; this server accepts at most {max_rows} per publish")
+    if key in ("vectors", "users") and len(shape) == 2 and shape[1] > max_dim:
+        raise _too_large(
+            f"{key} have dimension {shape[1]}; this server accepts at most {max_dim} (fitting codecs costs up to "
+            f"8 * d**2 bytes per rotation)"
+        )
+
+
+def load_npz(fh: Any, max_unpacked: int, max_rows: int | None = None, max_dim: int | None = None) -> dict[str, np.ndarray]:
+    """Arrays of an uploaded ``.npz`` in the seekable binary file ``fh`` (no pickles, known keys only).
+
+    Before any array is read: the members the zip directory declares may unpack to at most ``max_unpacked``
+    bytes (413); every member's npy header must claim exactly the bytes the member holds (422: a header of shape
+    (10**12, 64) in a 17 KB upload) and at most ``max_rows`` rows (default :data:`MAX_PUBLISH_ROWS`) and, for
+    ``vectors`` and ``users``, a dimension of at most ``max_dim`` (default :data:`MAX_PUBLISH_DIM`) (413). So
+    nothing larger than the checked headers say is ever allocated (zipfile never reads past a member's declared
+    size). Other problems: InvalidInputError (400).
+    """
+    max_rows = MAX_PUBLISH_ROWS if max_rows is None else max_rows
+    max_dim = MAX_PUBLISH_DIM if max_dim is None else max_dim
     try:
         fh.seek(0)
         with zipfile.ZipFile(fh) as zf:
-            unpacked = sum(info.file_size for info in zf.infolist())
-        if unpacked > max_unpacked:
-            raise InvalidInputError(f"the .npz unpacks to {unpacked} bytes, over the limit of {max_unpacked}")
+            infos = zf.infolist()
+            unpacked = sum(info.file_size for info in infos)
+            if unpacked > max_unpacked:
+                raise _too_large(f"the .npz unpacks to {unpacked} bytes, over the limit of {max_unpacked}")
+            members = {(i.filename.removesuffix(".npy")): i for i in infos}
+            unknown = set(members) - _NPZ_KEYS
+            if unknown or len(members) != len(infos):
+                raise InvalidInputError(
+                    f"unexpected arrays {sorted(unknown) or 'repeated'} in the .npz; allowed: {sorted(_NPZ_KEYS)}"
+                )
+            for key, info in members.items():
+                shape, _, _ = _read_npy_header(zf, info, key)
+                _check_limits(key, shape, max_rows, max_dim)
         fh.seek(0)
         loaded = np.load(fh, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise InvalidInputError("the body must be an .npz archive with arrays 'ids' and 'vectors'")
         with loaded:
-            keys = set(loaded.files)
-            unknown = keys - _NPZ_KEYS
-            if unknown:
-                raise InvalidInputError(
-                    f"unexpected arrays {sorted(unknown)} in the .npz; allowed: {sorted(_NPZ_KEYS)}"
-                )
-            arrays = {k: np.asarray(loaded[k]) for k in keys}
+            arrays = {k: np.asarray(loaded[k]) for k in loaded.files}
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, struct.error) as exc:
         if isinstance(exc, ReelpackError):
             raise

@@ -13,10 +13,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reelpack.catalog.edge import DEFAULT_LAMBDA
 from reelpack.errors import NotFoundError
-from reelpack.service.models import MAX_ID, EdgeSummaryRequest
+from reelpack.service.models import MAX_ID, EdgeSummaryRequest, PlainFloat, PlainInt
 from reelpack.service.state import ServiceState, State, query_vector
 
-__all__ = ["router", "edge_summary_response"]
+__all__ = ["edge_summary_response", "router"]
 
 router = APIRouter()
 EDGE_PATH = "/v1/catalogs/{catalog}/versions/{version}/edge-summary"
@@ -51,10 +51,10 @@ def edge_summary_response(state: ServiceState, catalog: str, version: int, vecto
 def edge_summary(
     state: State,
     catalog: str,
-    version: Annotated[int, PathParam(ge=1)],
-    user_id: Annotated[int, Query(ge=0, le=MAX_ID)],
-    budget_bytes: Annotated[int | None, Query(ge=1)] = None,
-    lam: Annotated[float, Query(ge=0.0, le=4.0)] = DEFAULT_LAMBDA,
+    version: Annotated[PlainInt, PathParam(ge=1)],
+    user_id: Annotated[PlainInt, Query(ge=0, le=MAX_ID)],
+    budget_bytes: Annotated[PlainInt | None, Query(ge=1)] = None,
+    lam: Annotated[PlainFloat, Query(ge=0.0, le=4.0)] = DEFAULT_LAMBDA,
 ) -> Response:
     """``DeviceSummary.to_bytes()`` for the stored vector of ``user_id`` (module docstring)."""
     catalog = state.catalog_name(catalog)
@@ -67,7 +67,7 @@ def edge_summary(
 
 
 @router.post(EDGE_PATH, response_class=Response, responses=_EDGE_RESPONSES)
-def edge_summary_for_vector(state: State, catalog: str, version: Annotated[int, PathParam(ge=1)],
+def edge_summary_for_vector(state: State, catalog: str, version: Annotated[PlainInt, PathParam(ge=1)],
                             body: EdgeSummaryRequest) -> Response:  # fmt: skip
     """``DeviceSummary.to_bytes()`` for a posted user vector (module docstring)."""
     vec = np.asarray(body.vector, dtype=np.float64)

@@ -18,11 +18,17 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from reelpack.errors import NotFoundError, StoreError
-from reelpack.service.http import etag_matches, parse_range, read_span
-from reelpack.service.models import CatalogList
+from reelpack.service.http import (
+    etag_matches,
+    if_range_matches,
+    log,
+    parse_range,
+    read_span,
+)
+from reelpack.service.models import CatalogList, PlainInt
 from reelpack.service.state import State, store_file
 
-__all__ = ["router", "DOWNLOADABLE_KINDS"]
+__all__ = ["DOWNLOADABLE_KINDS", "router"]
 
 DOWNLOADABLE_KINDS = ("pack", "layer0", "delta", "layer0_delta")
 """The only file kinds the service sends; index, vectors, ids and users stay on the server."""
@@ -66,13 +72,22 @@ def get_file(
     request: Request,
     state: State,
     catalog: str,
-    version: Annotated[int, PathParam(ge=1)],
+    version: Annotated[PlainInt, PathParam(ge=1)],
     kind: str,
     range_header: Annotated[str | None, Header(alias="Range")] = None,
     if_none_match: Annotated[str | None, Header()] = None,
     if_range: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """A pack, layer-0 pack or delta of one version, with ``Range``/``ETag`` support (module docstring)."""
+    """A pack, layer-0 pack or delta of one version, with ``Range``/``ETag`` support (module docstring).
+
+    Written by hand rather than with Starlette's ``FileResponse`` (which since 0.39 does ranges and ``If-Range``),
+    because that class lacks what the service and its clients rely on: its ``ETag`` is an MD5 of mtime and size,
+    not the manifest's SHA-256 the device checks files against (``If-Range`` and ``If-None-Match`` compare with
+    it); a bad or unsatisfiable ``Range`` gets a plain-text 400 or 416, not the JSON error body with
+    ``Content-Range: bytes */size``, and junk ranges are skipped instead of refused; several ranges get a
+    ``multipart/byteranges`` 206 (the device client takes 200 with the whole file); it opens the file by name
+    again when sending, so a version deleted meanwhile fails mid-response, where this route streams from the
+    descriptor it opened and checked against the manifest's size."""
     if kind not in DOWNLOADABLE_KINDS:
         raise NotFoundError(f"file kind must be one of {', '.join(DOWNLOADABLE_KINDS)}, got {kind!r}")
     store = state.store
@@ -92,9 +107,13 @@ def get_file(
     try:
         size = os.fstat(fh.fileno()).st_size
         if size != int(meta["bytes"]):
-            raise StoreError(f"{path} has {size} bytes, the manifest says {meta['bytes']}")
+            log.error("%s has %d bytes, the manifest says %s", path, size, meta["bytes"])
+            raise StoreError(
+                f"catalog {catalog!r} version {version}: its {kind} file has {size} bytes, the manifest says "
+                f"{meta['bytes']}"
+            )
         status, start, end = 200, 0, size - 1
-        if range_header is not None and (if_range is None or etag_matches(if_range, etag)):
+        if range_header is not None and if_range_matches(if_range, etag):
             rng = parse_range(range_header, size)
             if rng is not None:
                 status, (start, end) = 206, rng
@@ -114,8 +133,8 @@ def get_file(
 
 
 @router.get("/v1/catalogs/{catalog}/versions/{version}/codecs/{layer}", response_class=Response)
-def get_codec(state: State, catalog: str, version: Annotated[int, PathParam(ge=1)],
-              layer: Annotated[int, PathParam(ge=0)],
+def get_codec(state: State, catalog: str, version: Annotated[PlainInt, PathParam(ge=1)],
+              layer: Annotated[PlainInt, PathParam(ge=0)],
               if_none_match: Annotated[str | None, Header()] = None) -> Response:  # fmt: skip
     """``codec.to_bytes()`` of ``layer`` of the version's full pack (``application/octet-stream``)."""
     info, entry = state.version_entry(catalog, version)

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reelpack.errors import InvalidInputError, NotFoundError
 from reelpack.format.refine import encode_refine_frame
-from reelpack.service.models import RefineRequest
+from reelpack.service.models import PlainInt, RefineRequest
 from reelpack.service.state import State
 
 __all__ = ["router"]
@@ -23,7 +23,8 @@ router = APIRouter()
 
 @router.post("/v1/catalogs/{catalog}/versions/{version}/refine", response_class=Response,
              responses={200: {"content": {"application/octet-stream": {}}}})  # fmt: skip
-def refine(state: State, catalog: str, version: Annotated[int, PathParam(ge=1)], body: RefineRequest) -> Response:
+def refine(state: State, catalog: str, version: Annotated[PlainInt, PathParam(ge=1)],
+           body: RefineRequest) -> Response:  # fmt: skip
     """Codes of ``layer`` for the given item ids as a refinement frame (module docstring); 413 over
     ``max_refine_ids`` ids, 400 for duplicates or a layer the pack lacks, 404 for unknown ids."""
     if len(body.ids) > state.max_refine_ids:

@@ -11,10 +11,10 @@ from fastapi import Path as PathParam
 
 from reelpack.errors import NotFoundError
 from reelpack.format import crc32c
-from reelpack.service.models import MAX_ID, UserVectorResponse
+from reelpack.service.models import MAX_ID, PlainInt, UserVectorResponse
 from reelpack.service.state import State
 
-__all__ = ["router", "quantise_update"]
+__all__ = ["quantise_update", "router"]
 
 router = APIRouter()
 
@@ -41,9 +41,9 @@ def quantise_update(new: np.ndarray, old: np.ndarray | None = None) -> tuple[flo
 def user_vector(
     state: State,
     catalog: str,
-    user_id: Annotated[int, PathParam(ge=0, le=MAX_ID)],
-    version: Annotated[int | None, Query(ge=1)] = None,
-    since: Annotated[int | None, Query(ge=1)] = None,
+    user_id: Annotated[PlainInt, PathParam(ge=0, le=MAX_ID)],
+    version: Annotated[PlainInt | None, Query(ge=1)] = None,
+    since: Annotated[PlainInt | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:
     """int8 update of a user's vector (module docstring): relative to version ``since`` when that version has
     the user, else the full vector (``"since": null``)."""
