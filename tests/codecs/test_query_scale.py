@@ -91,3 +91,36 @@ def test_pq_tables_that_overflow_float32_are_refused(spec, contract_data):
         # the same scanner still answers ordinary queries afterwards
         ids, vals = scanner.search(contract_data["queries"], K)
         assert np.isfinite(vals).all() and ids.shape == (len(queries), K)
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
+def test_scores_beyond_float32_are_refused_for_every_codec(spec, contract_data):
+    """Items near 1e10 (inside the item limit) and a query near 1e29: the true scores exceed float32's range, so
+    ``score`` and the scanner both refuse with InvalidInputError, never inf scores or a silent wrong order."""
+    codec = make_codec(spec)
+    limit = codec.max_item_value
+    scale = np.float32(1e10 if limit is None else min(1e10, limit / 10))
+    items = contract_data["items"] * scale
+    codec.fit(contract_data["train"] * scale, seed=0)
+    codes = codec.encode(items)
+    huge = contract_data["queries"][:2] * np.float32(1e29)
+    for what, run in (("score", lambda: codec.score(huge, codes)),
+                      ("scanner", lambda: make_scanner(codec, codes).search(huge, K))):  # fmt: skip
+        got = _outcome(run)
+        if isinstance(got, InvalidInputError):
+            continue
+        scores = got if what == "score" else got[1]
+        assert np.isfinite(scores).all(), (spec, what)
+
+
+@pytest.mark.parametrize("spec", [s for s in ALL_SPECS if make_codec(s).max_item_value is not None])
+def test_item_values_beyond_the_limit_are_refused_before_training(spec, contract_data):
+    """fit and encode refuse item values beyond ``max_item_value`` with a typed error (faiss k-means on such values
+    overflows float32 and can abort the whole process)."""
+    codec = make_codec(spec)
+    too_big = contract_data["train"] * np.float32(codec.max_item_value * 10)
+    with pytest.raises(InvalidInputError, match="beyond"):
+        codec.fit(too_big, seed=0)
+    codec.fit(contract_data["train"], seed=0)
+    with pytest.raises(InvalidInputError, match="beyond"):
+        codec.encode(too_big[:3])

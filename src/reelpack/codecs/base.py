@@ -171,19 +171,10 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-#: Largest magnitude of an item vector's value that fit and encode accept: codecs train and assign in float32,
-#: where squared distances of larger values overflow (faiss k-means would abort the process).
+#: Default largest magnitude of an item vector's value that fit and encode accept (:attr:`Codec.max_item_value`):
+#: codecs that train or assign by distances work in float32, where squared distances of larger values overflow
+#: (faiss k-means would abort the process).
 MAX_ITEM_VALUE = 1e15
-
-
-def _check_item_magnitude(X: np.ndarray) -> np.ndarray:
-    """``X`` (float32, finite) unchanged, or InvalidInputError when a value is beyond :data:`MAX_ITEM_VALUE`."""
-    if X.size and float(np.abs(X).max()) > MAX_ITEM_VALUE:
-        raise InvalidInputError(
-            f"X holds values beyond {MAX_ITEM_VALUE:.0e} in magnitude (largest {float(np.abs(X).max()):.3g}); "
-            "codecs train and encode in float32: scale the vectors down first"
-        )
-    return X
 
 
 class Codec(ABC):
@@ -200,6 +191,9 @@ class Codec(ABC):
     """
 
     family: ClassVar[str] = ""
+    #: Largest ``|x|`` of an item value that :meth:`fit` and :meth:`encode` accept (``None``: any finite value;
+    #: the uncompressed codecs need no bound).
+    max_item_value: ClassVar[float | None] = MAX_ITEM_VALUE
 
     def __init__(self) -> None:
         self.dim: int | None = None
@@ -239,7 +233,7 @@ class Codec(ABC):
         Returns:
             ``self``, fitted.
         """
-        X = _check_item_magnitude(as_float_matrix(X, "X"))
+        X = self._check_item_magnitude(as_float_matrix(X, "X"))
         self._check_fit_input(X)
         self._fit(X, int(seed))
         self.dim = int(X.shape[1])
@@ -248,7 +242,7 @@ class Codec(ABC):
     def encode(self, X: np.ndarray) -> np.ndarray:
         """Encode vectors float [n, d] to codes uint8 [n, bytes_per_vector]."""
         self._require_fitted("encode")
-        X = _check_item_magnitude(as_float_matrix(X, "X", dim=self.dim, allow_empty=True))
+        X = self._check_item_magnitude(as_float_matrix(X, "X", dim=self.dim, allow_empty=True))
         codes = self._encode(X)
         assert codes.dtype == np.uint8 and codes.shape == (X.shape[0], self._bytes_per_vector())
         return codes
@@ -404,6 +398,16 @@ class Codec(ABC):
 
     @abstractmethod
     def _load_state(self, dim: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None: ...
+
+    def _check_item_magnitude(self, X: np.ndarray) -> np.ndarray:
+        """``X`` (float32, finite) unchanged, or InvalidInputError when a value is beyond :attr:`max_item_value`."""
+        limit = self.max_item_value
+        if limit is not None and X.size and float(np.abs(X).max()) > limit:
+            raise InvalidInputError(
+                f"X holds values beyond {limit:.0e} in magnitude (largest {float(np.abs(X).max()):.3g}); "
+                f"{self.spec} trains and encodes in float32: scale the vectors down first"
+            )
+        return X
 
     def _require_fitted(self, what: str) -> None:
         if not self.is_fitted:

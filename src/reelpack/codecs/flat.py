@@ -23,6 +23,7 @@ class Float32Codec(Codec):
     """Identity codec: codes are the raw little-endian float32 bytes (4*d bytes)."""
 
     family = "float32"
+    max_item_value = None
 
     @property
     def spec(self) -> str:
@@ -58,6 +59,7 @@ class Float16Codec(Codec):
     """IEEE half precision per component (2*d bytes). Values beyond +-65504 are clipped."""
 
     family = "fp16"
+    max_item_value = None
     _MAX = float(np.finfo(np.float16).max)
 
     @property

@@ -37,6 +37,9 @@ queries. Codes may be a read-only ``numpy.memmap`` view of a pack
 place; block layouts copy it once (``n x bytes_per_vector`` bytes). The bounded heap is
 :mod:`reelpack.kernels.heap`.
 
+(About 800 lines on purpose: the 8-bit and 4-bit PQ scans share the quantised block passes and the
+candidate-slack argument; the binary-code scans are in :mod:`reelpack.kernels.binscan`.)
+
 Bad input raises typed errors: queries of the wrong dimension
 (:class:`~reelpack.errors.DimensionMismatchError`), NaN/Inf queries
 (:class:`~reelpack.errors.NonFiniteError`), codes of the wrong width or dtype,
