@@ -387,17 +387,18 @@ def _build_pq(match: re.Match[str]) -> Codec:
 # ================================================================================================
 def rotated_queries(codec: Codec, queries: np.ndarray) -> np.ndarray:
     """Queries float32 C-contiguous [q, d], rotated by the codec (OPQ) for a PQ scan; shape and dtype checked
-    cheaply, NaN/Inf and magnitudes beyond 1e30 here (typed errors of :func:`check_queries`)."""
+    cheaply; NaN/Inf and magnitudes beyond 1e30 by the kernels, which then raise the typed errors of
+    :func:`check_queries`."""
     d = codec.dim
     q = queries if type(queries) is np.ndarray else np.asarray(queries)
     if q.ndim == 1:
         q = q[None, :]
     if q.dtype != np.float32 or q.ndim != 2 or q.shape[1] != d or q.shape[0] == 0 or not q.flags.c_contiguous:
         q = check_queries(q, d)
-    elif not np.abs(q).max() <= 1e30:  # NaN, Inf or beyond 1e30: the typed error of check_queries
-        q = check_queries(q, d)
     if getattr(codec, "rotation", None) is None:
         return q
+    if not np.abs(q).max() <= 1e30:  # checked before the rotation spreads a value over the coordinates
+        q = check_queries(q, d)
     return np.ascontiguousarray(codec._rotate(q), np.float32)
 
 
@@ -447,8 +448,8 @@ class FastScanScanner(Scanner):
         fn, head, tail = self.work(check_k(k, self.n_items), self._make_call)
         ids, vals, ok = fn(*head, q, *tail)
         if not ok:
-            refuse_tables(q)  # NonFiniteError naming the rows, or float32 overflow of the tables
-        return ids, finite_scores(vals)
+            refuse_tables(q)  # NonFiniteError naming the rows, the 1e30 limit, or float32 overflow of the tables
+        return ids, vals  # the kernel bounds every table entry by 3e38 / m: the scores are finite
 
     def _make_call(self, k: int) -> tuple:
         """The numba batch kernel and its arguments before and after the queries (per thread and K)."""

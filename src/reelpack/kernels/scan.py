@@ -140,11 +140,14 @@ def _pq8_scan_scalar(lut, codes, hv, hi, out_ids, out_vals):  # pragma: no cover
 def _lut_into(q, centroids, out):  # pragma: no cover - compiled
     """out[j, c] = q[j*dsub:(j+1)*dsub] . centroids[j, c] (float32); entries c >= ksub of ``out`` set to 0.
 
-    Returns False (tables unusable) for a NaN/Inf in ``q`` or a table entry beyond float32 (overflow)."""
+    Returns False (tables unusable) for a NaN/Inf or a value beyond 1e30 in ``q`` (the limit every query check
+    applies), or for a table entry beyond ``3e38 / m``: with every entry within that bound no sum of ``m``
+    entries leaves float32's range, so the scan's scores are finite and need no check afterwards."""
     for s in range(q.shape[0]):
-        if not np.isfinite(q[s]):
+        if not abs(q[s]) <= 1e30:  # NaN, Inf or too large
             return False
     m, ksub, dsub = centroids.shape
+    limit = np.float32(3.0e38 / m)
     ok = True
     for j in range(m):
         for c in range(ksub):
@@ -152,7 +155,8 @@ def _lut_into(q, centroids, out):  # pragma: no cover - compiled
             for s in range(dsub):
                 acc += q[j * dsub + s] * centroids[j, c, s]
             out[j, c] = acc
-            ok = ok and np.isfinite(acc)
+            if not abs(acc) <= limit:
+                ok = False
         for c in range(ksub, out.shape[1]):
             out[j, c] = 0.0
     return ok
@@ -390,9 +394,9 @@ def pq_run(
         for i in range(queries.shape[0]):
             if not _pq8_scan_vbmi(codes.data, n, m, queries[i], centroids, lut, qlut, slack, accs, bmax, hv, hi, ids[i], vals[i]):
                 refuse_tables(queries)
-        return ids, finite_scores(vals)
-    if not np.isfinite(queries).all():
-        check_queries(queries, queries.shape[1])  # raises NonFiniteError naming the rows
+        return ids, vals  # tables within 3e38 / m (checked by _lut_into): every score is finite
+    if not np.abs(queries).max() <= 1e30:
+        check_queries(queries, queries.shape[1])  # raises NonFiniteError naming the rows, or the 1e30 limit
     rows = codes.codes(np.arange(n)) if isinstance(codes, PQ8Blocks) else codes
     with np.errstate(over="ignore", invalid="ignore"):
         luts = finite_scores(pq_lut(queries, centroids))  # float32 overflow of the tables: refused
@@ -684,7 +688,7 @@ def fs4_run(
     ids, vals, ok = fn(*head, queries, *tail)
     if not ok:
         refuse_tables(queries)  # NonFiniteError naming the rows, or float32 overflow of the tables
-    return ids, finite_scores(vals)
+    return ids, vals  # tables within 3e38 / m (checked by _lut_into): every score is finite
 
 
 # ================================================================================================
