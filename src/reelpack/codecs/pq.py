@@ -420,9 +420,11 @@ class PQScanner(Scanner):
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = rotated_queries(self.codec, queries)
         k = check_k(k, self.n_items)
-        work = None
+        m = self.centroids.shape[0]
         if isinstance(self.blocks, PQ8Blocks):
-            work = self.work(k, lambda kk: pq8_work(self.centroids.shape[0], self.n_items, kk))
+            work = self.work(k, lambda kk: pq8_work(m, self.n_items, kk))
+        else:  # the scalar scan needs only the lookup table
+            work = self.work(k, lambda kk: (np.empty((m, 256), np.float32),))
         return pq_run(q, self.centroids, self.blocks, self.n_items, k, HAS_VBMI, work)
 
 

@@ -56,7 +56,7 @@ import numpy as np
 
 from reelpack.util.validate import check_k
 from reelpack.errors import DimensionMismatchError, DTypeError, InvalidInputError
-from reelpack.kernels.dense import finite_scores, pq_lut, refuse_tables
+from reelpack.kernels.dense import refuse_tables
 from reelpack.kernels.simd import HAS_AVX2, HAS_AVX512BW, HAS_VBMI, PQ8_BLOCK, ctz64, fs4_block, fs4_block64, pq8_block
 from reelpack.kernels.checks import check_codes, check_queries, empty_results
 from reelpack.kernels.heap import (
@@ -395,14 +395,13 @@ def pq_run(
             if not _pq8_scan_vbmi(codes.data, n, m, queries[i], centroids, lut, qlut, slack, accs, bmax, hv, hi, ids[i], vals[i]):
                 refuse_tables(queries)
         return ids, vals  # tables within 3e38 / m (checked by _lut_into): every score is finite
-    if not np.abs(queries).max() <= 1e30:
-        check_queries(queries, queries.shape[1])  # raises NonFiniteError naming the rows, or the 1e30 limit
     rows = codes.codes(np.arange(n)) if isinstance(codes, PQ8Blocks) else codes
-    with np.errstate(over="ignore", invalid="ignore"):
-        luts = finite_scores(pq_lut(queries, centroids))  # float32 overflow of the tables: refused
+    lut = np.empty((m, 256), np.float32) if work is None else work[0]
     for i in range(queries.shape[0]):
-        _pq8_scan_scalar(luts[i], rows, hv, hi, ids[i], vals[i])
-    return ids, finite_scores(vals)
+        if not _lut_into(queries[i], centroids, lut):  # NaN/Inf, beyond 1e30, or tables beyond 3e38 / m
+            refuse_tables(queries)
+        _pq8_scan_scalar(lut, rows, hv, hi, ids[i], vals[i])
+    return ids, vals  # tables within 3e38 / m: every score is finite
 
 
 # ================================================================================================
