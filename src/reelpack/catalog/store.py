@@ -48,7 +48,6 @@ import os
 import re
 import secrets
 import shutil
-import tokenize
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from reelpack.errors import InvalidInputError, NotFoundError, StoreError
+from reelpack.errors import DataFormatError, InvalidInputError, NotFoundError, StoreError
 from reelpack.format.delta import sha256_file
+from reelpack.util.npy import read_npy_header
 from reelpack.util.atomic import atomic_write_bytes, fsync_dir, fsync_file
 
 __all__ = [
@@ -535,22 +535,10 @@ def _check_file(path: Path, f: dict[str, Any], *, sha256: bool) -> str:
 
 def _npy_header(fh: Any) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, data offset) of the npy file ``fh``; StoreError (no path) for anything unreadable."""
-    fmt = np.lib.format
     try:
-        version = fmt.read_magic(fh)
-        if version == (1, 0):
-            shape, _, dtype = fmt.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, _, dtype = fmt.read_array_header_2_0(fh)
-        else:
-            raise StoreError(f"npy format {version}, expected 1.0 or 2.0")
-    except StoreError:
-        raise
-    except (ValueError, SyntaxError, TypeError, RecursionError, EOFError, tokenize.TokenError) as exc:
-        raise StoreError(f"its npy header cannot be parsed ({type(exc).__name__})") from None
-    if dtype.hasobject:
-        raise StoreError(f"its npy header has dtype {dtype} (object arrays are never stored)")
-    return tuple(shape), dtype, fh.tell()
+        return read_npy_header(fh)
+    except DataFormatError as exc:
+        raise StoreError(f"{exc} (object arrays and other formats are never stored)") from None
 
 
 def _same_file(fd: int, path: Path) -> bool:

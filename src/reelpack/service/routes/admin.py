@@ -8,7 +8,6 @@ import math
 import re
 import struct
 import tempfile
-import tokenize
 import zipfile
 from typing import Annotated, Any
 
@@ -20,9 +19,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reelpack.catalog.build import build_catalog
-from reelpack.errors import InvalidInputError, ReelpackError
+from reelpack.errors import DataFormatError, InvalidInputError, ReelpackError
 from reelpack.service.models import MAX_ID
 from reelpack.service.state import State, require_admin
+from reelpack.util.npy import read_npy_header
 
 __all__ = [
     "MAX_CODECS",
@@ -72,24 +72,13 @@ def _read_npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> tu
     """(shape, dtype, data bytes the header claims) of the member ``info``, from its npy header alone (at most a
     few KiB of the member are decompressed). 400: no readable npy header or an object dtype; 422: the shape and
     dtype claim another byte count than the member holds after its header."""
-    fmt = np.lib.format
     try:
         with zf.open(info) as fh:
-            version = fmt.read_magic(fh)
-            if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, _, dtype = fmt.read_array_header_2_0(fh)
-            else:
-                raise InvalidInputError(f"array {key!r} is npy format {version}; expected 1.0 or 2.0")
-            offset = fh.tell()
-    except (ValueError, SyntaxError, TypeError, RecursionError, EOFError, OSError, zipfile.BadZipFile,
-            struct.error, tokenize.TokenError) as exc:  # fmt: skip
-        if isinstance(exc, ReelpackError):
-            raise
+            shape, dtype, offset = read_npy_header(fh)
+    except DataFormatError as exc:
         raise InvalidInputError(f"array {key!r} of the .npz has no readable npy header: {exc}") from None
-    if dtype.hasobject:
-        raise InvalidInputError(f"array {key!r} has dtype {dtype}: object arrays need pickle and are refused")
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise InvalidInputError(f"array {key!r} of the .npz cannot be read: {type(exc).__name__}") from None
     claimed = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     held = info.file_size - offset
     if claimed != held:
