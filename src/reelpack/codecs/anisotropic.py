@@ -97,7 +97,7 @@ from reelpack.codecs.pq import (
 from reelpack.codecs.registry import register_codec
 from reelpack.codecs.scanner import Scanner
 from reelpack.errors import CodecSpecError, DimensionMismatchError, InvalidInputError, SerializationError
-from reelpack.kernels.dense import finite_scores, pq_decode, pq_ip
+from reelpack.kernels.dense import pq_decode, pq_ip
 
 __all__ = ["AnisotropicPQ", "OPQAnisotropicPQ", "anisotropic_eta", "anisotropic_loss", "DEFAULT_THRESHOLD"]
 
@@ -393,8 +393,7 @@ class AnisotropicPQ(Codec):
         return self._unrotate(pq_decode(self.centroids, codes))  # type: ignore[arg-type]
 
     def _score(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        with np.errstate(over="ignore", invalid="ignore"):  # float32 overflow: refused by finite_scores
-            return finite_scores(pq_ip(self._rotate(queries), self.centroids, codes))  # type: ignore[arg-type]
+        return pq_ip(self._rotate(queries), self.centroids, codes)  # type: ignore[arg-type]
 
     # ---- state ----------------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

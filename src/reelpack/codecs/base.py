@@ -24,12 +24,14 @@ import json
 import math
 import struct
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
 from reelpack.util.validate import as_codes, as_float_matrix
 from reelpack.codecs.scanner import GenericScanner, Scanner
+from reelpack.kernels.dense import finite_scores
 from reelpack.errors import InvalidInputError, NotFittedError, SerializationError, UnsupportedOperationError
 
 __all__ = ["Codec", "pack_state", "unpack_state", "check_state", "STATE_MAGIC", "STATE_VERSION"]
@@ -177,6 +179,14 @@ def _is_int(v: object) -> bool:
 MAX_ITEM_VALUE = 1e15
 
 
+def _finite_scores(compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()`` as float32 C-contiguous scores, refused (InvalidInputError) when not all finite: queries and
+    codes are finite by then, so only a float32 overflow of the tables or sums gets here, which would rank wrong."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        scores = np.ascontiguousarray(compute(), dtype=np.float32)
+    return finite_scores(scores)
+
+
 class Codec(ABC):
     """A fixed-rate vector codec: fit, encode, decode, score, bytes per vector.
 
@@ -263,14 +273,7 @@ class Codec(ABC):
         self._require_fitted("score")
         queries = as_float_matrix(queries, "queries", dim=self.dim)
         codes = as_codes(codes, self._bytes_per_vector())
-        with np.errstate(over="ignore", invalid="ignore"):
-            scores = np.ascontiguousarray(self._score(queries, codes), dtype=np.float32)
-        if not np.isfinite(scores).all():  # finite queries and codes: only a float32 overflow gets here
-            raise InvalidInputError(
-                "the scores exceed float32's range (about 3.4e38): query magnitude times item magnitude is too "
-                "large; scale the queries (or the item vectors) down"
-            )
-        return scores
+        return _finite_scores(lambda: self._score(queries, codes))
 
     def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,
                 rerank: int | None = None) -> Scanner:  # fmt: skip
@@ -330,8 +333,8 @@ class Codec(ABC):
         queries = as_float_matrix(queries, "queries", dim=self.dim)
         codes = as_codes(codes, width)
         if int(stages) == len(self.stage_bytes):
-            return np.ascontiguousarray(self._score(queries, codes), dtype=np.float32)
-        return np.ascontiguousarray(self._score_prefix(queries, codes, int(stages)), dtype=np.float32)
+            return _finite_scores(lambda: self._score(queries, codes))
+        return _finite_scores(lambda: self._score_prefix(queries, codes, int(stages)))
 
     def _score_prefix(self, queries: np.ndarray, codes: np.ndarray, stages: int) -> np.ndarray:
         raise UnsupportedOperationError(f"{self.spec!r} has a single stage; it cannot score a code prefix")

@@ -64,9 +64,8 @@ from reelpack.codecs.base import Codec
 from reelpack.codecs.registry import register_codec
 from reelpack.errors import CodecSpecError, DimensionMismatchError, InvalidInputError, SerializationError
 from reelpack.codecs.scanner import Scanner
-from reelpack.kernels.checks import check_codes, check_queries
+from reelpack.kernels.checks import check_codes, fast_queries
 from reelpack.kernels.dense import (
-    finite_scores,
     pack_int4,
     pair_tables,
     pq_adc,
@@ -267,11 +266,7 @@ class ProductQuantizer(Codec):
         return self._unrotate(pq_decode(self.centroids, self._subcodes(codes)))  # type: ignore[arg-type]
 
     def _score(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        # finite queries whose tables or sums overflow float32 are refused (InvalidInputError), not ranked
-        with np.errstate(over="ignore", invalid="ignore"):
-            return finite_scores(self._score_unchecked(queries, codes))
-
-    def _score_unchecked(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        # (scores that overflow float32 are refused by Codec.score, for every codec)
         if self.nbits == 8:
             return pq_ip(self._rotate(queries), self.centroids, codes)  # type: ignore[arg-type]
         ksub = self.centroids.shape[1]  # type: ignore[union-attr]
@@ -389,17 +384,10 @@ def rotated_queries(codec: Codec, queries: np.ndarray) -> np.ndarray:
     """Queries float32 C-contiguous [q, d], rotated by the codec (OPQ) for a PQ scan; shape and dtype checked
     cheaply; NaN/Inf and magnitudes beyond 1e30 by the kernels, which then raise the typed errors of
     :func:`check_queries`."""
-    d = codec.dim
-    q = queries if type(queries) is np.ndarray else np.asarray(queries)
-    if q.ndim == 1:
-        q = q[None, :]
-    if q.dtype != np.float32 or q.ndim != 2 or q.shape[1] != d or q.shape[0] == 0 or not q.flags.c_contiguous:
-        q = check_queries(q, d)
-    if getattr(codec, "rotation", None) is None:
-        return q
-    if not np.abs(q).max() <= 1e30:  # checked before the rotation spreads a value over the coordinates
-        q = check_queries(q, d)
-    return np.ascontiguousarray(codec._rotate(q), np.float32)
+    rotated = getattr(codec, "rotation", None) is not None
+    # values are checked here before a rotation spreads one over the coordinates; unrotated, by the kernel
+    q = fast_queries(queries, int(codec.dim), check_values=rotated)
+    return np.ascontiguousarray(codec._rotate(q), np.float32) if rotated else q
 
 
 class PQScanner(Scanner):

@@ -28,9 +28,11 @@ def empty_results(nq: int, k: int, dtype: type = np.float32) -> tuple[np.ndarray
     return np.empty((nq, k), np.int64), np.empty((nq, k), dtype)
 
 
-def fast_queries(queries: object, dim: int) -> np.ndarray:
+def fast_queries(queries: object, dim: int, *, check_values: bool = True) -> np.ndarray:
     """Queries float32 C-contiguous [q, dim] for a scanner's hot path: an input that already is one is checked
     for shape, finiteness and magnitude only (a few microseconds); anything else goes through :func:`check_queries`.
+    ``check_values=False`` leaves finiteness and magnitude of such an input to a kernel that checks them itself
+    (and then raises through :func:`check_queries`).
 
     Raises:
         DimensionMismatchError, DTypeError, NonFiniteError, EmptyInputError, InvalidInputError (values beyond
@@ -41,6 +43,6 @@ def fast_queries(queries: object, dim: int) -> np.ndarray:
         q = q[None, :]
     if q.dtype != np.float32 or q.ndim != 2 or q.shape[1] != dim or q.shape[0] == 0 or not q.flags.c_contiguous:
         return check_queries(q, dim)
-    if not np.abs(q).max() <= 1e30:  # NaN, Inf or a magnitude check_queries refuses
+    if check_values and not np.abs(q).max() <= 1e30:  # NaN, Inf or a magnitude check_queries refuses
         return check_queries(q, dim)  # raises NonFiniteError naming the rows, or InvalidInputError
     return q

@@ -214,8 +214,8 @@ def pq_ip(
 
 #: The message of the refusal when finite queries give lookup tables or scores beyond float32.
 TABLE_OVERFLOW = (
-    "query norm too large for this codec's float32 tables: the scores would exceed float32's range "
-    "(about 3.4e38); scale the queries (or the item vectors) down"
+    "the scores would exceed float32's range (about 3.4e38): query magnitude times item magnitude is too "
+    "large for this codec's float32 tables and sums; scale the queries (or the item vectors) down"
 )
 
 
