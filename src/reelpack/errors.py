@@ -36,6 +36,7 @@ __all__ = [
     "StoreError",
     "ServiceError",
     "MissingExtraError",
+    "NativeRuntimeError",
 ]
 
 
@@ -175,3 +176,9 @@ class MissingExtraError(UnsupportedOperationError, ImportError):
     def __init__(self, message: str, extra: str) -> None:
         super().__init__(message)
         self.extra = extra
+
+
+class NativeRuntimeError(UnsupportedOperationError):
+    """The native C runtime (``runtime/``, ``libreelpack``) is not available: not built, not found, or built for
+    another platform. The message says how to build it (``make -C runtime``) and where it was looked for
+    (``REELPACK_RUNTIME_LIB``)."""

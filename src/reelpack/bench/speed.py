@@ -86,6 +86,9 @@ class SpeedConfig:
         memory_check: measure peak memory of scoring the largest size from a memmapped pack.
         seed: data and training seed.
         device_model: preset of :mod:`reelpack.bench.energy` for the phone estimates.
+        native: also time the C runtime (``libreelpack``, :mod:`reelpack.search.native`) on the same codes and
+            queries, one thread, for the methods it implements (pq16, pq32x4-*, sq8, sq4, flat); and its
+            open + verify time and peak memory on the memmapped pack.
     """
 
     sizes: tuple[int, ...] = (100_000, 1_000_000)
@@ -97,6 +100,7 @@ class SpeedConfig:
     memory_check: bool = True
     seed: int = 0
     device_model: str = DEFAULT_DEVICE_MODEL
+    native: bool = False
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in SPEED_METHODS]
@@ -139,13 +143,19 @@ def _timed_pair(
     theirs: Callable[[np.ndarray], np.ndarray] | None,
     queries: np.ndarray,
     exact_ids: np.ndarray,
+    native: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Time both callables one query at a time, alternating; medians, p90, top-K overlap, recall vs float32."""
+    """Time the callables one query at a time, alternating; medians, p90, top-K overlap, recall vs float32.
+
+    ``native`` (the C runtime on the same codes) is timed in the same rotation when given."""
     for i in range(min(3, len(queries))):  # warm-up (JIT, caches)
         ours(queries[i : i + 1])
         if theirs is not None:
             theirs(queries[i : i + 1])
+        if native is not None:
+            native(queries[i : i + 1])
     t_ours, t_theirs, overlap, rec_ours, rec_theirs = [], [], [], [], []
+    t_native, same_native = [], []
     k = exact_ids.shape[1]
     for i in range(len(queries)):
         q = queries[i : i + 1]
@@ -160,6 +170,11 @@ def _timed_pair(
             t_theirs.append(time.perf_counter() - t2)
             overlap.append(len(np.intersect1d(a[0], b[0])) / a.shape[1])
             rec_theirs.append(len(np.intersect1d(b[0], exact_ids[i])) / k)
+        if native is not None:
+            t3 = time.perf_counter()
+            c = native(q)
+            t_native.append(time.perf_counter() - t3)
+            same_native.append(bool(np.array_equal(a[0], c[0])))
     out: dict[str, Any] = {
         "reelpack_ms": 1e3 * float(np.median(t_ours)),
         "reelpack_ms_p90": 1e3 * float(np.percentile(t_ours, 90)),
@@ -173,6 +188,15 @@ def _timed_pair(
             overlap_vs_faiss=float(np.mean(overlap)),
             faiss_recall_vs_float=float(np.mean(rec_theirs)),
         )
+    if native is not None:
+        out.update(
+            native_ms=1e3 * float(np.median(t_native)),
+            native_ms_p90=1e3 * float(np.percentile(t_native, 90)),
+            native_vs_numba=float(np.median(t_native) / np.median(t_ours)),
+            native_same_ids=float(np.mean(same_native)),
+        )
+        if theirs is not None:
+            out["native_vs_faiss"] = float(np.median(t_native) / np.median(t_theirs))
     return out
 
 
@@ -329,6 +353,30 @@ def _prepare(method: str, X: np.ndarray, train: np.ndarray, k: int, seed: int) -
     raise InvalidInputError(f"unknown speed method {method!r}")
 
 
+NATIVE_METHODS = ("flat", "pq16", "pq32x4-fastscan", "pq32x4-exact", "sq8", "sq4")
+
+
+def _native_search(p: _Prepared, X: np.ndarray, n: int, k: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The C runtime's scanner on the method's codes (first ``n``), as ``q -> ids``; None where not implemented."""
+    from reelpack.codecs import make_codec
+    from reelpack.search.native import NativeScanner
+
+    if p.method not in NATIVE_METHODS:
+        return None
+    if p.method == "flat":
+        codec = make_codec("float32").fit(X[:16])
+        codes = np.ascontiguousarray(X[:n]).view(np.uint8)
+    else:
+        codec, codes = p.codec, p.codes[:n]  # type: ignore[index]
+    scanner = NativeScanner(codec, codes, exact=p.method != "pq32x4-fastscan")
+
+    def search(q: np.ndarray) -> np.ndarray:
+        return scanner.search(q, k)[0]
+
+    search.kernel = scanner.kernel  # type: ignore[attr-defined]
+    return search
+
+
 def _fs4_name() -> str:
     if scan.FS4_WIDTH == 64:
         return "fs4-avx512 (vpshufb, 64-item blocks)"
@@ -382,8 +430,11 @@ def _decode_rows(prepared: dict[str, _Prepared], n: int) -> list[dict[str, Any]]
 
 # ---- peak memory of scoring a memmapped pack (run in a fresh subprocess) --------------------------
 
-def memory_probe(pack_path: str, k: int, n_queries: int, seed: int) -> dict[str, Any]:
+def memory_probe(pack_path: str, k: int, n_queries: int, seed: int, backend: str = "numba") -> dict[str, Any]:
     """Open a pack through a memmap, build the fused scanner of layer 0, answer queries; report memory.
+
+    ``backend="native"``: the C runtime maps the file, checks every CRC32C (open + verify, timed), and ranks
+    through ``rp_pack_scanner``; the Python side only holds the queries.
 
     JIT compilation runs first on a tiny catalog; then the peak-RSS mark is reset
     (``/proc/self/clear_refs`` = 5) and ``VmHWM`` growth over the RSS at that moment
@@ -392,6 +443,8 @@ def memory_probe(pack_path: str, k: int, n_queries: int, seed: int) -> dict[str,
     """
     from reelpack.format import PackReader
 
+    if backend == "native":
+        return _native_memory_probe(pack_path, k, n_queries, seed)
     rng = np.random.default_rng(seed)
     with PackReader(pack_path) as reader:
         codec = reader.codec(0)
@@ -436,7 +489,48 @@ def memory_probe(pack_path: str, k: int, n_queries: int, seed: int) -> dict[str,
     return out
 
 
-def _memory_rows(prepared: dict[str, _Prepared], n: int, k: int, seed: int, log: Callable[[str], None]) -> list[dict]:
+def _native_memory_probe(pack_path: str, k: int, n_queries: int, seed: int) -> dict[str, Any]:
+    """:func:`memory_probe` through the C runtime (``libreelpack``)."""
+    from reelpack.search.native import NativePack, load_runtime
+
+    load_runtime()  # the library's own pages are not the ranking's memory
+    rng = np.random.default_rng(seed)
+    base_kb = reset_peak_rss()
+    reset = base_kb is not None
+    if base_kb is None:
+        base_kb = status_kb("VmRSS")
+    t0 = time.perf_counter()
+    pack = NativePack(pack_path)
+    report = pack.verify()
+    t_verify = time.perf_counter()
+    info = pack.layer_info(0)
+    scanner = pack.scanner(0)
+    t1 = time.perf_counter()
+    queries = rng.standard_normal((n_queries, info.dim)).astype(np.float32)
+    times = []
+    for i in range(n_queries):
+        s = time.perf_counter()
+        scanner.search(queries[i], k)
+        times.append(time.perf_counter() - s)
+    peak_kb = status_kb("VmHWM")
+    code_bytes = pack.n_items * info.bytes_per_vector
+    out: dict[str, Any] = {
+        "pack": os.path.basename(pack_path), "spec": info.spec, "n_items": pack.n_items, "kernel": scanner.kernel,
+        "codes_are_memmap_view": True, "code_bytes": code_bytes, "prepared_bytes": scanner.prepared_bytes,
+        "open_and_verify_ms": 1e3 * (t_verify - t0), "verify_clean": report["bad_blocks"] == 0,
+        "open_and_prepare_s": t1 - t0, "query_ms_median": 1e3 * float(np.median(times)), "peak_reset": reset,
+    }  # fmt: skip
+    if base_kb is not None and peak_kb is not None:
+        growth = (peak_kb - base_kb) * 1024
+        out.update(rss_base_bytes=base_kb * 1024, peak_growth_bytes=growth, limit_bytes=code_bytes + (16 << 20))
+        out["within_limit"] = bool(growth < code_bytes + (16 << 20))
+    scanner.close()
+    pack.close()
+    return out
+
+
+def _memory_rows(prepared: dict[str, _Prepared], n: int, k: int, seed: int, log: Callable[[str], None],
+                 native: bool = False) -> list[dict]:  # fmt: skip
     from reelpack.format import write_pack
 
     rows = []
@@ -447,18 +541,20 @@ def _memory_rows(prepared: dict[str, _Prepared], n: int, k: int, seed: int, log:
                 continue
             path = os.path.join(tmp, f"{method}.rpk")
             write_pack(path, np.arange(n, dtype=np.int64), [(p.codec, p.codes[:n])], items_per_block=4096)
-            log(f"memory probe: {method}, {n:,} items from a memmapped pack")
-            proc = subprocess.run(
-                [sys.executable, "-m", "reelpack.bench.speed", "--probe", path, str(k), "20", str(seed)],
-                capture_output=True, text=True, timeout=900,
-            )  # fmt: skip
-            if proc.returncode != 0:
-                rows.append({"method": method, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]})
-                continue
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-            row["method"] = method
-            row["pack_file_bytes"] = os.path.getsize(path)
-            rows.append(row)
+            for backend in ("numba", "native") if native else ("numba",):
+                log(f"memory probe: {method}, {n:,} items from a memmapped pack ({backend})")
+                proc = subprocess.run(
+                    [sys.executable, "-m", "reelpack.bench.speed", "--probe", path, str(k), "20", str(seed), backend],
+                    capture_output=True, text=True, timeout=900,
+                )  # fmt: skip
+                name = method if backend == "numba" else f"{method} (C runtime)"
+                if proc.returncode != 0:
+                    rows.append({"method": name, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]})
+                    continue
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                row["method"] = name
+                row["pack_file_bytes"] = os.path.getsize(path)
+                rows.append(row)
     return rows
 
 
@@ -487,7 +583,8 @@ def run_speed_bench(config: SpeedConfig = SpeedConfig(), log: Callable[[str], No
                 p = prepared[method]
                 log(f"{method}: {n:,} items, {config.n_queries} single queries")
                 ours, theirs, prep_s, build_s = p.make(n)
-                timing = _timed_pair(ours, theirs, queries, exact_ids)
+                native = _native_search(p, X, n, config.k) if config.native else None
+                timing = _timed_pair(ours, theirs, queries, exact_ids, native)
                 row = {
                     "method": method,
                     "n_items": n,
@@ -500,11 +597,13 @@ def run_speed_bench(config: SpeedConfig = SpeedConfig(), log: Callable[[str], No
                     "train_encode_s": p.extra["train_encode_s"],
                     "est_phone_ms": estimate_phone_ms(timing["reelpack_ms"], model),
                 }
+                if native is not None:
+                    row["native_kernel"] = getattr(native, "kernel", "")
                 if p.notes:
                     row["notes"] = p.notes
                 rows.append(row)
         decode = _decode_rows(prepared, min(config.sizes))
-    memory = _memory_rows(prepared, n_max, config.k, config.seed, log) if config.memory_check else []
+    memory = _memory_rows(prepared, n_max, config.k, config.seed, log, config.native) if config.memory_check else []
     import faiss
 
     return {
@@ -527,11 +626,19 @@ def run_speed_bench(config: SpeedConfig = SpeedConfig(), log: Callable[[str], No
             },
             "versions": {"numpy": np.__version__, "faiss": faiss.__version__, "numba": __import__("numba").__version__},
             "simd": host_simd(),
+            "native_runtime": _native_provenance() if config.native else None,
             "threads": 1,
             "device_model": model.to_dict(),
             "estimates": "est_* fields are phone estimates (docs/ENERGY.md), not measurements",
         },
     }
+
+
+def _native_provenance() -> dict[str, Any]:
+    from reelpack.search.native import load_runtime
+
+    rt = load_runtime()
+    return {"library": rt.path.name, "version": rt.version, "kernel": rt.kernel}
 
 
 def speed_markdown(result: dict[str, Any]) -> str:
@@ -551,6 +658,18 @@ def speed_markdown(result: dict[str, Any]) -> str:
             f"| {r['method']} | {r['n_items']:,} | {r['bytes_per_item']:g} | {r['reelpack_kernel']} | {r['faiss_index']} | "
             f"{r['reelpack_ms']:.3f} | {faiss_ms} | {ratio} | {p90} | {ov} | {rec} | {r['est_phone_ms']:.2f} |"
         )
+    native_rows = [r for r in result["rows"] if "native_ms" in r]
+    if native_rows:
+        lines += ["", "C runtime (`libreelpack`, same codes and queries, one thread, timed in the same rotation):", "",
+                  "| method | items | C kernel | C ms | numba ms | faiss ms | C / numba | C / faiss | same top-K ids as numba |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for r in native_rows:
+            faiss_ms = f"{r['faiss_ms']:.3f}" if "faiss_ms" in r else "-"
+            vs_faiss = f"{r['native_vs_faiss']:.2f}" if "native_vs_faiss" in r else "-"
+            lines.append(
+                f"| {r['method']} | {r['n_items']:,} | {r.get('native_kernel', '')} | {r['native_ms']:.3f} | "
+                f"{r['reelpack_ms']:.3f} | {faiss_ms} | {r['native_vs_numba']:.2f} | {vs_faiss} | {r['native_same_ids']:.3f} |"
+            )
     if result.get("decode"):
         lines += ["", "| decode | items | reelpack ms | faiss sa_decode ms | ratio | MB/s out | max abs diff |", "|---|---:|---:|---:|---:|---:|---:|"]
         for r in result["decode"]:
@@ -559,16 +678,18 @@ def speed_markdown(result: dict[str, Any]) -> str:
                 f"{r['output_mb_per_s']:.0f} | {r['max_abs_diff_vs_faiss']:.1e} |"
             )
     if result.get("memory"):
-        lines += ["", "| memmapped pack | items | kernel | code MB | peak RSS growth MB | limit (codes + 64 MB) | within | query ms |",
-                  "|---|---:|---|---:|---:|---:|---|---:|"]  # fmt: skip
+        lines += ["", "| memmapped pack | items | kernel | code MB | peak RSS growth MB | limit MB (codes + 64 MB; C: + 16 MB) "
+                  "| within | query ms | open + verify ms |",
+                  "|---|---:|---|---:|---:|---:|---|---:|---:|"]  # fmt: skip
         for r in result["memory"]:
             if "error" in r:
-                lines.append(f"| {r['method']} | - | error: {r['error']} | | | | | |")
+                lines.append(f"| {r['method']} | - | error: {r['error']} | | | | | | |")
                 continue
             lines.append(
                 f"| {r['method']} | {r['n_items']:,} | {r['kernel']} | {r['code_bytes'] / 2**20:.1f} | "
                 f"{r.get('peak_growth_bytes', float('nan')) / 2**20:.1f} | {r.get('limit_bytes', 0) / 2**20:.0f} | "
-                f"{r.get('within_limit')} | {r['query_ms_median']:.3f} |"
+                f"{r.get('within_limit')} | {r['query_ms_median']:.3f} | "
+                + (f"{r['open_and_verify_ms']:.2f} |" if "open_and_verify_ms" in r else "- |")
             )
     prov = result["provenance"]
     lines += ["", f"Data: {prov['data']}. SIMD: {prov['simd']}. One thread everywhere. "
@@ -577,10 +698,11 @@ def speed_markdown(result: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":  # the memory probe's subprocess entry
-    if len(sys.argv) == 6 and sys.argv[1] == "--probe":
+    if len(sys.argv) in (6, 7) and sys.argv[1] == "--probe":
         from threadpoolctl import threadpool_limits
 
+        probe_backend = sys.argv[6] if len(sys.argv) == 7 else "numba"
         with threadpool_limits(limits=1):
-            print(json.dumps(memory_probe(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))
+            print(json.dumps(memory_probe(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), probe_backend)))
     else:  # pragma: no cover
-        sys.exit("usage: python -m reelpack.bench.speed --probe PACK K N_QUERIES SEED")
+        sys.exit("usage: python -m reelpack.bench.speed --probe PACK K N_QUERIES SEED [numba|native]")

@@ -222,6 +222,9 @@ def bench_speed(
     seed: Annotated[int, typer.Option(help="Data and training seed.")] = 0,
     device_model: Annotated[str, typer.Option(help="Phone preset for the 'est.' latency column.")] = "midrange-2024",
     out: Annotated[Path, typer.Option(help="Folder for the JSON and Markdown results.")] = Path("results"),
+    native: Annotated[
+        bool, typer.Option("--native", help="Also time the C runtime (libreelpack; `make -C runtime`, or REELPACK_RUNTIME_LIB).")
+    ] = False,
 ) -> None:
     """Single-core speed of reelpack's fused kernels vs faiss on the same codes and queries (SYNTHETIC catalog).
 
@@ -250,7 +253,12 @@ def bench_speed(
             memory_check=not no_memory,
             seed=seed,
             device_model=device_model,
+            native=native,
         )
+        if native:
+            from reelpack.search.native import load_runtime
+
+            load_runtime()  # NativeRuntimeError (how to build it) before minutes of training
         with err_console.status("speed bench") as status:
             result = run_speed_bench(config, log=lambda msg: status.update(f"speed bench: {msg}"))
         markdown = speed_markdown(result)

@@ -15,8 +15,17 @@ from reelpack.errors import InvalidInputError
 __all__ = ["Scanner", "make_scanner"]
 
 
+BACKENDS = ("numba", "native")
+
+
 def make_scanner(
-    codec: Codec, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8, rerank: int | None = None
+    codec: Codec,
+    codes: np.ndarray,
+    *,
+    exact: bool = True,
+    query_bits: int = 8,
+    rerank: int | None = None,
+    backend: str = "numba",
 ) -> Scanner:
     """Prepare ``codes`` of a fitted ``codec`` for fused top-K search.
 
@@ -27,12 +36,17 @@ def make_scanner(
         query_bits: bits per query coordinate for binary asymmetric scoring (simhash, rabitq).
         rerank: rabitq with B > 1 bits: candidates from the 1-bit stage rescored with all bits
             (default ``max(20 K, 1000)``, capped at the catalog).
+        backend: ``"numba"`` (the codec's own scanner, the default) or ``"native"``: the C runtime
+            (:class:`reelpack.search.native.NativeScanner`; needs the built ``libreelpack``, see docs/RUNTIME.md).
 
     Returns:
         the codec's :class:`Scanner` (``codec.scanner(codes, ...)``).
 
     Raises:
-        InvalidInputError: ``codec`` is not a :class:`Codec`, or a bad ``query_bits`` / ``rerank`` / ``exact``.
+        InvalidInputError: ``codec`` is not a :class:`Codec`, or a bad ``query_bits`` / ``rerank`` / ``exact`` /
+            ``backend``.
+        NativeRuntimeError: ``backend="native"`` and the runtime library is not built or not found.
+        UnsupportedFeatureError: ``backend="native"`` and the runtime does not implement the codec's family.
         NotFittedError: the codec is not fitted.
         DTypeError, DimensionMismatchError, InvalidInputError: bad codes.
     """
@@ -44,4 +58,12 @@ def make_scanner(
         raise InvalidInputError(f"rerank must be None or an integer >= 1, got {rerank!r}")
     if not isinstance(exact, (bool, np.bool_)):
         raise InvalidInputError(f"exact must be True or False, got {exact!r}")
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "native":
+        if rerank is not None:
+            raise InvalidInputError("rerank applies to rabitq, which the native runtime does not implement")
+        from reelpack.search.native import NativeScanner  # ctypes + the library load only when asked for
+
+        return NativeScanner(codec, codes, exact=bool(exact), query_bits=int(query_bits))
     return codec.scanner(codes, exact=bool(exact), query_bits=int(query_bits), rerank=None if rerank is None else int(rerank))

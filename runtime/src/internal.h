@@ -1,0 +1,116 @@
+/* Internal declarations shared by the runtime's source files (not installed). */
+#ifndef REELPACK_INTERNAL_H
+#define REELPACK_INTERNAL_H
+
+#include "reelpack.h"
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Fill `err` (when not NULL) and return `code`. printf-style message, truncated to fit. */
+int rp_fail(rp_error *err, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+void rp_clear(rp_error *err);
+
+/* Little-endian loads from possibly unaligned bytes. */
+static inline uint16_t rp_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t rp_le32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline uint64_t rp_le64(const uint8_t *p) { return (uint64_t)rp_le32(p) | ((uint64_t)rp_le32(p + 4) << 32); }
+static inline float rp_lef32(const uint8_t *p) {
+    uint32_t u = rp_le32(p);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ---- codec families ------------------------------------------------------------------------- */
+typedef enum rp_family {
+    RP_FAM_FLOAT32 = 1,
+    RP_FAM_FP16,
+    RP_FAM_SQ8,      /* sq8, sq8-pP */
+    RP_FAM_SQ4,      /* sq4, sq4-pP */
+    RP_FAM_PQ8,      /* pqM, apqM[-tT]: centroids [m][256 or fewer][dsub] */
+    RP_FAM_PQ4,      /* pqMx4: centroids [m][<=16][dsub], nibble-packed codes */
+    RP_FAM_OPQ8,     /* opqM,pqM and opqM,apqM[-tT]: rotation [d][d] then PQ8 */
+    RP_FAM_RQ,       /* rqS1+S2+...[-b] */
+    RP_FAM_SIMHASH,  /* simhashB: asymmetric score with a quantised query (bit planes) */
+    RP_FAM_HAMMING   /* simhashB-hamming: minus the Hamming distance of sign bits */
+} rp_family;
+
+#define RP_MAX_STAGES 64
+
+struct rp_codec {
+    rp_family family;
+    char spec[64];
+    char family_name[16];      /* Python's family: "float32" "fp16" "sq" "pq" "opq" "apq" "opq-apq" "rq" "simhash" */
+    uint32_t dim;
+    uint32_t bytes_per_vector;
+
+    /* sq: lo, step float32 [dim] */
+    float *lo, *step;
+
+    /* pq / opq / apq: centroids float32 [m][ksub][dsub] (ksub <= 256; <= 16 for PQ4); rotation [dim][dim]
+     * (row-major, codes quantise x @ rotation^T, so a query is rotated as y_i = sum_j R[i][j] q_j) or NULL */
+    uint32_t m, ksub, dsub;
+    float *centroids;
+    float *rotation;
+
+    /* rq: codebooks float32 [n_codebooks][256][dim]; stage s has stage_sizes[s] codebooks;
+     * code byte column of codebook c is cb_col[c] (skips the one bound byte after each stage with "-b");
+     * prefix_bytes[s] = bytes of the code through stage s (s = 0..n_stages-1) */
+    uint32_t n_codebooks, n_stages;
+    uint32_t stage_sizes[RP_MAX_STAGES];
+    uint32_t prefix_bytes[RP_MAX_STAGES];
+    uint32_t cb_col[RP_MAX_STAGES];   /* at most 64 codebooks */
+    int bounds;
+    float *codebooks;
+
+    /* simhash: projection float32 [nbits][dim], scale (the decode factor c) */
+    uint32_t nbits;
+    float *projection;
+    float scale;
+
+    void *arena;               /* one allocation holding every array above (64-byte aligned) */
+};
+
+/* ---- kernels (scan.c) ---------------------------------------------------------------------- */
+typedef enum rp_kernel { RP_KERNEL_PORTABLE = 0, RP_KERNEL_AVX2 = 1, RP_KERNEL_NEON = 2 } rp_kernel;
+rp_kernel rp_active_kernel(void);
+
+/* Check a query: finite and |q_i| <= 1e30 (RP_E_NONFINITE otherwise, naming the first bad index). */
+int rp_check_query(const float *query, uint32_t dim, rp_error *err);
+
+/* ---- packs (pack.c): rows of a layer that a pack scanner must skip ------------------------- */
+/* Sorted, disjoint row ranges [lo, hi) to skip (damaged blocks), passed to a scanner. */
+typedef struct rp_row_range {
+    uint64_t lo, hi;
+} rp_row_range;
+int rp_scanner_set_skip(rp_scanner *scanner, const rp_row_range *ranges, size_t n_ranges, rp_error *err);
+
+
+/* ---- READER (codec.c, crc32c.c): shared by pack.c and the tests ---------------------------- */
+/* Check the structure of an RPCS codec state as Python's check_state does (header only, no array is
+ * read): RP_OK, RP_E_CODEC, RP_E_VERSION (a state version other than 1) or RP_E_NOMEM. On RP_OK, the
+ * header's spec (truncated to spec_size - 1 bytes, NUL-terminated) and dim when not NULL. */
+int rp_codec_check_state(const uint8_t *data, size_t size, char *spec, size_t spec_size, uint32_t *dim,
+                         rp_error *err);
+/* The family of a codec spec as this runtime names it ("pq", "rabitq", ...), for messages. */
+void rp_codec_family_of_spec(const char *spec, char *out, size_t out_size);
+/* CRC32C by the table path only, and whether rp_crc32c uses CRC instructions on this CPU (tests). */
+uint32_t rp_crc32c_portable(uint32_t crc, const void *data, size_t size);
+int rp_crc32c_hw(void);
+
+
+/* ---- KERNELS helper (scan.c): a scanner that never reads the rows of `ranges` ---------------- */
+/* As rp_scanner_new, with sorted disjoint row ranges [lo, hi) to skip given up front: their codes are
+ * never read (not checked, not copied, not scanned), so damaged blocks cannot fail the code checks. */
+int rp_scanner_new_skip(const rp_codec *codec, const uint8_t *codes, uint64_t n, const rp_scan_options *opts,
+                        const rp_row_range *ranges, size_t n_ranges, rp_scanner **out, rp_error *err);
+
+#endif /* REELPACK_INTERNAL_H */

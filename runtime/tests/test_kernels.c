@@ -1,0 +1,701 @@
+/* Tests of the scan kernels (scan.c, scan_avx2.c, scan_neon.c): hand-built codecs with random parameters and
+ * codes, every kernel path against the others (identical ids and scores) and against a naive float64
+ * reference (decode + dot), the tie rule, exclusion, skip ranges, K errors, bad queries, stride and prefix,
+ * code checks and refinement. Exit status 0 when every check passes. */
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int g_fail = 0, g_checks = 0;
+#define CHECK(cond, ...)                                                                \
+    do {                                                                                \
+        g_checks++;                                                                     \
+        if (!(cond)) {                                                                  \
+            g_fail++;                                                                   \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                        \
+            fprintf(stderr, __VA_ARGS__);                                               \
+            fprintf(stderr, "\n");                                                      \
+        }                                                                               \
+    } while (0)
+
+/* ---- deterministic PRNG (splitmix64) ---------------------------------------------------------------- */
+static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+static uint64_t rnd(void) {
+    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static uint32_t rndu(uint32_t n) { return (uint32_t)(rnd() % n); }
+static float rndf(void) { return (float)((double)(rnd() >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0); }
+static float rndn(void) { return rndf() + rndf() + rndf(); }
+
+static void *xmalloc(size_t n) {
+    void *p = calloc(n ? n : 1, 1);
+    if (p == NULL) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+static float *randf(size_t n, float scale) {
+    float *a = (float *)xmalloc(n * sizeof(float));
+    size_t i;
+    for (i = 0; i < n; i++) a[i] = rndn() * scale;
+    return a;
+}
+
+/* ---- hand-built codecs ---------------------------------------------------------------------------- */
+static void codec_release(rp_codec *c) {
+    free(c->lo);
+    free(c->step);
+    free(c->centroids);
+    free(c->rotation);
+    free(c->codebooks);
+    free(c->projection);
+    memset(c, 0, sizeof(*c));
+}
+
+static void make_pq(rp_codec *c, rp_family fam, uint32_t m, uint32_t dsub, uint32_t ksub, int rotate) {
+    uint32_t d = m * dsub, i, j;
+    memset(c, 0, sizeof(*c));
+    c->family = fam;
+    c->dim = d;
+    c->m = m;
+    c->dsub = dsub;
+    c->ksub = ksub;
+    c->bytes_per_vector = fam == RP_FAM_PQ4 ? m / 2u : m;
+    c->centroids = randf((size_t)m * ksub * dsub, 1.0f);
+    snprintf(c->spec, sizeof(c->spec), "test-pq");
+    if (rotate) { /* a signed permutation: orthogonal, exact */
+        uint32_t *perm = (uint32_t *)xmalloc(d * sizeof(uint32_t));
+        for (i = 0; i < d; i++) perm[i] = i;
+        for (i = d; i-- > 1;) {
+            uint32_t r = rndu(i + 1u), t = perm[i];
+            perm[i] = perm[r];
+            perm[r] = t;
+        }
+        c->rotation = (float *)xmalloc((size_t)d * d * sizeof(float));
+        for (i = 0; i < d; i++)
+            for (j = 0; j < d; j++) c->rotation[(size_t)i * d + j] = perm[i] == j ? (rndu(2) ? 1.0f : -1.0f) : 0.0f;
+        free(perm);
+    }
+}
+
+static void make_sq(rp_codec *c, int bits, uint32_t d) {
+    uint32_t j;
+    memset(c, 0, sizeof(*c));
+    c->family = bits == 8 ? RP_FAM_SQ8 : RP_FAM_SQ4;
+    c->dim = d;
+    c->bytes_per_vector = bits == 8 ? d : (d + 1u) / 2u;
+    c->lo = randf(d, 1.0f);
+    c->step = (float *)xmalloc(d * sizeof(float));
+    for (j = 0; j < d; j++) c->step[j] = (float)(rnd() % 1000u) * (bits == 8 ? 1e-4f : 2e-3f);
+    snprintf(c->spec, sizeof(c->spec), "sq%d", bits);
+}
+
+static void make_flat(rp_codec *c, int fp16, uint32_t d) {
+    memset(c, 0, sizeof(*c));
+    c->family = fp16 ? RP_FAM_FP16 : RP_FAM_FLOAT32;
+    c->dim = d;
+    c->bytes_per_vector = (fp16 ? 2u : 4u) * d;
+    snprintf(c->spec, sizeof(c->spec), fp16 ? "fp16" : "float32");
+}
+
+static void make_rq(rp_codec *c, uint32_t d, const uint32_t *stages, uint32_t n_stages, int bounds) {
+    uint32_t s, cb = 0, col = 0, b;
+    memset(c, 0, sizeof(*c));
+    c->family = RP_FAM_RQ;
+    c->dim = d;
+    c->n_stages = n_stages;
+    c->bounds = bounds;
+    for (s = 0; s < n_stages; s++) {
+        c->stage_sizes[s] = stages[s];
+        for (b = 0; b < stages[s]; b++) c->cb_col[cb++] = col++;
+        if (bounds) col++;
+        c->prefix_bytes[s] = col;
+    }
+    c->n_codebooks = cb;
+    c->bytes_per_vector = col;
+    c->codebooks = randf((size_t)cb * 256u * d, 0.5f);
+    snprintf(c->spec, sizeof(c->spec), "rq-test");
+}
+
+static void make_simhash(rp_codec *c, uint32_t nbits, uint32_t d, int hamming) {
+    memset(c, 0, sizeof(*c));
+    c->family = hamming ? RP_FAM_HAMMING : RP_FAM_SIMHASH;
+    c->dim = d;
+    c->nbits = nbits;
+    c->bytes_per_vector = nbits / 8u;
+    c->projection = randf((size_t)nbits * d, 0.3f);
+    c->scale = 0.37f;
+    snprintf(c->spec, sizeof(c->spec), "simhash%u", (unsigned)nbits);
+}
+
+/* Random valid codes for a codec (pq: values < ksub; float: finite values). */
+static uint8_t *make_codes(const rp_codec *c, uint64_t n, size_t stride) {
+    uint8_t *codes = (uint8_t *)xmalloc((size_t)n * stride);
+    uint64_t t;
+    uint32_t j;
+    for (t = 0; t < n; t++) {
+        uint8_t *p = codes + (size_t)t * stride;
+        for (j = 0; j < stride; j++) p[j] = (uint8_t)rnd();
+        if (c->family == RP_FAM_PQ8 || c->family == RP_FAM_OPQ8)
+            for (j = 0; j < c->m; j++) p[j] = (uint8_t)rndu(c->ksub);
+        if (c->family == RP_FAM_PQ4)
+            for (j = 0; j < c->m / 2u; j++) p[j] = (uint8_t)(rndu(c->ksub) | (rndu(c->ksub) << 4));
+        if (c->family == RP_FAM_FLOAT32)
+            for (j = 0; j < c->dim; j++) {
+                float v = rndn();
+                memcpy(p + 4u * j, &v, 4); /* little-endian host assumed by the test */
+            }
+        if (c->family == RP_FAM_FP16)
+            for (j = 0; j < c->dim; j++) { /* finite halves: exponent < 31, some subnormals */
+                uint16_t h = (uint16_t)((rndu(2) << 15) | (rndu(18) << 10) | rndu(1024));
+                p[2u * j] = (uint8_t)h;
+                p[2u * j + 1u] = (uint8_t)(h >> 8);
+            }
+        if (c->family == RP_FAM_SQ4 && (c->dim & 1u)) p[c->dim / 2u] &= 0x0F;
+    }
+    return codes;
+}
+
+/* ---- float64 reference: decode + dot ------------------------------------------------------------------ */
+static double half_ref(uint16_t h) {
+    int e = (h >> 10) & 31, mnt = h & 1023;
+    double v = e == 0 ? ldexp((double)mnt, -24) : ldexp(1024.0 + mnt, e - 25);
+    return (h & 0x8000u) ? -v : v;
+}
+
+static double ref_score(const rp_codec *c, const float *q, const uint8_t *p, uint32_t stages) {
+    uint32_t d = c->dim, j, s;
+    double acc = 0.0;
+    switch (c->family) {
+    case RP_FAM_PQ8: case RP_FAM_OPQ8: case RP_FAM_PQ4: {
+        double *y = (double *)xmalloc(d * sizeof(double));
+        uint32_t k;
+        for (j = 0; j < d; j++) {
+            if (c->rotation == NULL) {
+                y[j] = q[j];
+            } else {
+                y[j] = 0.0;
+                for (k = 0; k < d; k++) y[j] += (double)c->rotation[(size_t)j * d + k] * q[k];
+            }
+        }
+        for (j = 0; j < c->m; j++) {
+            uint32_t code = c->family == RP_FAM_PQ4 ? (j & 1u ? p[j / 2u] >> 4 : p[j / 2u] & 15u) : p[j];
+            const float *cen = c->centroids + ((size_t)j * c->ksub + code) * c->dsub;
+            for (s = 0; s < c->dsub; s++) acc += y[j * c->dsub + s] * cen[s];
+        }
+        free(y);
+        return acc;
+    }
+    case RP_FAM_SQ8: case RP_FAM_SQ4:
+        for (j = 0; j < d; j++) {
+            uint32_t code = c->family == RP_FAM_SQ8 ? p[j] : (j & 1u ? p[j / 2u] >> 4 : p[j / 2u] & 15u);
+            acc += (double)q[j] * ((double)c->lo[j] + (double)c->step[j] * code);
+        }
+        return acc;
+    case RP_FAM_FLOAT32:
+        for (j = 0; j < d; j++) {
+            float v;
+            memcpy(&v, p + 4u * j, 4);
+            acc += (double)q[j] * v;
+        }
+        return acc;
+    case RP_FAM_FP16:
+        for (j = 0; j < d; j++) acc += (double)q[j] * half_ref((uint16_t)(p[2u * j] | (p[2u * j + 1u] << 8)));
+        return acc;
+    case RP_FAM_RQ: {
+        uint32_t ns = stages ? stages : c->n_stages, ncb = 0, cb;
+        for (s = 0; s < ns; s++) ncb += c->stage_sizes[s];
+        for (cb = 0; cb < ncb; cb++) {
+            const float *w = c->codebooks + ((size_t)cb * 256u + p[c->cb_col[cb]]) * d;
+            for (j = 0; j < d; j++) acc += (double)q[j] * w[j];
+        }
+        return acc;
+    }
+    case RP_FAM_SIMHASH: case RP_FAM_HAMMING: {
+        uint32_t i, dist = 0;
+        for (i = 0; i < c->nbits; i++) {
+            double pr = 0.0;
+            int bit = (p[i / 8u] >> (7u - i % 8u)) & 1;
+            for (j = 0; j < d; j++) pr += (double)c->projection[(size_t)i * d + j] * q[j];
+            if (c->family == RP_FAM_SIMHASH)
+                acc += (double)c->scale * pr * (bit ? 1.0 : -1.0);
+            else
+                dist += (uint32_t)((pr > 0.0) != bit);
+        }
+        return c->family == RP_FAM_SIMHASH ? acc : -(double)dist;
+    }
+    default:
+        return 0.0;
+    }
+}
+
+/* Reference top-K over scores (best first, ties to the lower row), rows excluded or skipped left out. */
+static uint32_t ref_topk(const float *sc, uint64_t n, uint32_t k, const unsigned char *gone, int64_t *rows, float *vals) {
+    uint32_t cnt = 0, i;
+    uint64_t t;
+    for (t = 0; t < n; t++) {
+        if (gone != NULL && gone[t]) continue;
+        if (cnt == k && !(sc[t] > vals[cnt - 1u])) continue;
+        i = cnt < k ? cnt++ : k - 1u;
+        while (i > 0 && sc[t] > vals[i - 1u]) {
+            vals[i] = vals[i - 1u];
+            rows[i] = rows[i - 1u];
+            i--;
+        }
+        vals[i] = sc[t];
+        rows[i] = (int64_t)t;
+    }
+    return cnt;
+}
+
+/* The kernels this build and CPU can run. */
+static const char *g_kernels[3];
+static int g_nk = 0;
+static void find_kernels(void) {
+    const char *names[3] = {"portable", "avx2", "neon"};
+    int i;
+    for (i = 0; i < 3; i++)
+        if (rp_set_kernel(names[i], NULL) == RP_OK) g_kernels[g_nk++] = names[i];
+    rp_set_kernel("auto", NULL);
+}
+
+/* Score with rp_codec_score (portable), compare to the float64 reference; returns the scores. */
+static float *check_codec_score(const rp_codec *c, const float *q, const uint8_t *codes, uint64_t n, size_t stride,
+                                uint32_t stages, const char *what) {
+    float *sc = (float *)xmalloc((size_t)n * sizeof(float));
+    double maxabs = 0.0, maxerr = 0.0;
+    uint64_t t;
+    rp_error e;
+    int st;
+    rp_set_kernel("portable", NULL);
+    st = rp_codec_score(c, q, codes, n, stride, stages, sc, &e);
+    CHECK(st == RP_OK, "%s: rp_codec_score failed: %s", what, e.message);
+    for (t = 0; t < n && st == RP_OK; t++) {
+        double r = ref_score(c, q, codes + (size_t)t * stride, stages);
+        double err = fabs((double)sc[t] - r);
+        if (fabs(r) > maxabs) maxabs = fabs(r);
+        if (err > maxerr) maxerr = err;
+    }
+    CHECK(maxerr <= 1e-5 * (maxabs > 1e-30 ? maxabs : 1.0), "%s: codec_score differs from the reference by %g (max |score| %g)",
+          what, maxerr, maxabs);
+    /* every kernel path scores alike */
+    {
+        int ki;
+        float *o = (float *)xmalloc((size_t)n * sizeof(float));
+        for (ki = 0; ki < g_nk; ki++) {
+            rp_set_kernel(g_kernels[ki], NULL);
+            st = rp_codec_score(c, q, codes, n, stride, stages, o, NULL);
+            CHECK(st == RP_OK && memcmp(o, sc, (size_t)n * sizeof(float)) == 0, "%s: codec_score differs on kernel %s", what,
+                  g_kernels[ki]);
+        }
+        free(o);
+    }
+    rp_set_kernel("auto", NULL);
+    return sc;
+}
+
+/* Simhash scanner reference: the quantised query (binscan.py), computed here in float64 from scratch. */
+static void simhash_quantised_ref(const rp_codec *c, const float *q, int qbits, const uint8_t *codes, uint64_t n,
+                                  size_t stride, float *out) {
+    uint32_t nb = c->nbits, d = c->dim, i, j;
+    float *proj = (float *)xmalloc(nb * sizeof(float));
+    double lo, hi, delta, levels = (double)((1 << qbits) - 1), usum = 0.0, total;
+    uint32_t *u = (uint32_t *)xmalloc(nb * sizeof(uint32_t));
+    uint64_t t;
+    for (i = 0; i < nb; i++) {
+        double acc = 0.0;
+        for (j = 0; j < d; j++) acc += (double)c->projection[(size_t)i * d + j] * q[j];
+        proj[i] = c->scale * (float)acc;
+    }
+    lo = hi = proj[0];
+    for (i = 1; i < nb; i++) {
+        lo = proj[i] < lo ? proj[i] : lo;
+        hi = proj[i] > hi ? proj[i] : hi;
+    }
+    delta = hi - lo > 0.0 ? (hi - lo) / levels : 1.0;
+    for (i = 0; i < nb; i++) {
+        double v = nearbyint(((double)proj[i] - lo) / delta);
+        v = v < 0 ? 0 : (v > levels ? levels : v);
+        u[i] = (uint32_t)v;
+        usum += v;
+    }
+    total = lo * nb + delta * usum;
+    for (t = 0; t < n; t++) {
+        const uint8_t *p = codes + (size_t)t * stride;
+        int64_t dot = 0, ones = 0;
+        double v;
+        for (i = 0; i < nb; i++)
+            if ((p[i / 8u] >> (7u - i % 8u)) & 1u) {
+                ones++;
+                dot += u[i];
+            }
+        v = 2.0 * delta * (double)dot + 2.0 * lo * (double)ones + -total;
+        out[t] = (float)(v + 0.0);
+    }
+    free(proj);
+    free(u);
+}
+
+/* Run the scanner on every kernel and compare with the reference top-K of `ref` (scores the scanner must
+ * reproduce bit for bit). Also exclusion and skip ranges. */
+static void check_scanner(const rp_codec *c, const uint8_t *codes, uint64_t n, const rp_scan_options *opts,
+                          const float *q, const float *ref, const char *what) {
+    uint32_t ks[3] = {1, 7, 50}, ki, kk;
+    int64_t *rows = (int64_t *)xmalloc(64 * sizeof(int64_t)), *rr = (int64_t *)xmalloc(64 * sizeof(int64_t));
+    float *vals = (float *)xmalloc(64 * sizeof(float)), *rv = (float *)xmalloc(64 * sizeof(float));
+    int64_t *first_rows = (int64_t *)xmalloc(64 * sizeof(int64_t));
+    float *first_vals = (float *)xmalloc(64 * sizeof(float));
+    unsigned char *gone = (unsigned char *)xmalloc((size_t)n);
+    int64_t excl[40];
+    size_t n_excl = 0, i;
+    rp_row_range skip[3];
+    size_t n_skip = 0;
+    rp_error e;
+    int mode;
+    /* exclusion: unsorted, repeated, out of range */
+    for (i = 0; i < 30; i++) excl[n_excl++] = (int64_t)rndu((uint32_t)n);
+    excl[n_excl++] = excl[0];
+    excl[n_excl++] = excl[3];
+    excl[n_excl++] = -5;
+    excl[n_excl++] = (int64_t)n + 10;
+    if (n > 200) {
+        skip[0].lo = 33, skip[0].hi = 70;
+        skip[1].lo = 100, skip[1].hi = 101;
+        skip[2].lo = n - 17, skip[2].hi = n + 50; /* beyond n: clipped */
+        n_skip = 3;
+    }
+    for (mode = 0; mode < 3; mode++) { /* 0 plain, 1 exclusion, 2 exclusion + skip */
+        memset(gone, 0, (size_t)n);
+        if (mode >= 1)
+            for (i = 0; i < n_excl; i++)
+                if (excl[i] >= 0 && (uint64_t)excl[i] < n) gone[excl[i]] = 1;
+        if (mode == 2)
+            for (i = 0; i < n_skip; i++) {
+                uint64_t t;
+                for (t = skip[i].lo; t < skip[i].hi && t < n; t++) gone[t] = 1;
+            }
+        for (kk = 0; kk < 3; kk++) {
+            uint32_t k = ks[kk], nref, n_out, n_first = 0;
+            if (k > n) continue;
+            nref = ref != NULL ? ref_topk(ref, n, k, gone, rr, rv) : 0;
+            for (ki = 0; ki < (uint32_t)g_nk; ki++) {
+                rp_scanner *s = NULL;
+                int st;
+                rp_set_kernel(g_kernels[ki], NULL);
+                if (mode == 2 && ki % 2u == 1u)
+                    st = rp_scanner_new_skip(c, codes, n, opts, skip, n_skip, &s, &e);
+                else {
+                    st = rp_scanner_new(c, codes, n, opts, &s, &e);
+                    if (st == RP_OK && mode == 2) st = rp_scanner_set_skip(s, skip, n_skip, &e);
+                }
+                CHECK(st == RP_OK, "%s: scanner_new: %s", what, e.message);
+                if (st != RP_OK) continue;
+                st = rp_scanner_search(s, q, k, mode ? excl : NULL, mode ? n_excl : 0, rows, vals, &n_out, &e);
+                CHECK(st == RP_OK, "%s: search: %s", what, e.message);
+                if (ref != NULL) {
+                    CHECK(n_out == nref, "%s [%s k=%u mode=%d]: %u results, reference %u", what, rp_scanner_kernel(s), k,
+                          mode, n_out, nref);
+                    for (i = 0; i < n_out && i < nref; i++)
+                        if (rows[i] != rr[i] || memcmp(&vals[i], &rv[i], 4) != 0) {
+                            CHECK(0, "%s [%s k=%u mode=%d]: rank %zu row %lld score %.9g, reference row %lld score %.9g", what,
+                                  rp_scanner_kernel(s), k, mode, i, (long long)rows[i], vals[i], (long long)rr[i], rv[i]);
+                            break;
+                        }
+                } else { /* no reference (approximate): well-formed output */
+                    for (i = 0; i < n_out; i++) {
+                        CHECK(rows[i] >= 0 && (uint64_t)rows[i] < n && !gone[rows[i]], "%s: bad row %lld", what, (long long)rows[i]);
+                        if (i > 0) CHECK(vals[i] < vals[i - 1] || (vals[i] == vals[i - 1] && rows[i] > rows[i - 1]), "%s: order", what);
+                    }
+                }
+                if (ki == 0) {
+                    n_first = n_out;
+                    memcpy(first_rows, rows, n_out * sizeof(int64_t));
+                    memcpy(first_vals, vals, n_out * sizeof(float));
+                } else {
+                    CHECK(n_out == n_first && memcmp(rows, first_rows, n_out * sizeof(int64_t)) == 0 &&
+                              memcmp(vals, first_vals, n_out * sizeof(float)) == 0,
+                          "%s: kernel %s differs from %s (k=%u mode=%d)", what, g_kernels[ki], g_kernels[0], k, mode);
+                }
+                rp_scanner_free(s);
+            }
+        }
+    }
+    rp_set_kernel("auto", NULL);
+    free(rows), free(rr), free(vals), free(rv), free(first_rows), free(first_vals), free(gone);
+}
+
+static float *rand_query(uint32_t d) { return randf(d, 1.0f); }
+
+static void test_family(rp_codec *c, uint64_t n, const char *what, int approx_too) {
+    size_t stride = c->bytes_per_vector;
+    uint8_t *codes = make_codes(c, n, stride);
+    float *q = rand_query(c->dim);
+    float *sc = check_codec_score(c, q, codes, n, stride, 0, what);
+    if (c->family == RP_FAM_SIMHASH) { /* the scanner ranks by the quantised query */
+        int qb;
+        for (qb = 1; qb <= 16; qb += 7) {
+            rp_scan_options o;
+            memset(&o, 0, sizeof(o));
+            o.query_bits = qb;
+            simhash_quantised_ref(c, q, qb, codes, n, stride, sc);
+            check_scanner(c, codes, n, &o, q, sc, what);
+        }
+    } else {
+        check_scanner(c, codes, n, NULL, q, sc, what);
+    }
+    if (approx_too) {
+        rp_scan_options o;
+        memset(&o, 0, sizeof(o));
+        o.approximate = 1;
+        check_scanner(c, codes, n, &o, q, NULL, what);
+    }
+    free(sc);
+    free(q);
+    free(codes);
+}
+
+static void test_families(void) {
+    rp_codec c;
+    uint32_t rep;
+    for (rep = 0; rep < 2; rep++) {
+        uint64_t n = rep ? 1000 : 3001;
+        make_pq(&c, RP_FAM_PQ8, 16, 4, 256, 0), test_family(&c, n, "pq16", 0), codec_release(&c);
+        make_pq(&c, RP_FAM_PQ8, 13, 3, 37, 0), test_family(&c, n, "pq13 ksub37", 0), codec_release(&c);
+        make_pq(&c, RP_FAM_OPQ8, 8, 4, 256, 1), test_family(&c, n, "opq8", 0), codec_release(&c);
+        make_pq(&c, RP_FAM_PQ4, 32, 2, 16, 0), test_family(&c, n, "pq32x4", 1), codec_release(&c);
+        make_pq(&c, RP_FAM_PQ4, 6, 3, 11, 0), test_family(&c, n, "pq6x4 ksub11", 1), codec_release(&c);
+        make_pq(&c, RP_FAM_PQ4, 2, 1, 16, 0), test_family(&c, n, "pq2x4", 1), codec_release(&c);
+        make_pq(&c, RP_FAM_PQ4, 260, 1, 16, 0), test_family(&c, 300, "pq260x4 (no fast-scan)", 0), codec_release(&c);
+        make_sq(&c, 8, 37), test_family(&c, n, "sq8", 0), codec_release(&c);
+        make_sq(&c, 4, 37), test_family(&c, n, "sq4 odd", 0), codec_release(&c);
+        make_sq(&c, 4, 64), test_family(&c, n, "sq4", 0), codec_release(&c);
+        make_flat(&c, 0, 29), test_family(&c, n, "float32", 0), codec_release(&c);
+        make_flat(&c, 1, 35), test_family(&c, n, "fp16", 0), codec_release(&c);
+        {
+            uint32_t st[3] = {2, 1, 3};
+            make_rq(&c, 24, st, 3, 1), test_family(&c, n, "rq2+1+3-b", 0), codec_release(&c);
+            make_rq(&c, 16, st, 2, 0), test_family(&c, n, "rq2+1", 0), codec_release(&c);
+        }
+        make_simhash(&c, 128, 32, 0), test_family(&c, n, "simhash128", 0), codec_release(&c);
+        make_simhash(&c, 72, 20, 0), test_family(&c, n, "simhash72", 0), codec_release(&c);
+        make_simhash(&c, 128, 32, 1), test_family(&c, n, "simhash128-hamming", 0), codec_release(&c);
+        make_simhash(&c, 40, 9, 1), test_family(&c, n, "simhash40-hamming", 0), codec_release(&c);
+    }
+}
+
+/* ---- ties, K, bad queries, code checks, stride and prefix, refinement ------------------------------------- */
+static void test_ties_and_k(void) {
+    rp_codec c;
+    uint64_t n = 100, t;
+    uint8_t *codes;
+    float *q;
+    int64_t rows[100];
+    float vals[100];
+    uint32_t n_out, ki;
+    rp_error e;
+    rp_scanner *s;
+    make_pq(&c, RP_FAM_PQ8, 4, 2, 3, 0);
+    codes = (uint8_t *)xmalloc(n * 4);
+    for (t = 0; t < n; t++) memset(codes + t * 4, (int)(t % 3u), 4); /* three distinct scores, many ties */
+    q = rand_query(c.dim);
+    for (ki = 0; ki < (uint32_t)g_nk; ki++) {
+        int64_t excl[3] = {99, 5, 99};
+        uint32_t i;
+        rp_set_kernel(g_kernels[ki], NULL);
+        CHECK(rp_scanner_new(&c, codes, n, NULL, &s, &e) == RP_OK, "ties: new: %s", e.message);
+        CHECK(rp_scanner_search(s, q, 40, NULL, 0, rows, vals, &n_out, &e) == RP_OK && n_out == 40, "ties: search");
+        for (i = 1; i < 40; i++)
+            CHECK(vals[i] < vals[i - 1] || (vals[i] == vals[i - 1] && rows[i] > rows[i - 1]), "ties: order at %u", i);
+        CHECK(rows[0] % 3 == rows[1] % 3 && rows[0] < 3 && rows[1] == rows[0] + 3, "ties: lower rows first");
+        /* K range */
+        CHECK(rp_scanner_search(s, q, 0, NULL, 0, rows, vals, &n_out, &e) == RP_E_K_RANGE, "k = 0");
+        CHECK(rp_scanner_search(s, q, 101, NULL, 0, rows, vals, &n_out, &e) == RP_E_K_RANGE, "k > n");
+        CHECK(rp_scanner_search(s, q, 100, excl, 3, rows, vals, &n_out, &e) == RP_OK && n_out == 98,
+              "fewer results when rows are excluded (%u)", n_out);
+        for (i = 0; i < n_out; i++) CHECK(rows[i] != 5 && rows[i] != 99, "excluded row returned");
+        CHECK(rows[98] == -1, "unused slots are -1");
+        /* bad queries */
+        {
+            float bad[8];
+            memcpy(bad, q, sizeof(bad));
+            bad[3] = NAN;
+            CHECK(rp_scanner_search(s, bad, 5, NULL, 0, rows, vals, &n_out, &e) == RP_E_NONFINITE, "NaN query");
+            bad[3] = INFINITY;
+            CHECK(rp_scanner_search(s, bad, 5, NULL, 0, rows, vals, &n_out, &e) == RP_E_NONFINITE, "Inf query");
+            bad[3] = 2e30f;
+            CHECK(rp_scanner_search(s, bad, 5, NULL, 0, rows, vals, &n_out, &e) == RP_E_NONFINITE, "1e30 query");
+            bad[3] = 1e30f; /* times centroids of 1e8: tables beyond 3e38 / m */
+            {
+                float saved[6];
+                uint32_t z;
+                for (z = 0; z < 6; z++) saved[z] = c.centroids[6 + z], c.centroids[6 + z] = 1e8f;
+                CHECK(rp_scanner_search(s, bad, 5, NULL, 0, rows, vals, &n_out, &e) == RP_E_NONFINITE,
+                      "tables beyond 3e38/m: %s", e.message);
+                for (z = 0; z < 6; z++) c.centroids[6 + z] = saved[z];
+            }
+            CHECK(rp_scanner_search(s, q, 5, NULL, 0, rows, vals, &n_out, &e) == RP_OK, "search after a refusal");
+            CHECK(rp_scanner_search(s, NULL, 5, NULL, 0, rows, vals, &n_out, &e) == RP_E_ARGUMENT, "NULL query");
+            CHECK(rp_scanner_search(s, q, 5, NULL, 3, rows, vals, &n_out, &e) == RP_E_ARGUMENT, "NULL exclusion list");
+        }
+        {
+            rp_row_range bad_r[2] = {{10, 20}, {15, 30}};
+            CHECK(rp_scanner_set_skip(s, bad_r, 2, &e) == RP_E_ARGUMENT, "overlapping skip ranges");
+            bad_r[1].lo = 40, bad_r[1].hi = 40;
+            CHECK(rp_scanner_set_skip(s, bad_r, 2, &e) == RP_E_ARGUMENT, "empty skip range");
+        }
+        CHECK(rp_scanner_memory(s) > 0, "memory");
+        rp_scanner_free(s);
+    }
+    rp_set_kernel("auto", NULL);
+    /* code values beyond ksub */
+    codes[4 * 7 + 2] = 3;
+    CHECK(rp_scanner_new(&c, codes, n, NULL, &s, &e) == RP_E_CODEC, "pq code >= ksub refused");
+    {
+        rp_row_range r = {7, 8};
+        CHECK(rp_scanner_new_skip(&c, codes, n, NULL, &r, 1, &s, &e) == RP_OK, "bad row in a skip range is never read");
+        rp_scanner_free(s);
+    }
+    CHECK(rp_codec_score(&c, q, codes, n, 0, 0, vals, &e) == RP_E_CODEC, "codec_score: code >= ksub");
+    CHECK(rp_scanner_new(&c, codes, 0, NULL, &s, &e) == RP_E_ARGUMENT, "n = 0");
+    free(codes);
+    free(q);
+    codec_release(&c);
+
+    /* float32: NaN codes refused; scores beyond float32 refused */
+    make_flat(&c, 0, 8);
+    codes = make_codes(&c, 10, 32);
+    q = rand_query(8);
+    {
+        float big = 1e37f, nan = NAN;
+        memcpy(codes + 32 * 3 + 4, &big, 4);
+        CHECK(rp_scanner_new(&c, codes, 10, NULL, &s, &e) == RP_OK, "float32 new");
+        q[1] = 1e29f;
+        CHECK(rp_scanner_search(s, q, 3, NULL, 0, rows, vals, &n_out, &e) == RP_E_NONFINITE, "float32 score bound");
+        rp_scanner_free(s);
+        memcpy(codes + 32 * 5, &nan, 4);
+        CHECK(rp_scanner_new(&c, codes, 10, NULL, &s, &e) == RP_E_CODEC, "float32 NaN code refused");
+    }
+    free(codes);
+    free(q);
+    codec_release(&c);
+
+    /* kernel names */
+    CHECK(rp_set_kernel("bogus", &e) == RP_E_ARGUMENT, "unknown kernel");
+    CHECK(rp_set_kernel(NULL, &e) == RP_E_ARGUMENT, "NULL kernel");
+#if !defined(__aarch64__)
+    CHECK(rp_set_kernel("neon", &e) == RP_E_UNSUPPORTED, "neon off aarch64");
+#endif
+#if !defined(__x86_64__)
+    CHECK(rp_set_kernel("avx2", &e) == RP_E_UNSUPPORTED, "avx2 off x86-64");
+#endif
+    rp_set_kernel("auto", NULL);
+}
+
+static void test_stride_prefix(void) {
+    rp_codec c;
+    uint32_t st[3] = {2, 2, 1};
+    uint64_t n = 500;
+    uint8_t *codes, *prefix;
+    float *q, *full, *sc1;
+    uint64_t t;
+    rp_scan_options o;
+    make_rq(&c, 12, st, 3, 1);
+    codes = make_codes(&c, n, c.bytes_per_vector);
+    q = rand_query(c.dim);
+    /* a 1-stage prefix scored in place (stride = full width) equals the copied prefix */
+    prefix = (uint8_t *)xmalloc(n * c.prefix_bytes[0]);
+    for (t = 0; t < n; t++) memcpy(prefix + t * c.prefix_bytes[0], codes + t * c.bytes_per_vector, c.prefix_bytes[0]);
+    sc1 = check_codec_score(&c, q, codes, n, c.bytes_per_vector, 1, "rq stage 1 (stride)");
+    full = check_codec_score(&c, q, prefix, n, c.prefix_bytes[0], 1, "rq stage 1 (prefix)");
+    CHECK(memcmp(sc1, full, n * sizeof(float)) == 0, "prefix in place equals copied prefix");
+    memset(&o, 0, sizeof(o));
+    o.stages = 1;
+    check_scanner(&c, prefix, n, &o, q, full, "rq prefix scanner");
+    o.stride = c.bytes_per_vector;
+    check_scanner(&c, codes, n, &o, q, full, "rq prefix scanner (stride)");
+    o.stages = 4;
+    {
+        rp_scanner *s;
+        rp_error e;
+        CHECK(rp_scanner_new(&c, codes, n, &o, &s, &e) == RP_E_ARGUMENT, "stages out of range");
+        o.stages = 2;
+        o.stride = 2;
+        CHECK(rp_scanner_new(&c, codes, n, &o, &s, &e) == RP_E_ARGUMENT, "stride below the code width");
+        CHECK(rp_codec_score(&c, q, codes, n, 2, 0, full, &e) == RP_E_ARGUMENT, "codec_score stride too small");
+    }
+    free(sc1), free(full), free(prefix), free(codes), free(q);
+    codec_release(&c);
+
+    /* pq8 with a stride larger than the code (codes inside wider rows) */
+    make_pq(&c, RP_FAM_PQ8, 8, 2, 256, 0);
+    codes = make_codes(&c, n, 13);
+    q = rand_query(c.dim);
+    full = check_codec_score(&c, q, codes, n, 13, 0, "pq8 stride 13");
+    memset(&o, 0, sizeof(o));
+    o.stride = 13;
+    check_scanner(&c, codes, n, &o, q, full, "pq8 stride 13 scanner");
+    free(full), free(codes), free(q);
+    codec_release(&c);
+}
+
+static void test_refine(void) {
+    rp_codec c;
+    uint32_t n = 60, i, n_out;
+    uint8_t *codes, *ids;
+    float *q, vals[60], sc[60];
+    int64_t out[60];
+    rp_refine_frame f;
+    rp_error e;
+    make_pq(&c, RP_FAM_PQ8, 4, 2, 5, 0);
+    codes = make_codes(&c, n, 4);
+    memcpy(codes + 4 * 40, codes + 4 * 10, 4); /* a tie: position 10 before 40 */
+    ids = (uint8_t *)xmalloc(8 * n);
+    for (i = 0; i < n; i++) {
+        uint64_t id = 1000000007ull * (i + 1u);
+        int b;
+        for (b = 0; b < 8; b++) ids[8 * i + (uint32_t)b] = (uint8_t)(id >> (8 * b));
+    }
+    q = rand_query(c.dim);
+    f.n_items = n, f.bytes_per_vector = 4, f.layer = 1, f.ids_le = ids, f.codes = codes;
+    CHECK(rp_codec_score(&c, q, codes, n, 0, 0, sc, &e) == RP_OK, "refine: scores");
+    CHECK(rp_refine(&c, q, &f, 100, out, vals, &n_out, &e) == RP_OK && n_out == n, "refine capped at n (%u)", n_out);
+    for (i = 0; i < n_out; i++) {
+        uint32_t pos = (uint32_t)((uint64_t)out[i] / 1000000007ull) - 1u;
+        CHECK(pos < n && memcmp(&vals[i], &sc[pos], 4) == 0, "refine: id/score mismatch at %u", i);
+        if (i > 0) CHECK(vals[i] <= vals[i - 1], "refine: order");
+        if (pos == 40) {
+            uint32_t j, seen10 = 0;
+            for (j = 0; j < i; j++) seen10 |= out[j] == (int64_t)(1000000007ull * 11u);
+            CHECK(seen10, "refine: ties to the earlier frame position");
+        }
+    }
+    CHECK(rp_refine(&c, q, &f, 3, out, vals, &n_out, &e) == RP_OK && n_out == 3, "refine k=3");
+    CHECK(rp_refine(&c, q, &f, 0, out, vals, &n_out, &e) == RP_E_K_RANGE, "refine k=0");
+    f.bytes_per_vector = 5;
+    CHECK(rp_refine(&c, q, &f, 3, out, vals, &n_out, &e) == RP_E_DIMENSION, "refine width mismatch");
+    free(codes), free(ids), free(q);
+    codec_release(&c);
+}
+
+int main(void) {
+    find_kernels();
+    printf("kernels:");
+    {
+        int i;
+        for (i = 0; i < g_nk; i++) printf(" %s", g_kernels[i]);
+    }
+    printf(" (auto: %s)\n", rp_kernel_name());
+    test_families();
+    test_ties_and_k();
+    test_stride_prefix();
+    test_refine();
+    printf("%d checks, %d failed\n", g_checks, g_fail);
+    return g_fail ? 1 : 0;
+}
