@@ -7,7 +7,10 @@ translated block's guest instructions once, ``-d exec,nochain`` logs every block
 sum over executions of the block's length. ``rp-rank --bench N`` runs open + verify + one scanner + N
 searches, so the per-query count is the difference between N = 3 and N = 1, halved.
 
-Usage (from the repository root, after ``make -C runtime CROSS=aarch64-linux-gnu- STATIC=1 BUILD=runtime/build-aarch64``):
+For comparison the x86-64 build is counted the same way with valgrind (callgrind), AVX2 and portable.
+
+Usage (from the repository root, after ``make -C runtime`` and
+``make -C runtime CROSS=aarch64-linux-gnu- STATIC=1 BUILD=runtime/build-aarch64``):
 
     python benchmarks/qemu_insn_count.py [--items 100000] [--out results/qemu-insn.json]
 
@@ -67,11 +70,23 @@ def count_instructions(cmd: list[str], log: Path) -> int:
     return total
 
 
+def count_instructions_valgrind(cmd: list[str]) -> int:
+    """Instructions executed by a native (x86-64) program, from valgrind's callgrind summary."""
+    proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd],
+                          capture_output=True, text=True, timeout=3600)  # fmt: skip
+    m = re.search(r"Collected : (\d+)", proc.stderr)
+    if proc.returncode or not m:
+        sys.exit(f"valgrind failed: {proc.stderr[-500:]}")
+    return int(m.group(1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--build", default="runtime/build-aarch64", help="static aarch64 build folder (rp-rank)")
     ap.add_argument("--specs", default="pq16,pq32x4,sq8,simhash128-hamming")
+    ap.add_argument("--native-build", default="runtime/build",
+                    help="x86-64 build folder: its rp-rank is counted with valgrind for comparison ('' to skip)")
     ap.add_argument("--out", default="results/qemu-insn.json")
     args = ap.parse_args()
     rank = Path(args.build) / "rp-rank"
@@ -97,6 +112,16 @@ def main() -> None:
                        "insn_per_item": per_query / args.items, "insn_open_verify_prepare_1query": counts[1]}  # fmt: skip
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+            native = Path(args.native_build) / "rp-rank" if args.native_build else None
+            if native is not None and native.is_file():
+                for kernel in ("avx2", "portable"):
+                    counts = {n: count_instructions_valgrind([str(native), str(pack), str(qfile), "--bench", str(n),
+                                                             "--kernel", kernel, "-k", "50"]) for n in (1, 3)}  # fmt: skip
+                    per_query = (counts[3] - counts[1]) / 2
+                    row = {"spec": spec, "kernel": f"x86-64 {kernel} (valgrind)", "n_items": args.items,
+                           "insn_per_query": per_query, "insn_per_item": per_query / args.items}  # fmt: skip
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     Path(args.out).write_text(json.dumps({"kind": "qemu-insn", "rows": rows}, indent=1))
 

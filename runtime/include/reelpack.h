@@ -119,7 +119,8 @@ size_t rp_scanner_memory(const rp_scanner *scanner);
 /* Rank: the `k` best rows for `query` (float32 [dim]), best first, ties to the lower row.
  * `exclude_rows` (any order, may repeat, may be NULL) are never returned: a user's seen items.
  * Writes *n_out <= k results to out_rows (int64 [k]) and out_scores (float32 [k]); fewer than k only
- * when fewer rows remain after exclusion. 1 <= k <= min(n, RP_MAX_K), else RP_E_K_RANGE. */
+ * when fewer rows remain after exclusion, and the places after them then hold row -1 and score -INFINITY.
+ * 1 <= k <= min(n, RP_MAX_K), else RP_E_K_RANGE. */
 int rp_scanner_search(rp_scanner *scanner, const float *query, uint32_t k, const int64_t *exclude_rows,
                       size_t n_exclude, int64_t *out_rows, float *out_scores, uint32_t *n_out, rp_error *err);
 

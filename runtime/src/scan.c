@@ -525,9 +525,10 @@ static void quantize_one(const float *lut, uint32_t m, uint8_t *qlut, double *sc
         float lo = row[0];
         for (cc = 1; cc < 16u; cc++) lo = row[cc] < lo ? row[cc] : lo;
         for (cc = 0; cc < 16u; cc++) {
-            double v = floor(((double)row[cc] - (double)lo) * scale + 0.5);
-            v = v < 0.0 ? 0.0 : (v > 255.0 ? 255.0 : v);
-            qlut[(size_t)j * 16u + cc] = (uint8_t)v;
+            /* floor(y + 0.5) with y >= 0 (row >= lo, scale > 0): truncation of y + 0.5, no libm call */
+            double y = ((double)row[cc] - (double)lo) * scale + 0.5;
+            double v = y < 256.0 ? (double)(int32_t)y : 255.0;
+            qlut[(size_t)j * 16u + cc] = (uint8_t)(v > 255.0 ? 255.0 : v);
         }
     }
     *scale_out = scale;
@@ -552,7 +553,8 @@ static int qstate_query(qstate *s, const float *query, int quantised, rp_error *
     case RP_FAM_PQ4: {
         uint32_t p, b, np = s->ncols;
         if (!pq_lut(c, q, s->lut4, 16u)) return rp_fail(err, RP_E_NONFINITE, "%s", OVERFLOW_MSG);
-        if (quantised != 2) /* pair tables [n_pairs][256] (exact scores): lut[2p][b & 15] + lut[2p+1][b >> 4] */
+        if (quantised == 0) /* pair tables [n_pairs][256] (exact ADC of every code): lut[2p][b & 15] + lut[2p+1][b >> 4];
+                               the fast-scan's rescoring computes the same float32 pair sums on the fly */
             for (p = 0; p < np; p++) {
                 const float *le = s->lut4 + (size_t)(2u * p) * 16u, *lo = le + 16;
                 float *pt = s->lut + (size_t)p * 256u;
@@ -1173,14 +1175,19 @@ static uint32_t lane_mask(uint64_t base, uint64_t a, uint64_t b) {
 
 static inline int ctz32(uint32_t x) { return __builtin_ctz(x); }
 
-/* Exact 4-bit score of item t from the block layout (pair tables, float32 sum over bytes). */
+/* Exact 4-bit score of item t from the block layout: per byte the float32 pair sum lut[2p][lo] + lut[2p+1][hi]
+ * (the value of dense.pair_tables), summed over the bytes in order, as the numba kernel's _fs4_exact. */
 static inline float fs4_exact(const rp_scanner *s, uint64_t t) {
     uint32_t np = s->q.ncols, p;
     uint64_t b = t / RP_FS4_WIDTH;
     const uint8_t *col = s->blocks + (size_t)b * np * RP_FS4_WIDTH + (size_t)(t - b * RP_FS4_WIDTH);
-    const float *pt = s->q.lut;
+    const float *l4 = s->q.lut4;
     float acc = 0.0f;
-    for (p = 0; p < np; p++) acc += pt[(size_t)p * 256u + col[(size_t)p * RP_FS4_WIDTH]];
+    for (p = 0; p < np; p++) {
+        uint8_t c = col[(size_t)p * RP_FS4_WIDTH];
+        float pair = l4[(size_t)(2u * p) * 16u + (c & 15u)] + l4[(size_t)(2u * p + 1u) * 16u + (c >> 4)];
+        acc += pair;
+    }
     return acc;
 }
 

@@ -194,22 +194,30 @@ RP_AVX2 static inline uint32_t ge_mask(__m256i s0, __m256i s1, uint16_t floor) {
     return (uint32_t)_mm256_movemask_epi8(pk);
 }
 
+RP_AVX2 static inline void fs4_pair(const uint8_t *blk, const uint8_t *tab, __m256i *all, __m256i *odd) {
+    const __m256i m0f = _mm256_set1_epi8(0x0F);
+    __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)blk);
+    __m256i te = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)tab));
+    __m256i to = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(tab + 16u)));
+    __m256i ve = _mm256_shuffle_epi8(te, _mm256_and_si256(c, m0f));
+    __m256i vo = _mm256_shuffle_epi8(to, _mm256_and_si256(_mm256_srli_epi16(c, 4), m0f));
+    *all = _mm256_add_epi16(*all, _mm256_add_epi16(ve, vo));
+    *odd = _mm256_add_epi16(*odd, _mm256_add_epi16(_mm256_srli_epi16(ve, 8), _mm256_srli_epi16(vo, 8)));
+}
+
 RP_AVX2 uint32_t rp_fs4_block_avx2(const uint8_t *blk, const uint8_t *tab, uint32_t n_pairs, uint16_t *sums,
                                    uint16_t floor) {
-    const __m256i m0f = _mm256_set1_epi8(0x0F);
-    __m256i all = _mm256_setzero_si256(), odd = _mm256_setzero_si256(), even, x0, x1, s0, s1;
-    uint32_t p;
-    for (p = 0; p < n_pairs; p++) {
-        __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(blk + (size_t)p * 32u));
-        __m256i te = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(tab + (size_t)p * 32u)));
-        __m256i to = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(tab + (size_t)p * 32u + 16u)));
-        __m256i ve = _mm256_shuffle_epi8(te, _mm256_and_si256(c, m0f));
-        __m256i vo = _mm256_shuffle_epi8(to, _mm256_and_si256(_mm256_srli_epi16(c, 4), m0f));
-        all = _mm256_add_epi16(all, ve);
-        odd = _mm256_add_epi16(odd, _mm256_srli_epi16(ve, 8));
-        all = _mm256_add_epi16(all, vo);
-        odd = _mm256_add_epi16(odd, _mm256_srli_epi16(vo, 8));
+    /* 16-bit lanes: `all` = sum of (even byte + 256 x odd byte), `odd` = sum of odd bytes (mod 2^16, exact:
+     * every true sum fits 16 bits), so even = all - 256 odd; two accumulator pairs for two byte columns */
+    __m256i all = _mm256_setzero_si256(), odd = all, all2 = all, odd2 = all, even, x0, x1, s0, s1;
+    uint32_t p = 0;
+    for (; p + 2u <= n_pairs; p += 2u) {
+        fs4_pair(blk + (size_t)p * 32u, tab + (size_t)p * 32u, &all, &odd);
+        fs4_pair(blk + (size_t)p * 32u + 32u, tab + (size_t)p * 32u + 32u, &all2, &odd2);
     }
+    if (p < n_pairs) fs4_pair(blk + (size_t)p * 32u, tab + (size_t)p * 32u, &all, &odd);
+    all = _mm256_add_epi16(all, all2);
+    odd = _mm256_add_epi16(odd, odd2);
     even = _mm256_sub_epi16(all, _mm256_slli_epi16(odd, 8));
     x0 = _mm256_unpacklo_epi16(even, odd); /* items 0..7 | 16..23 */
     x1 = _mm256_unpackhi_epi16(even, odd); /* items 8..15 | 24..31 */

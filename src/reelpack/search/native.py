@@ -30,6 +30,7 @@ from reelpack.codecs.scanner import Scanner
 from reelpack.errors import (
     ChecksumError,
     DimensionMismatchError,
+    DTypeError,
     InvalidInputError,
     InvalidKError,
     NativeRuntimeError,
@@ -42,7 +43,7 @@ from reelpack.errors import (
     UnsupportedVersionError,
 )
 from reelpack.kernels.checks import check_codes
-from reelpack.util.validate import as_float_matrix, check_k
+from reelpack.util.validate import check_k
 
 __all__ = [
     "NativeRuntime",
@@ -332,7 +333,7 @@ def _exclusions(exclude: Sequence[Any] | None, n_queries: int) -> list[np.ndarra
 
 
 class _Results:
-    """Scratch output arrays of one thread's searches."""
+    """Scratch output arrays and out-parameters of one thread's searches."""
 
     def __init__(self, k: int) -> None:
         self.k = k
@@ -340,6 +341,8 @@ class _Results:
         self.scores = np.empty(k, np.float32)
         self.n = ctypes.c_uint32(0)
         self.err = _Error()
+        self.n_ref = ctypes.byref(self.n)
+        self.err_ref = ctypes.byref(self.err)
 
 
 class NativeScanner(Scanner):
@@ -402,32 +405,40 @@ class NativeScanner(Scanner):
         """Top-``k`` rows (ids int64 [q, k], scores float32 [q, k]) of float32 queries [q, d] (or [d]).
 
         ``exclude``: per query, rows never returned (a user's seen items); a row list per query. When
-        exclusions leave fewer than ``k`` rows, the missing places hold id -1 and score -inf.
+        exclusions leave fewer than ``k`` rows, the missing places hold id -1 and score -inf. NaN, Inf and
+        values beyond 1e30 are refused by the runtime (:class:`~reelpack.errors.NonFiniteError`).
         """
+        # the hot path of a phone ranking one user: the runtime checks the values, Python only shapes and types
         q = np.asarray(queries)
-        q = as_float_matrix(q[None, :] if q.ndim == 1 else q, "queries")
-        if q.shape[1] != self._codec.dim:
-            raise DimensionMismatchError(f"queries have {q.shape[1]} dimensions, the codec {self._codec.dim}")
-        q = np.ascontiguousarray(q, np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.dtype.kind not in "fiu":
+            raise DTypeError(f"queries must be a real float or integer array, got dtype {q.dtype}")
+        if q.ndim != 2 or q.shape[1] != self._codec.dim or q.shape[0] == 0:
+            raise DimensionMismatchError(f"queries must be [q >= 1, {self._codec.dim}], got shape {q.shape}")
+        if q.dtype != np.float32 or not q.flags.c_contiguous:
+            q = np.ascontiguousarray(q, np.float32)
         k = check_k(k, self.n_items)
         if k > MAX_K:
             raise InvalidKError(f"K={k} exceeds the runtime's limit {MAX_K}")
         skip = _exclusions(exclude, q.shape[0])
         handle = self._scanner()
         res = getattr(self._local, "results", None)
-        if res is None or res.k != k:
-            res = self._local.results = _Results(k)
-        ids = np.full((q.shape[0], k), -1, np.int64)
-        scores = np.full((q.shape[0], k), -np.inf, np.float32)
-        lib = self.rt.lib
+        if res is None:
+            res = self._local.results = _Results(1)
+        ids = np.empty((q.shape[0], k), np.int64)
+        scores = np.empty((q.shape[0], k), np.float32)
+        q_ptr, id_ptr, score_ptr = q.ctypes.data, ids.ctypes.data, scores.ctypes.data
+        row_bytes = 4 * q.shape[1]
+        fn, check, n_ref, err_ref = self.rt.lib.rp_scanner_search, self.rt.check, res.n_ref, res.err_ref
         for i in range(q.shape[0]):
             rows = skip[i]
-            status = lib.rp_scanner_search(handle, _ptr(q[i]), k, _ptr(rows), 0 if rows is None else rows.shape[0],
-                                           _ptr(res.rows), _ptr(res.scores), ctypes.byref(res.n), ctypes.byref(res.err))  # fmt: skip
-            self.rt.check(status, res.err)
-            n = int(res.n.value)
-            ids[i, :n] = res.rows[:n]
-            scores[i, :n] = res.scores[:n]
+            # unused places (exclusions left fewer than k rows) are written as -1 / -inf by the runtime
+            status = fn(handle, q_ptr + i * row_bytes, k, None if rows is None else rows.ctypes.data,
+                        0 if rows is None else rows.shape[0], id_ptr + 8 * i * k, score_ptr + 4 * i * k,
+                        n_ref, err_ref)  # fmt: skip
+            if status:
+                check(status, res.err)
         return ids, scores
 
 
