@@ -82,7 +82,7 @@ typedef struct rp_codec rp_codec;
 int rp_codec_open(const void *state, size_t size, rp_codec **out, rp_error *err);
 void rp_codec_free(rp_codec *codec);
 const char *rp_codec_spec(const rp_codec *codec);    /* the factory string, e.g. "opq16,pq16" */
-const char *rp_codec_family(const rp_codec *codec);  /* "float32" "fp16" "sq" "pq" "opq" "apq" "opq-apq" "rq" "simhash" */
+const char *rp_codec_family(const rp_codec *codec);  /* "float32" "fp16" "sq" "pq" "opq" "apq" "opq-apq" "rq" "simhash" "rabitq" */
 uint32_t rp_codec_dim(const rp_codec *codec);
 uint32_t rp_codec_bytes_per_vector(const rp_codec *codec);
 /* Stages of a progressive codec (rq: the number of stages; 1 for the others). */
@@ -182,7 +182,9 @@ typedef struct rp_verify_report {
 /* Check every CRC32C (sections and blocks). RP_OK when the pack could be checked (damage is in
  * the report, not in the return code). */
 int rp_pack_verify(rp_pack *pack, rp_verify_report *report, rp_error *err);
-/* The damaged blocks of a layer: writes up to `cap` block numbers and the total count to *n_bad. */
+/* The damaged blocks of a layer: writes up to `cap` block numbers and the total count to *n_bad.
+ * Block b holds rows [b * items_per_block, min(n_items, (b + 1) * items_per_block)); the items it holds are
+ * rp_pack_item_ids(pack)[row] for those rows (the ones a scanner of this layer never returns). */
 int rp_pack_bad_blocks(rp_pack *pack, uint32_t layer, uint32_t *blocks, size_t cap, size_t *n_bad, rp_error *err);
 
 /* A scanner over a layer's intact blocks (damaged blocks are skipped: their items are never

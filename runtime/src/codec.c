@@ -493,6 +493,20 @@ static int parse_spec(const char *s, size_t n, spec_info *si, rp_error *err) {
             return RP_OK;
         }
     }
+    /* rabitq(\d{1,4})? with B in 1..8, no leading zeros ("rabitq1" is "rabitq") */
+    c.p = norm;
+    if (c_lit(&c, "rabitq")) {
+        const char *ds = c.p;
+        int has = c_num(&c, 4, &v);
+        if (c_end(&c)) {
+            si->family = RP_FAM_RABITQ;
+            si->family_name = "rabitq";
+            si->bits = has ? (uint32_t)(v > 8u ? 9u : v) : 1u;
+            if (has && (ds[0] == '0' || v < 1u || v > 8u))
+                return rp_fail(err, RP_E_CODEC, "codec state names an unusable spec: rabitq bits per dimension must be in 1..8 (no leading zeros)");
+            return RP_OK;
+        }
+    }
     /* rq\d{1,4}(\+\d{1,4})*(-b)? */
     c.p = norm;
     if (c_lit(&c, "rq") && c_num(&c, 4, &v)) {
@@ -573,6 +587,10 @@ static void canonical_spec(const spec_info *si, char *out, size_t size) {
     case RP_FAM_HAMMING:
         snprintf(out, size, "simhash%llu%s", (unsigned long long)si->nbits, si->family == RP_FAM_HAMMING ? "-hamming" : "");
         break;
+    case RP_FAM_RABITQ:
+        if (si->bits == 1u) snprintf(out, size, "rabitq");
+        else snprintf(out, size, "rabitq%u", (unsigned)si->bits);
+        break;
     default: out[0] = '\0'; break;
     }
 }
@@ -645,6 +663,23 @@ static int check_rotation(const char *spec, const float *r, uint32_t d, rp_error
     return RP_OK;
 }
 
+/* rabitq's check: np.allclose(R R^T, I, atol=1e-4) (rtol 1e-5), the Gram matrix in float64. */
+static int check_rotation_close(const char *spec, const float *r, uint32_t d, rp_error *err) {
+    uint32_t i, j, k;
+    for (i = 0; i < d; i++) {
+        const float *ri = r + (size_t)i * d;
+        for (j = i; j < d; j++) {
+            const float *rj = r + (size_t)j * d;
+            double s = 0.0, target = i == j ? 1.0 : 0.0;
+            for (k = 0; k < d; k++) s += (double)ri[k] * (double)rj[k];
+            if (!(fabs(s - target) <= 1e-4 + 1e-5 * target))
+                return rp_fail(err, RP_E_CODEC, "%s state rotation is not orthogonal (|R R^T - I| = %.3g at %u,%u)", spec,
+                               fabs(s - target), (unsigned)i, (unsigned)j);
+        }
+    }
+    return RP_OK;
+}
+
 int rp_codec_open(const void *state, size_t size, rp_codec **out, rp_error *err) {
     st_state st;
     spec_info si;
@@ -652,7 +687,7 @@ int rp_codec_open(const void *state, size_t size, rp_codec **out, rp_error *err)
     int rc;
     char spec[160], raw_spec[64];
     const st_array *a_lo = NULL, *a_step = NULL, *a_cent = NULL, *a_rot = NULL, *a_cb = NULL, *a_proj = NULL;
-    const st_array *a_ns = NULL, *a_calib = NULL, *a_beam = NULL, *a_scale = NULL;
+    const st_array *a_ns = NULL, *a_calib = NULL, *a_beam = NULL, *a_scale = NULL, *a_rho = NULL;
     size_t total = 0;
     uint8_t *base;
     uint64_t shp[3];
@@ -764,6 +799,18 @@ int rp_codec_open(const void *state, size_t size, rp_codec **out, rp_error *err)
         total = align64((size_t)a_proj->nbytes);
         break;
     }
+    case RP_FAM_RABITQ: {
+        static const char *const names[] = {"centroid", "rotation", "rho"};
+        uint64_t one = 1, rs[2];
+        if ((rc = check_keys(&st, spec, names, 3, err)) != RP_OK) break;
+        shp[0] = d;
+        if ((rc = check_array(&st, spec, "centroid", "<f4", 1, shp, &a_cent, err)) != RP_OK) break;
+        rs[0] = rs[1] = d;
+        if ((rc = check_array(&st, spec, "rotation", "<f4", 2, rs, &a_rot, err)) != RP_OK) break;
+        if ((rc = check_array(&st, spec, "rho", "<f4", 1, &one, &a_rho, err)) != RP_OK) break;
+        total = align64((size_t)a_cent->nbytes) + align64((size_t)a_rot->nbytes);
+        break;
+    }
     default: rc = rp_fail(err, RP_E_UNSUPPORTED, "codec spec '%s' is not supported by this runtime", raw_spec); break;
     }
     if (rc != RP_OK) goto done;
@@ -872,6 +919,30 @@ int rp_codec_open(const void *state, size_t size, rp_codec **out, rp_error *err)
         c->scale = rp_lef32(st.payload + a_scale->offset);
         if (!isfinite(c->scale)) rc = rp_fail(err, RP_E_CODEC, "%s state array 'scale' holds NaN or Inf", spec);
         break;
+    case RP_FAM_RABITQ: {
+        uint32_t b = si.bits;
+        c->rb_bits = b;
+        c->rb_nb0 = (d + 7u) / 8u;
+        c->rb_nb1 = (uint32_t)(((uint64_t)d * (b - 1u) + 7u) / 8u);
+        c->rb_centroid = (float *)base;
+        c->rotation = (float *)(base + align64((size_t)a_cent->nbytes));
+        if ((rc = copy_f32(&st, spec, a_cent, c->rb_centroid, err)) != RP_OK) break;
+        if ((rc = copy_f32(&st, spec, a_rot, c->rotation, err)) != RP_OK) break;
+        c->rb_rho = rp_lef32(st.payload + a_rho->offset);
+        if (!isfinite(c->rb_rho)) { rc = rp_fail(err, RP_E_CODEC, "%s state array 'rho' holds NaN or Inf", spec); break; }
+        if (!(c->rb_rho > 0.0f)) { rc = rp_fail(err, RP_E_CODEC, "%s state has a non-positive rho %g", spec, (double)c->rb_rho); break; }
+        if ((rc = check_rotation_close(spec, c->rotation, d, err)) != RP_OK) break;
+        c->prefix_bytes[0] = c->rb_nb0 + 4u;
+        if (b == 1u) {
+            c->n_stages = 1;
+            c->bytes_per_vector = c->prefix_bytes[0];
+        } else {
+            c->n_stages = 2;
+            c->prefix_bytes[1] = c->rb_nb0 + c->rb_nb1 + 8u;
+            c->bytes_per_vector = c->prefix_bytes[1];
+        }
+        break;
+    }
     default: break;
     }
 done:
@@ -897,10 +968,11 @@ uint32_t rp_codec_dim(const rp_codec *codec) { return codec ? codec->dim : 0u; }
 uint32_t rp_codec_bytes_per_vector(const rp_codec *codec) { return codec ? codec->bytes_per_vector : 0u; }
 uint32_t rp_codec_stages(const rp_codec *codec) {
     if (codec == NULL) return 0;
-    return codec->family == RP_FAM_RQ ? codec->n_stages : 1u;
+    return codec->family == RP_FAM_RQ || codec->family == RP_FAM_RABITQ ? codec->n_stages : 1u;
 }
 uint32_t rp_codec_prefix_bytes(const rp_codec *codec, uint32_t stages) {
     if (codec == NULL) return 0;
-    if (codec->family != RP_FAM_RQ || stages == 0 || stages >= codec->n_stages) return codec->bytes_per_vector;
+    if ((codec->family != RP_FAM_RQ && codec->family != RP_FAM_RABITQ) || stages == 0 || stages >= codec->n_stages)
+        return codec->bytes_per_vector;
     return codec->prefix_bytes[stages - 1];
 }

@@ -40,7 +40,8 @@ typedef enum rp_family {
     RP_FAM_OPQ8,     /* opqM,pqM and opqM,apqM[-tT]: rotation [d][d] then PQ8 */
     RP_FAM_RQ,       /* rqS1+S2+...[-b] */
     RP_FAM_SIMHASH,  /* simhashB: asymmetric score with a quantised query (bit planes) */
-    RP_FAM_HAMMING   /* simhashB-hamming: minus the Hamming distance of sign bits */
+    RP_FAM_HAMMING,  /* simhashB-hamming: minus the Hamming distance of sign bits */
+    RP_FAM_RABITQ    /* rabitq, rabitqB (B = 2..8): sign bits + extended bits, float16 factors per stage */
 } rp_family;
 
 #define RP_MAX_STAGES 64
@@ -77,6 +78,16 @@ struct rp_codec {
     float scale;
 
     void *arena;               /* one allocation holding every array above (64-byte aligned) */
+
+    /* ---- RABITQ (RP_FAM_RABITQ) ----
+     * rotation [dim][dim] in `rotation` above (a query is rotated as y_i = sum_j R[i][j] q_j, Python's
+     * q @ rotation.T); rb_centroid float32 [dim]; rb_rho the factor scale (> 0); rb_bits B in 1..8;
+     * rb_nb0 = ceil(dim / 8) sign bytes, rb_nb1 = ceil(dim (B - 1) / 8) low-bit bytes (0 for B = 1).
+     * Stage 0 = [0, nb0 + 4) (signs, float16 sigma0, eps0); stage 1 (B > 1) = [nb0 + 4, nb0 + nb1 + 8).
+     * n_stages (1 or 2) and prefix_bytes[0..n_stages-1] (above) hold the stage layout. */
+    float *rb_centroid;
+    float rb_rho;
+    uint32_t rb_bits, rb_nb0, rb_nb1;
 };
 
 /* ---- kernels (scan.c) ---------------------------------------------------------------------- */

@@ -165,6 +165,17 @@ static int codec_check(const rp_codec *c, rp_error *err) {
         if (c->projection == NULL || c->nbits == 0 || c->nbits % 8u != 0 || c->nbits / 8u != c->bytes_per_vector)
             return rp_fail(err, RP_E_CODEC, "simhash codec shape invalid");
         return RP_OK;
+    case RP_FAM_RABITQ: {
+        uint64_t nb0 = ((uint64_t)c->dim + 7u) / 8u, nb1 = ((uint64_t)c->dim * (c->rb_bits - 1u) + 7u) / 8u;
+        if (c->rotation == NULL || c->rb_centroid == NULL || c->rb_bits < 1u || c->rb_bits > 8u || c->rb_nb0 != nb0 ||
+            (c->rb_bits > 1u && c->rb_nb1 != nb1) || c->n_stages != (c->rb_bits > 1u ? 2u : 1u) ||
+            c->prefix_bytes[0] != nb0 + 4u ||
+            c->bytes_per_vector != (c->rb_bits > 1u ? nb0 + nb1 + 8u : nb0 + 4u) ||
+            c->prefix_bytes[c->n_stages - 1u] != c->bytes_per_vector)
+            return rp_fail(err, RP_E_CODEC, "rabitq codec shape invalid");
+        if (!(c->rb_rho > 0.0f && c->rb_rho <= 3.4028234663852886e38f)) return rp_fail(err, RP_E_CODEC, "rabitq rho invalid");
+        return RP_OK;
+    }
     default:
         return rp_fail(err, RP_E_UNSUPPORTED, "codec family %d has no kernel", (int)c->family);
     }
@@ -178,6 +189,13 @@ static int bytes_read(const rp_codec *c, uint32_t stages, uint32_t *ncb, uint32_
         if (s > c->n_stages) return rp_fail(err, RP_E_ARGUMENT, "stages %u out of range 1..%u", (unsigned)stages, (unsigned)c->n_stages);
         for (i = 0; i < s; i++) tot += c->stage_sizes[i];
         *ncb = tot;
+        *out = c->prefix_bytes[s - 1];
+        return RP_OK;
+    }
+    if (c->family == RP_FAM_RABITQ) {
+        uint32_t s = stages == 0 ? c->n_stages : stages;
+        if (s > c->n_stages) return rp_fail(err, RP_E_ARGUMENT, "stages %u out of range 1..%u", (unsigned)stages, (unsigned)c->n_stages);
+        *ncb = s; /* rabitq: the stages used */
         *out = c->prefix_bytes[s - 1];
         return RP_OK;
     }
@@ -338,7 +356,8 @@ void rp_bitplane_portable(const rp_bitq *bq, const uint8_t *codes, size_t stride
             for (i = 0; i < bq->nplanes; i++) dot += (int64_t)popcount64(bq->q[(size_t)i * bq->nwords + w] & c) << i;
         }
         v = bq->alpha * (double)dot + bq->beta * (double)ones + bq->gamma;
-        out[t] = (float)(v + 0.0);
+        if (bq->scale != NULL) v *= bq->scale[t];
+        out[t] = (float)(v + bq->offset);
     }
 }
 
@@ -364,6 +383,8 @@ typedef struct qstate {
     float *proj;      /* simhash: projections [nbits] */
     uint64_t *words;  /* simhash: planes [16][nwords] or hamming query [nwords] */
     rp_bitq bq;
+    float rb_qc;      /* rabitq: <q, c> (float32, as Python's q @ centroid) */
+    uint32_t rb_stages; /* rabitq: stages scored (1 or 2) */
     int query_bits;
     size_t bytes;     /* allocated */
 } qstate;
@@ -463,6 +484,18 @@ static int qstate_init(qstate *s, const rp_codec *c, uint32_t nread, uint32_t nc
         s->bq.q = s->words;
         break;
     }
+    case RP_FAM_RABITQ: {
+        uint32_t nwords = (c->rb_nb0 + 7u) / 8u;
+        if (s->query_bits < 1 || s->query_bits > 16) return rp_fail(err, RP_E_ARGUMENT, "query_bits must be in 1..16, got %d", s->query_bits);
+        s->rb_stages = ncb;
+        s->qrot = (float *)xcalloc(c->dim, sizeof(float), b);
+        s->words = (uint64_t *)xcalloc((size_t)nwords * (uint32_t)s->query_bits, sizeof(uint64_t), b);
+        fail |= s->qrot == NULL || s->words == NULL;
+        s->bq.nbytes = c->rb_nb0;
+        s->bq.nwords = nwords;
+        s->bq.q = s->words;
+        break;
+    }
     default:
         break;
     }
@@ -535,13 +568,48 @@ static void quantize_one(const float *lut, uint32_t m, uint8_t *qlut, double *sc
     *bias_out = bias;
 }
 
+/* binscan.py's quantize_query_planes for one query of nb coordinates (s->words zeroed, [query_bits][nwords]):
+ * u = rint((proj - lo) / delta) in 0..2^B-1, plane i = bit i of u packed like np.packbits; the bit-plane
+ * kernel then scores proj_quantised . (2 b - 1) = alpha * dot_u + beta * ones + gamma. */
+static void build_planes(qstate *s, const float *proj, uint32_t nb) {
+    double lo, hi, span, delta, usum = 0.0, total;
+    int qb = s->query_bits;
+    double levels = (double)((1 << qb) - 1);
+    uint32_t i, nw = s->bq.nwords;
+    lo = hi = (double)proj[0];
+    for (i = 1; i < nb; i++) {
+        double v = (double)proj[i];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    span = hi - lo;
+    delta = span > 0.0 ? span / levels : 1.0;
+    for (i = 0; i < nb; i++) {
+        double u = nearbyint(((double)proj[i] - lo) / delta);
+        uint32_t ui, pl;
+        u = u < 0.0 ? 0.0 : (u > levels ? levels : u);
+        usum += u;
+        ui = (uint32_t)u;
+        for (pl = 0; pl < (uint32_t)qb; pl++)
+            if ((ui >> pl) & 1u) {
+                uint32_t byte = i / 8u, bit = 7u - i % 8u;
+                s->words[(size_t)pl * nw + byte / 8u] |= (uint64_t)1 << (8u * (byte % 8u) + bit);
+            }
+    }
+    total = lo * (double)nb + delta * usum;
+    s->bq.nplanes = (uint32_t)qb;
+    s->bq.alpha = 2.0 * delta;
+    s->bq.beta = 2.0 * lo;
+    s->bq.gamma = -total;
+}
+
 /* Prepare the tables of one query. quantised (4-bit pq): 1 = also the uint8 tables, 2 = only those (approximate). */
 static int qstate_query(qstate *s, const float *query, int quantised, rp_error *err) {
     const rp_codec *c = s->c;
     const float *q = query;
     int st = rp_check_query(query, c->dim, err);
     if (st != RP_OK) return st;
-    if (s->qrot != NULL) {
+    if (s->qrot != NULL && c->family != RP_FAM_RABITQ) {
         rotate_query(c, query, s->qrot);
         q = s->qrot;
     }
@@ -627,9 +695,6 @@ static int qstate_query(qstate *s, const float *query, int quantised, rp_error *
             s->bq.nplanes = 0;
             return RP_OK;
         } else {
-            double lo, hi, span, delta, usum = 0.0, total;
-            int qb = s->query_bits;
-            double levels = (double)((1 << qb) - 1);
             for (i = 0; i < nb; i++) {
                 const float *r = c->projection + (size_t)i * d;
                 double acc = 0.0;
@@ -639,33 +704,24 @@ static int qstate_query(qstate *s, const float *query, int quantised, rp_error *
                 if (!(fabsf(v) <= 1e30f)) return rp_fail(err, RP_E_NONFINITE, "%s", OVERFLOW_MSG);
                 s->proj[i] = v;
             }
-            lo = hi = (double)s->proj[0];
-            for (i = 1; i < nb; i++) {
-                double v = (double)s->proj[i];
-                lo = v < lo ? v : lo;
-                hi = v > hi ? v : hi;
-            }
-            span = hi - lo;
-            delta = span > 0.0 ? span / levels : 1.0;
-            for (i = 0; i < nb; i++) {
-                double u = nearbyint(((double)s->proj[i] - lo) / delta);
-                uint32_t ui, pl;
-                u = u < 0.0 ? 0.0 : (u > levels ? levels : u);
-                usum += u;
-                ui = (uint32_t)u;
-                for (pl = 0; pl < (uint32_t)qb; pl++)
-                    if ((ui >> pl) & 1u) {
-                        uint32_t byte = i / 8u, bit = 7u - i % 8u;
-                        s->words[(size_t)pl * nw + byte / 8u] |= (uint64_t)1 << (8u * (byte % 8u) + bit);
-                    }
-            }
-            total = lo * (double)nb + delta * usum;
-            s->bq.nplanes = (uint32_t)qb;
-            s->bq.alpha = 2.0 * delta;
-            s->bq.beta = 2.0 * lo;
-            s->bq.gamma = -total;
+            build_planes(s, s->proj, nb);
             return RP_OK;
         }
+    }
+    case RP_FAM_RABITQ: {
+        /* Python: qrot = q @ rotation.T (float32), |qrot| <= 1e30; qc = q @ centroid (float32) */
+        uint32_t d = c->dim, j;
+        double acc = 0.0;
+        rotate_query(c, query, s->qrot);
+        for (j = 0; j < d; j++)
+            if (!(fabsf(s->qrot[j]) <= 1e30f)) return rp_fail(err, RP_E_NONFINITE, "%s", OVERFLOW_MSG);
+        for (j = 0; j < d; j++) acc += (double)query[j] * (double)c->rb_centroid[j];
+        s->rb_qc = (float)acc;
+        if (!(fabsf(s->rb_qc) <= 3.4028234663852886e38f)) return rp_fail(err, RP_E_NONFINITE, "%s", OVERFLOW_MSG);
+        memset(s->words, 0, sizeof(uint64_t) * s->bq.nwords * (uint32_t)s->query_bits);
+        build_planes(s, s->qrot, d);
+        s->bq.offset = (double)s->rb_qc;
+        return RP_OK;
     }
     default:
         return rp_fail(err, RP_E_UNSUPPORTED, "codec family has no kernel");
@@ -733,6 +789,7 @@ static void qstate_score(const qstate *s, const uint8_t *codes, size_t stride, s
         rp_hamming_portable(&s->bq, codes, stride, cnt, out);
         return;
     case RP_FAM_SIMHASH:
+    case RP_FAM_RABITQ:
 #if RP_HAVE_AVX2
         if (k == RP_KERNEL_AVX2) { rp_bitplane_avx2(&s->bq, codes, stride, cnt, out); return; }
 #endif
@@ -760,6 +817,61 @@ static void simhash_exact(const qstate *s, const uint8_t *codes, size_t stride, 
             if ((p[i / 8u] >> (7u - i % 8u)) & 1u) on += (double)s->proj[i];
         out[t] = (float)(2.0 * on - total);
     }
+}
+
+/* ---- rabitq (rabitq.py: _stage_factors, _grid, _estimate) ------------------------------------------ */
+/* kappa0 = 1/sqrt(d), kappa1 = 1/(L sqrt(d)), L = 2^(B-1) */
+static double rb_kappa(const rp_codec *c, uint32_t stage) {
+    double d = (double)c->dim;
+    return stage == 0 ? 1.0 / sqrt(d) : 1.0 / ((double)(1u << (c->rb_bits - 1u)) * sqrt(d));
+}
+
+/* Byte offset of a stage's two float16 factors (sigma, eps). */
+static uint32_t rb_factor_off(const rp_codec *c, uint32_t stage) {
+    return stage == 0 ? c->rb_nb0 : c->rb_nb0 + 4u + c->rb_nb1;
+}
+
+/* The factors of stages 0..stages-1 are ones an encoder writes: sigma finite and >= 0, eps >= 0 (Inf allowed). */
+static int rb_factors_ok(const rp_codec *c, const uint8_t *p, uint32_t stages) {
+    uint32_t st;
+    for (st = 0; st < stages; st++) {
+        uint32_t off = rb_factor_off(c, st);
+        float sigma = rp_half_to_float(rp_le16(p + off)), eps = rp_half_to_float(rp_le16(p + off + 2u));
+        if (!(sigma >= 0.0f && sigma <= 65504.0f) || !(eps >= 0.0f)) return 0;
+    }
+    return 1;
+}
+
+/* s = sigma * (kappa * rho) in float64, as Python's _stage_factors. */
+static double rb_item_scale(const rp_codec *c, const uint8_t *p, uint32_t stage) {
+    double scale = rb_kappa(c, stage) * (double)c->rb_rho;
+    return (double)rp_half_to_float(rp_le16(p + rb_factor_off(c, stage))) * scale;
+}
+
+/* The estimate of the stage the query state scores (rb_stages - 1): <q, c> + f32(f32(<P q, g>) * f32(s)),
+ * in float32 like Python's est = qc + dot * s.astype(float32); the dot is summed in float64 and rounded. */
+static float rb_estimate(const qstate *s, const uint8_t *p) {
+    const rp_codec *c = s->c;
+    const float *y = s->qrot;
+    uint32_t d = c->dim, j, stage = s->rb_stages - 1u;
+    double dot = 0.0;
+    float dot32, s32, term;
+    if (stage == 0) {
+        for (j = 0; j < d; j++) dot += ((p[j >> 3] >> (7u - (j & 7u))) & 1u) ? (double)y[j] : -(double)y[j];
+    } else {
+        uint32_t bm1 = c->rb_bits - 1u, levels = 1u << bm1, pos = 0, b;
+        double half = (double)((1u << c->rb_bits) - 1u) / 2.0;
+        const uint8_t *lp = p + c->rb_nb0 + 4u;
+        for (j = 0; j < d; j++) {
+            uint32_t k = ((p[j >> 3] >> (7u - (j & 7u))) & 1u) * levels, low = 0;
+            for (b = 0; b < bm1; b++, pos++) low = (low << 1) | ((lp[pos >> 3] >> (7u - (pos & 7u))) & 1u);
+            dot += (double)y[j] * ((double)(k + low) - half);
+        }
+    }
+    dot32 = (float)dot;
+    s32 = (float)rb_item_scale(c, p, stage);
+    term = dot32 * s32;
+    return s->rb_qc + term;
 }
 
 /* Code values beyond ksub (pq families): index of the first bad row, or -1. Rows in `skip` are not read. */
@@ -801,6 +913,11 @@ int rp_codec_score(const rp_codec *codec, const float *query, const uint8_t *cod
         if (!pq_codes_ok(codec, codes + (size_t)t * stride))
             return rp_fail(err, RP_E_CODEC, "code %llu holds a value beyond the codebook's %u entries",
                            (unsigned long long)t, (unsigned)codec->ksub);
+    if (codec->family == RP_FAM_RABITQ)
+        for (t = 0; t < n; t++)
+            if (!rb_factors_ok(codec, codes + (size_t)t * stride, ncb))
+                return rp_fail(err, RP_E_CODEC, "code %llu holds factor bytes no encoder writes (NaN, Inf or negative float16)",
+                               (unsigned long long)t);
     st = qstate_init(&s, codec, nread, ncb, 8, err);
     if (st != RP_OK) return st;
     s.kern = rp_active_kernel();
@@ -808,6 +925,8 @@ int rp_codec_score(const rp_codec *codec, const float *query, const uint8_t *cod
     if (st == RP_OK) {
         if (codec->family == RP_FAM_SIMHASH)
             simhash_exact(&s, codes, stride, (size_t)n, out);
+        else if (codec->family == RP_FAM_RABITQ)
+            for (t = 0; t < n; t++) out[t] = rb_estimate(&s, codes + (size_t)t * stride);
         else
             qstate_score(&s, codes, stride, (size_t)n, out);
         if (!all_finite(out, (size_t)n)) st = rp_fail(err, RP_E_NONFINITE, "%s", OVERFLOW_MSG);
@@ -889,6 +1008,13 @@ struct rp_scanner {
     uint64_t nblocks;
     /* float32 / fp16 / sq: largest |x_j| any item decodes to */
     double *colmax;
+    /* rabitq: stage-0 item scales [n] (0 for skipped rows), the largest scale of the stages used, and the
+     * candidate buffers of the rescoring pass */
+    double *rb_scale;
+    double rb_smax;
+    int64_t *rb_rows;
+    float *rb_vals;
+    size_t rb_cap;
     /* scratch */
     float *chunk;            /* [RP_CHUNK] */
     float *hv;
@@ -920,9 +1046,11 @@ static void scanner_name(rp_scanner *s, rp_kernel k) {
     case RP_FAM_FP16: base = "fp16"; break;
     case RP_FAM_SIMHASH: base = "simhash-bitplane"; break;
     case RP_FAM_HAMMING: base = "hamming"; break;
+    case RP_FAM_RABITQ: base = "rabitq-bitplane"; break;
     default: break;
     }
-    snprintf(s->kname, sizeof(s->kname), "%s-%s%s", base, kn, s->fs4 && s->approximate ? "-approx" : "");
+    snprintf(s->kname, sizeof(s->kname), "%s-%s%s", base, kn,
+             s->fs4 && s->approximate ? "-approx" : (c->family == RP_FAM_RABITQ && s->q.rb_stages > 1u ? "+rerank" : ""));
 }
 
 void rp_scanner_free(rp_scanner *s) {
@@ -931,6 +1059,9 @@ void rp_scanner_free(rp_scanner *s) {
     free(s->blocks);
     free(s->accs);
     free(s->colmax);
+    free(s->rb_scale);
+    free(s->rb_rows);
+    free(s->rb_vals);
     free(s->chunk);
     free(s->hv);
     free(s->hi);
@@ -1019,7 +1150,8 @@ int rp_scanner_new_skip(const rp_codec *codec, const uint8_t *codes, uint64_t n,
     st = bytes_read(codec, opts != NULL ? opts->stages : 0, &ncb, &nread, err);
     if (st != RP_OK) return st;
     stride = opts != NULL && opts->stride != 0 ? opts->stride
-             : (codec->family == RP_FAM_RQ && opts != NULL && opts->stages != 0 ? nread : codec->bytes_per_vector);
+             : ((codec->family == RP_FAM_RQ || codec->family == RP_FAM_RABITQ) && opts != NULL && opts->stages != 0
+                    ? nread : codec->bytes_per_vector);
     if (stride < nread) return rp_fail(err, RP_E_ARGUMENT, "stride %zu is below the %u bytes a code holds", stride, (unsigned)nread);
     if ((n - 1u) > (uint64_t)(((size_t)-1 - nread) / stride)) return rp_fail(err, RP_E_ARGUMENT, "n * stride overflows");
 
@@ -1032,6 +1164,7 @@ int rp_scanner_new_skip(const rp_codec *codec, const uint8_t *codes, uint64_t n,
             arr = codec->centroids; cnt = (size_t)codec->m * codec->ksub * codec->dsub; break;
         case RP_FAM_RQ: arr = codec->codebooks; cnt = (size_t)codec->n_codebooks * 256u * codec->dim; break;
         case RP_FAM_SIMHASH: case RP_FAM_HAMMING: arr = codec->projection; cnt = (size_t)codec->nbits * codec->dim; break;
+        case RP_FAM_RABITQ: arr = codec->rb_centroid; cnt = codec->dim; break;
         case RP_FAM_SQ8: case RP_FAM_SQ4:
             if (!all_finite(codec->lo, codec->dim)) return rp_fail(err, RP_E_CODEC, "sq lo holds NaN or Inf");
             arr = codec->step; cnt = codec->dim; break;
@@ -1074,6 +1207,30 @@ int rp_scanner_new_skip(const rp_codec *codec, const uint8_t *codes, uint64_t n,
     }
     s->chunk = (float *)xcalloc(RP_CHUNK, sizeof(float), &s->mem);
     if (s->chunk == NULL) goto nomem;
+
+    if (codec->family == RP_FAM_RABITQ) {
+        /* stage-0 scales as float64 (Python's _stage_factors), factor bytes checked for every stage used */
+        uint32_t nst = s->q.rb_stages, stg;
+        if (n > (uint64_t)((size_t)-1 / sizeof(double))) goto nomem;
+        s->rb_scale = (double *)xcalloc((size_t)n, sizeof(double), &s->mem);
+        if (s->rb_scale == NULL) goto nomem;
+        s->rb_smax = 0.0;
+        it.s = s, it.row = 0, it.si = 0;
+        while (seg_next(&it, &sa, &sb))
+            for (t = sa; t < sb; t++) {
+                const uint8_t *p = codes + (size_t)t * stride;
+                if (!rb_factors_ok(codec, p, nst)) {
+                    rp_scanner_free(s);
+                    return rp_fail(err, RP_E_CODEC, "code %llu holds factor bytes no encoder writes (NaN, Inf or negative float16)",
+                                   (unsigned long long)t);
+                }
+                s->rb_scale[t] = rb_item_scale(codec, p, 0);
+                for (stg = 0; stg < nst; stg++) {
+                    double v = stg == 0 ? s->rb_scale[t] : rb_item_scale(codec, p, stg);
+                    if (v > s->rb_smax) s->rb_smax = v;
+                }
+            }
+    }
 
     if (codec->family == RP_FAM_PQ4 && codec->m / 2u <= 128u && n < ((uint64_t)1 << 40)) {
         /* fast-scan block layout: block b, row p, lane t = byte p of item 32 b + t (zero padded) */
@@ -1319,10 +1476,44 @@ static void fs4_search(rp_scanner *s, size_t k, rp_kernel kern, int64_t *out_row
     *n_out = heap_drain(hv, hi, k, out_rows, out_scores);
 }
 
+/* RaBitQScanner: stage 0 by the bit-plane scan with per-item scale and offset <q, c>; for B > 1 the top `m`
+ * stage-0 candidates (exclusions and skipped rows left out), in row order, are rescored with the full B-bit
+ * estimate and the top k of those returned (ties to the lower row). */
+static void rabitq_search(rp_scanner *s, size_t k, size_t m, int64_t *out_rows, float *out_scores, uint32_t *n_out) {
+    seg_iter it;
+    uint64_t a, b, t;
+    heap_reset(s->hv, s->hi, m);
+    it.s = s, it.row = 0, it.si = 0;
+    while (seg_next(&it, &a, &b))
+        for (t = a; t < b; t += RP_CHUNK) {
+            size_t cnt = (size_t)(b - t < RP_CHUNK ? b - t : RP_CHUNK);
+            s->q.bq.scale = s->rb_scale + t;
+            qstate_score(&s->q, s->codes + (size_t)t * s->stride, s->stride, cnt, s->chunk);
+            offer_scores(s, m, s->chunk, t, cnt);
+        }
+    s->q.bq.scale = NULL;
+    if (s->q.rb_stages <= 1u) {
+        *n_out = heap_drain(s->hv, s->hi, m, out_rows, out_scores);
+        return;
+    }
+    {
+        uint32_t nc = heap_drain(s->hv, s->hi, m, s->rb_rows, s->rb_vals), i;
+        if (nc > 1) qsort(s->rb_rows, nc, sizeof(int64_t), cmp_i64);
+        heap_reset(s->hv, s->hi, k);
+        for (i = 0; i < nc; i++) {
+            int64_t row = s->rb_rows[i];
+            float v = rb_estimate(&s->q, s->codes + (size_t)row * s->stride);
+            if (v > s->hv[0]) heap_replace(s->hv, s->hi, k, v, row);
+        }
+        *n_out = heap_drain(s->hv, s->hi, k, out_rows, out_scores);
+    }
+}
+
 int rp_scanner_search(rp_scanner *s, const float *query, uint32_t k, const int64_t *exclude_rows, size_t n_exclude,
                       int64_t *out_rows, float *out_scores, uint32_t *n_out, rp_error *err) {
     const rp_codec *c;
     rp_kernel kern;
+    uint64_t hneed;
     int st;
     if (n_out != NULL) *n_out = 0;
     if (s == NULL || query == NULL || out_rows == NULL || out_scores == NULL || n_out == NULL ||
@@ -1332,6 +1523,7 @@ int rp_scanner_search(rp_scanner *s, const float *query, uint32_t k, const int64
     if (k == 0 || k > RP_MAX_K || (uint64_t)k > s->n)
         return rp_fail(err, RP_E_K_RANGE, "k = %u is outside 1..%llu", (unsigned)k,
                        (unsigned long long)(s->n < RP_MAX_K ? s->n : RP_MAX_K));
+    hneed = k;
     kern = rp_active_kernel();
     s->q.kern = kern;
     scanner_name(s, kern);
@@ -1343,10 +1535,24 @@ int rp_scanner_search(rp_scanner *s, const float *query, uint32_t k, const int64
         for (j = 0; j < c->dim; j++) bound += fabs((double)query[j]) * s->colmax[j];
         if (bound > 1e38) return rp_fail(err, RP_E_NONFINITE, "%s", OVERFLOW_MSG);
     }
-    /* scratch sized to k */
-    if (k > s->hcap) {
-        float *hv = (float *)malloc((size_t)k * sizeof(float));
-        int64_t *hi = (int64_t *)malloc((size_t)k * sizeof(int64_t));
+    if (c->family == RP_FAM_RABITQ) { /* refuse scores that could leave float32's range */
+        double qmax = 0.0, gmax = s->q.rb_stages > 1u ? (double)((1u << c->rb_bits) - 1u) / 2.0 : 1.0, bound;
+        uint32_t j;
+        for (j = 0; j < c->dim; j++)
+            if (fabs((double)s->q.qrot[j]) > qmax) qmax = fabs((double)s->q.qrot[j]);
+        bound = fabs((double)s->q.rb_qc) + s->rb_smax * (double)c->dim * qmax * gmax;
+        if (!(bound <= 1e38)) return rp_fail(err, RP_E_NONFINITE, "%s", OVERFLOW_MSG);
+        /* stage 0 keeps the top min(n, max(20 k, 1000)) for the rescoring (B > 1), else the top k */
+        if (s->q.rb_stages > 1u) {
+            uint64_t m = (uint64_t)k * 20u > 1000u ? (uint64_t)k * 20u : 1000u;
+            hneed = m < s->n ? m : s->n;
+            if (hneed > (uint64_t)((size_t)-1 / 16u)) return rp_fail(err, RP_E_NOMEM, "out of memory for the candidates");
+        }
+    }
+    /* scratch sized to k (rabitq with rescoring: to its candidate count) */
+    if (hneed > s->hcap) {
+        float *hv = (float *)malloc((size_t)hneed * sizeof(float));
+        int64_t *hi = (int64_t *)malloc((size_t)hneed * sizeof(int64_t));
         if (hv == NULL || hi == NULL) {
             free(hv);
             free(hi);
@@ -1354,10 +1560,25 @@ int rp_scanner_search(rp_scanner *s, const float *query, uint32_t k, const int64
         }
         free(s->hv);
         free(s->hi);
-        s->mem += ((size_t)k - s->hcap) * (sizeof(float) + sizeof(int64_t));
+        s->mem += ((size_t)hneed - s->hcap) * (sizeof(float) + sizeof(int64_t));
         s->hv = hv;
         s->hi = hi;
-        s->hcap = k;
+        s->hcap = (size_t)hneed;
+    }
+    if (c->family == RP_FAM_RABITQ && s->q.rb_stages > 1u && hneed > s->rb_cap) {
+        int64_t *rr = (int64_t *)malloc((size_t)hneed * sizeof(int64_t));
+        float *rv = (float *)malloc((size_t)hneed * sizeof(float));
+        if (rr == NULL || rv == NULL) {
+            free(rr);
+            free(rv);
+            return rp_fail(err, RP_E_NOMEM, "out of memory for the candidates");
+        }
+        free(s->rb_rows);
+        free(s->rb_vals);
+        s->mem += ((size_t)hneed - s->rb_cap) * (sizeof(float) + sizeof(int64_t));
+        s->rb_rows = rr;
+        s->rb_vals = rv;
+        s->rb_cap = (size_t)hneed;
     }
     /* exclusion: a sorted copy of the in-range rows */
     s->n_excl = 0;
@@ -1384,6 +1605,8 @@ int rp_scanner_search(rp_scanner *s, const float *query, uint32_t k, const int64
     }
     if (s->fs4) {
         fs4_search(s, k, kern, out_rows, out_scores, n_out);
+    } else if (c->family == RP_FAM_RABITQ) {
+        rabitq_search(s, k, (size_t)hneed, out_rows, out_scores, n_out);
     } else {
         seg_iter it;
         uint64_t a, b;

@@ -270,7 +270,8 @@ __attribute__((target("popcnt"))) void rp_bitplane_avx2(const rp_bitq *bq, const
             for (i = 0; i < np; i++) dot += (int64_t)__builtin_popcountll(bq->q[(size_t)i * nw + w] & c) << i;
         }
         v = bq->alpha * (double)dot + bq->beta * (double)ones + bq->gamma;
-        out[t] = (float)(v + 0.0);
+        if (bq->scale != NULL) v *= bq->scale[t];
+        out[t] = (float)(v + bq->offset);
     }
 }
 

@@ -63,6 +63,10 @@ typedef struct rp_bitq {
     uint32_t nplanes;     /* asymmetric: query bit planes (0 for hamming) */
     const uint64_t *q;    /* hamming: query words [nwords]; asymmetric: planes [nplanes][nwords] */
     double alpha, beta, gamma;
+    /* asymmetric score of item t: v = alpha * dot + beta * ones + gamma; v *= scale[t] when scale is not
+     * NULL (rabitq: per-item factor, indexed from the first code passed); out[t] = (float)(v + offset) */
+    const double *scale;
+    double offset;
 } rp_bitq;
 void rp_hamming_portable(const rp_bitq *bq, const uint8_t *codes, size_t stride, size_t cnt, float *out);
 void rp_bitplane_portable(const rp_bitq *bq, const uint8_t *codes, size_t stride, size_t cnt, float *out);

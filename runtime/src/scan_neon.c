@@ -250,7 +250,8 @@ void rp_bitplane_neon(const rp_bitq *bq, const uint8_t *codes, size_t stride, si
             for (i = 0; i < np; i++) dot += (int64_t)pc64(bq->q[(size_t)i * nw + w] & c) << i;
         }
         v = bq->alpha * (double)dot + bq->beta * (double)ones + bq->gamma;
-        out[t] = (float)(v + 0.0);
+        if (bq->scale != NULL) v *= bq->scale[t];
+        out[t] = (float)(v + bq->offset);
     }
 }
 

@@ -56,6 +56,7 @@ static void codec_release(rp_codec *c) {
     free(c->rotation);
     free(c->codebooks);
     free(c->projection);
+    free(c->rb_centroid);
     memset(c, 0, sizeof(*c));
 }
 
@@ -135,6 +136,51 @@ static void make_simhash(rp_codec *c, uint32_t nbits, uint32_t d, int hamming) {
     snprintf(c->spec, sizeof(c->spec), "simhash%u", (unsigned)nbits);
 }
 
+/* A random orthogonal matrix [d][d] (Gram-Schmidt in float64 on random rows, stored as float32). */
+static float *rand_orthogonal(uint32_t d) {
+    double *m = (double *)xmalloc((size_t)d * d * sizeof(double));
+    float *r = (float *)xmalloc((size_t)d * d * sizeof(float));
+    uint32_t i, j, k;
+    for (i = 0; i < d * d; i++) m[i] = rndn();
+    for (i = 0; i < d; i++) {
+        double *ri = m + (size_t)i * d, nrm = 0.0;
+        for (j = 0; j < i; j++) {
+            const double *rj = m + (size_t)j * d;
+            double dot = 0.0;
+            for (k = 0; k < d; k++) dot += ri[k] * rj[k];
+            for (k = 0; k < d; k++) ri[k] -= dot * rj[k];
+        }
+        for (k = 0; k < d; k++) nrm += ri[k] * ri[k];
+        nrm = sqrt(nrm);
+        for (k = 0; k < d; k++) ri[k] /= nrm;
+    }
+    for (i = 0; i < d * d; i++) r[i] = (float)m[i];
+    free(m);
+    return r;
+}
+
+/* A rabitq codec as codec.c fills it (B bits per dimension). */
+static void make_rabitq(rp_codec *c, uint32_t d, uint32_t bits) {
+    memset(c, 0, sizeof(*c));
+    c->family = RP_FAM_RABITQ;
+    c->dim = d;
+    c->rb_bits = bits;
+    c->rb_nb0 = (d + 7u) / 8u;
+    c->rb_nb1 = (d * (bits - 1u) + 7u) / 8u;
+    c->rb_rho = 3.25f;
+    c->rb_centroid = randf(d, 0.5f);
+    c->rotation = rand_orthogonal(d);
+    c->prefix_bytes[0] = c->rb_nb0 + 4u;
+    c->n_stages = bits > 1u ? 2u : 1u;
+    if (bits > 1u) c->prefix_bytes[1] = c->rb_nb0 + c->rb_nb1 + 8u;
+    c->bytes_per_vector = c->prefix_bytes[c->n_stages - 1u];
+    snprintf(c->spec, sizeof(c->spec), bits > 1u ? "rabitq%u" : "rabitq", (unsigned)bits);
+    snprintf(c->family_name, sizeof(c->family_name), "rabitq");
+}
+
+/* A float16 (bit pattern) in [0, 4): finite, non-negative. */
+static uint16_t rand_half_pos(void) { return (uint16_t)((rndu(17) << 10) | rndu(1024)); }
+
 /* Random valid codes for a codec (pq: values < ksub; float: finite values). */
 static uint8_t *make_codes(const rp_codec *c, uint64_t n, size_t stride) {
     uint8_t *codes = (uint8_t *)xmalloc((size_t)n * stride);
@@ -159,6 +205,19 @@ static uint8_t *make_codes(const rp_codec *c, uint64_t n, size_t stride) {
                 p[2u * j + 1u] = (uint8_t)(h >> 8);
             }
         if (c->family == RP_FAM_SQ4 && (c->dim & 1u)) p[c->dim / 2u] &= 0x0F;
+        if (c->family == RP_FAM_RABITQ) { /* pad bits 0, factors finite and non-negative */
+            uint32_t st, off;
+            if (c->dim % 8u) p[c->rb_nb0 - 1u] &= (uint8_t)(0xFFu << (8u - c->dim % 8u));
+            if (c->rb_bits > 1u && (c->dim * (c->rb_bits - 1u)) % 8u)
+                p[c->rb_nb0 + 4u + c->rb_nb1 - 1u] &= (uint8_t)(0xFFu << (8u - (c->dim * (c->rb_bits - 1u)) % 8u));
+            for (st = 0; st < c->n_stages; st++) {
+                uint16_t h[2];
+                off = st == 0 ? c->rb_nb0 : c->rb_nb0 + 4u + c->rb_nb1;
+                h[0] = rand_half_pos(), h[1] = rndu(50) == 0 ? 0x7C00u : rand_half_pos(); /* eps may be +Inf */
+                p[off] = (uint8_t)h[0], p[off + 1u] = (uint8_t)(h[0] >> 8);
+                p[off + 2u] = (uint8_t)h[1], p[off + 3u] = (uint8_t)(h[1] >> 8);
+            }
+        }
     }
     return codes;
 }
@@ -230,6 +289,30 @@ static double ref_score(const rp_codec *c, const float *q, const uint8_t *p, uin
                 dist += (uint32_t)((pr > 0.0) != bit);
         }
         return c->family == RP_FAM_SIMHASH ? acc : -(double)dist;
+    }
+    case RP_FAM_RABITQ: { /* <q, c> + sigma kappa rho <P q, g> (float64) */
+        uint32_t stage = (stages ? stages : c->n_stages) - 1u, k, L = 1u << (c->rb_bits - 1u);
+        uint32_t off = stage == 0 ? c->rb_nb0 : c->rb_nb0 + 4u + c->rb_nb1;
+        double qc = 0.0, dot = 0.0, kappa = stage == 0 ? 1.0 / sqrt((double)d) : 1.0 / (L * sqrt((double)d));
+        double sigma = half_ref((uint16_t)(p[off] | (p[off + 1u] << 8)));
+        for (j = 0; j < d; j++) qc += (double)q[j] * c->rb_centroid[j];
+        for (j = 0; j < d; j++) {
+            double y = 0.0, g;
+            int sign = (p[j / 8u] >> (7u - j % 8u)) & 1;
+            for (k = 0; k < d; k++) y += (double)c->rotation[(size_t)j * d + k] * q[k];
+            if (stage == 0) {
+                g = sign ? 1.0 : -1.0;
+            } else {
+                uint32_t low = 0, b;
+                for (b = 0; b + 1u < c->rb_bits; b++) {
+                    uint32_t pos = j * (c->rb_bits - 1u) + b;
+                    low = (low << 1) | ((p[c->rb_nb0 + 4u + pos / 8u] >> (7u - pos % 8u)) & 1u);
+                }
+                g = (double)((uint32_t)sign * L + low) - ((double)(1u << c->rb_bits) - 1.0) / 2.0;
+            }
+            dot += y * g;
+        }
+        return qc + sigma * kappa * (double)c->rb_rho * dot;
     }
     default:
         return 0.0;
@@ -490,6 +573,325 @@ static void test_families(void) {
     }
 }
 
+/* ---- rabitq ------------------------------------------------------------------------------------------------ */
+/* Stage-0 scanner scores from scratch: P q and <q, c> rounded to float32 (the runtime's float64 sums), the query
+ * quantised to qbits planes (binscan.py), score = f32(s_t * (qproj . (2 b - 1)) + <q, c>), s_t = sigma0 kappa0 rho. */
+static void rabitq_quantised_ref(const rp_codec *c, const float *q, int qbits, const uint8_t *codes, uint64_t n,
+                                 size_t stride, float *out) {
+    uint32_t d = c->dim, i, j;
+    float *y = (float *)xmalloc(d * sizeof(float));
+    double *u = (double *)xmalloc(d * sizeof(double));
+    double lo, hi, delta, levels = (double)((1 << qbits) - 1), usum = 0.0, total, qc = 0.0;
+    uint64_t t;
+    for (i = 0; i < d; i++) {
+        double acc = 0.0;
+        for (j = 0; j < d; j++) acc += (double)c->rotation[(size_t)i * d + j] * q[j];
+        y[i] = (float)acc;
+    }
+    for (j = 0; j < d; j++) qc += (double)q[j] * c->rb_centroid[j];
+    qc = (double)(float)qc;
+    lo = hi = y[0];
+    for (i = 1; i < d; i++) {
+        lo = y[i] < lo ? y[i] : lo;
+        hi = y[i] > hi ? y[i] : hi;
+    }
+    delta = hi - lo > 0.0 ? (hi - lo) / levels : 1.0;
+    for (i = 0; i < d; i++) {
+        double v = nearbyint(((double)y[i] - lo) / delta);
+        u[i] = v < 0 ? 0 : (v > levels ? levels : v);
+        usum += u[i];
+    }
+    total = lo * d + delta * usum;
+    for (t = 0; t < n; t++) {
+        const uint8_t *p = codes + (size_t)t * stride;
+        double dot = 0.0, ones = 0.0, v, scale;
+        for (i = 0; i < 8u * c->rb_nb0; i++) /* pad bits count as ones (as binscan.py) */
+            if ((p[i / 8u] >> (7u - i % 8u)) & 1u) {
+                ones += 1.0;
+                if (i < d) dot += u[i];
+            }
+        scale = (double)(float)half_ref((uint16_t)(p[c->rb_nb0] | (p[c->rb_nb0 + 1u] << 8))) *
+                ((1.0 / sqrt((double)d)) * (double)c->rb_rho);
+        v = 2.0 * delta * dot + 2.0 * lo * ones + -total;
+        v *= scale;
+        out[t] = (float)(v + qc);
+    }
+    free(y);
+    free(u);
+}
+
+/* B > 1 reference: top min(n, max(20k, 1000)) of the stage-0 scores `s0` (rows in `gone` left out), rescored
+ * with `full`, top k (ties to the lower row). */
+static uint32_t rabitq_rerank_ref(const float *s0, const float *full, uint64_t n, uint32_t k, const unsigned char *gone,
+                                  int64_t *rows, float *vals) {
+    uint64_t m = (uint64_t)k * 20u > 1000u ? (uint64_t)k * 20u : 1000u, t;
+    int64_t *cr;
+    float *cv, *fs;
+    unsigned char *out;
+    uint32_t nc, i, r;
+    if (m > n) m = n;
+    cr = (int64_t *)xmalloc((size_t)m * sizeof(int64_t));
+    cv = (float *)xmalloc((size_t)m * sizeof(float));
+    nc = ref_topk(s0, n, (uint32_t)m, gone, cr, cv);
+    out = (unsigned char *)xmalloc((size_t)n);
+    memset(out, 1, (size_t)n);
+    for (i = 0; i < nc; i++) out[cr[i]] = 0;
+    fs = (float *)xmalloc((size_t)n * sizeof(float));
+    for (t = 0; t < n; t++) fs[t] = full[t];
+    r = ref_topk(fs, n, k, out, rows, vals);
+    free(cr), free(cv), free(out), free(fs);
+    return r;
+}
+
+static void test_rabitq_codec(uint32_t d, uint32_t bits, uint64_t n, const char *what) {
+    rp_codec c;
+    size_t stride;
+    uint8_t *codes;
+    float *q, *full, *s0;
+    int qb;
+    make_rabitq(&c, d, bits);
+    stride = c.bytes_per_vector;
+    codes = make_codes(&c, n, stride);
+    q = rand_query(d);
+    full = check_codec_score(&c, q, codes, n, stride, 0, what); /* all stages */
+    free(check_codec_score(&c, q, codes, n, stride, 1, what));  /* stage 0 (the 1-bit estimate) */
+    s0 = (float *)xmalloc((size_t)n * sizeof(float));
+    for (qb = 1; qb <= 16; qb += 7) {
+        rp_scan_options o;
+        memset(&o, 0, sizeof(o));
+        o.query_bits = qb;
+        rabitq_quantised_ref(&c, q, qb, codes, n, stride, s0);
+        if (bits == 1) {
+            check_scanner(&c, codes, n, &o, q, s0, what);
+        } else if (n <= 1000) { /* every row is a candidate: the full estimate ranks them */
+            check_scanner(&c, codes, n, &o, q, full, what);
+        } else {
+            uint32_t ks[3] = {1, 7, 50}, kk, nref, n_out, i;
+            int64_t rows[50], rr[50], excl[30];
+            float vals[50], rv[50];
+            unsigned char *gone = (unsigned char *)xmalloc((size_t)n);
+            int ki, mode;
+            rp_row_range skip[2] = {{10, 400}, {900, 901}};
+            for (i = 0; i < 30; i++) excl[i] = (int64_t)rndu((uint32_t)n);
+            for (mode = 0; mode < 3; mode++)
+                for (kk = 0; kk < 3; kk++) {
+                    memset(gone, 0, (size_t)n);
+                    if (mode >= 1)
+                        for (i = 0; i < 30; i++) gone[excl[i]] = 1;
+                    if (mode == 2) {
+                        uint64_t t;
+                        for (t = 10; t < 400; t++) gone[t] = 1;
+                        gone[900] = 1;
+                    }
+                    nref = rabitq_rerank_ref(s0, full, n, ks[kk], gone, rr, rv);
+                    for (ki = 0; ki < g_nk; ki++) {
+                        rp_scanner *s = NULL;
+                        rp_error e;
+                        int st;
+                        rp_set_kernel(g_kernels[ki], NULL);
+                        st = mode == 2 ? rp_scanner_new_skip(&c, codes, n, &o, skip, 2, &s, &e) : rp_scanner_new(&c, codes, n, &o, &s, &e);
+                        CHECK(st == RP_OK, "%s: scanner_new: %s", what, e.message);
+                        if (st != RP_OK) continue;
+                        CHECK(strstr(rp_scanner_kernel(s), "rabitq-bitplane-") != NULL && strstr(rp_scanner_kernel(s), "+rerank") != NULL,
+                              "%s: kernel name %s", what, rp_scanner_kernel(s));
+                        st = rp_scanner_search(s, q, ks[kk], mode ? excl : NULL, mode ? 30u : 0u, rows, vals, &n_out, &e);
+                        CHECK(st == RP_OK && n_out == nref, "%s: rerank search %d %u/%u", what, st, n_out, nref);
+                        for (i = 0; st == RP_OK && i < n_out && i < nref; i++)
+                            if (rows[i] != rr[i] || memcmp(&vals[i], &rv[i], 4) != 0) {
+                                CHECK(0, "%s [%s k=%u mode=%d qb=%d]: rank %u row %lld %.9g, reference %lld %.9g", what,
+                                      rp_scanner_kernel(s), ks[kk], mode, qb, i, (long long)rows[i], vals[i], (long long)rr[i], rv[i]);
+                                break;
+                            }
+                        rp_scanner_free(s);
+                    }
+                }
+            rp_set_kernel("auto", NULL);
+            free(gone);
+        }
+        if (bits > 1) { /* stages = 1: the 1-bit ranking on the stage-0 prefix, read in place */
+            o.stages = 1;
+            o.stride = stride;
+            check_scanner(&c, codes, n, &o, q, s0, what);
+        }
+    }
+    free(s0), free(full), free(q), free(codes);
+    codec_release(&c);
+}
+
+static void test_rabitq_errors(void) {
+    rp_codec c;
+    uint64_t n = 200;
+    uint8_t *codes;
+    float *q, vals[200], bad[40];
+    int64_t rows[200];
+    uint32_t n_out, j;
+    rp_scanner *s = NULL;
+    rp_scan_options o;
+    rp_error e;
+    make_rabitq(&c, 40, 3);
+    codes = make_codes(&c, n, c.bytes_per_vector);
+    q = rand_query(40);
+    CHECK(rp_scanner_new(&c, codes, n, NULL, &s, &e) == RP_OK, "rabitq errors: new: %s", e.message);
+    CHECK(strcmp(rp_scanner_kernel(s), "rabitq-bitplane-portable+rerank") == 0 || strstr(rp_scanner_kernel(s), "+rerank") != NULL,
+          "rabitq kernel name %s", rp_scanner_kernel(s));
+    CHECK(rp_scanner_search(s, q, 0, NULL, 0, rows, vals, &n_out, &e) == RP_E_K_RANGE, "rabitq k = 0");
+    CHECK(rp_scanner_search(s, q, 201, NULL, 0, rows, vals, &n_out, &e) == RP_E_K_RANGE, "rabitq k > n");
+    {
+        int64_t excl[4] = {3, 7, 3, 500};
+        uint32_t i;
+        CHECK(rp_scanner_search(s, q, 200, excl, 4, rows, vals, &n_out, &e) == RP_OK && n_out == 198, "rabitq exclusion count %u", n_out);
+        for (i = 0; i < n_out; i++) CHECK(rows[i] != 3 && rows[i] != 7, "rabitq excluded row returned");
+        CHECK(rows[198] == -1 && rows[199] == -1, "rabitq unused slots");
+    }
+    for (j = 0; j < 40; j++) bad[j] = q[j];
+    bad[5] = NAN;
+    CHECK(rp_scanner_search(s, bad, 5, NULL, 0, rows, vals, &n_out, &e) == RP_E_NONFINITE, "rabitq NaN query");
+    for (j = 0; j < 40; j++) bad[j] = 1e30f;
+    CHECK(rp_scanner_search(s, bad, 5, NULL, 0, rows, vals, &n_out, &e) == RP_E_NONFINITE, "rabitq |P q| > 1e30");
+    CHECK(rp_scanner_search(s, q, 5, NULL, 0, rows, vals, &n_out, &e) == RP_OK, "rabitq search after a refusal");
+    rp_scanner_free(s);
+    c.rb_rho = 1e12f; /* scores that could leave float32's range are refused */
+    CHECK(rp_scanner_new(&c, codes, n, NULL, &s, &e) == RP_OK, "rabitq huge rho: new");
+    for (j = 0; j < 40; j++) bad[j] = 1e29f * (j % 2 ? 1.0f : -1.0f);
+    CHECK(rp_scanner_search(s, bad, 5, NULL, 0, rows, vals, &n_out, &e) == RP_E_NONFINITE, "rabitq score overflow refused");
+    CHECK(rp_scanner_search(s, q, 5, NULL, 0, rows, vals, &n_out, &e) == RP_OK, "rabitq huge rho: ordinary query");
+    rp_scanner_free(s);
+    c.rb_rho = 3.25f;
+    memset(&o, 0, sizeof(o));
+    o.stages = 3;
+    CHECK(rp_scanner_new(&c, codes, n, &o, &s, &e) == RP_E_ARGUMENT, "rabitq stages out of range");
+    CHECK(rp_codec_score(&c, q, codes, n, 0, 3, vals, &e) == RP_E_ARGUMENT, "rabitq codec_score stages out of range");
+    o.stages = 0;
+    o.query_bits = 17;
+    CHECK(rp_scanner_new(&c, codes, n, &o, &s, &e) == RP_E_ARGUMENT, "rabitq query_bits 17");
+    /* factor bytes no encoder writes: NaN sigma (stage 0), negative eps (stage 1) */
+    codes[7 * c.bytes_per_vector + c.rb_nb0 + 1u] = 0x7E; /* sigma0 of row 7: NaN */
+    CHECK(rp_scanner_new(&c, codes, n, NULL, &s, &e) == RP_E_CODEC, "rabitq NaN sigma refused");
+    CHECK(rp_codec_score(&c, q, codes, n, 0, 0, vals, &e) == RP_E_CODEC, "rabitq codec_score NaN sigma");
+    {
+        rp_row_range r = {7, 8};
+        CHECK(rp_scanner_new_skip(&c, codes, n, NULL, &r, 1, &s, &e) == RP_OK, "rabitq bad row in a skip range is never read");
+        CHECK(rp_scanner_search(s, q, 10, NULL, 0, rows, vals, &n_out, &e) == RP_OK && n_out == 10, "rabitq skip search");
+        for (j = 0; j < n_out; j++) CHECK(rows[j] != 7, "rabitq skipped row returned");
+        rp_scanner_free(s);
+    }
+    codes[7 * c.bytes_per_vector + c.rb_nb0 + 1u] = 0x3C;
+    codes[9 * c.bytes_per_vector + c.bytes_per_vector - 1u] = 0x80; /* eps1 of row 9: negative */
+    CHECK(rp_scanner_new(&c, codes, n, NULL, &s, &e) == RP_E_CODEC, "rabitq negative eps1 refused");
+    CHECK(rp_codec_score(&c, q, codes, n, 0, 1, vals, &e) == RP_OK, "rabitq stage-0 score ignores stage 1 factors");
+    o.query_bits = 0;
+    o.stages = 1;
+    o.stride = c.bytes_per_vector;
+    CHECK(rp_scanner_new(&c, codes, n, &o, &s, &e) == RP_OK, "rabitq stage-0 scanner ignores stage 1 factors");
+    CHECK(strstr(rp_scanner_kernel(s), "+rerank") == NULL, "rabitq stage-0 scanner name %s", rp_scanner_kernel(s));
+    rp_scanner_free(s);
+    free(codes), free(q);
+    codec_release(&c);
+}
+
+/* RPCS states: loading, the layout accessors and _load_state's checks. */
+static uint8_t *rabitq_state(const char *spec, uint32_t d, const float *cent, const float *rot, float rho, size_t *size) {
+    char hdr[512];
+    size_t h, pay = (size_t)4u * d + (size_t)4u * d * d + 4u;
+    uint8_t *s;
+    snprintf(hdr, sizeof hdr,
+             "{\"arrays\": [{\"dtype\": \"<f4\", \"name\": \"centroid\", \"nbytes\": %u, \"offset\": 0, \"shape\": [%u]}, "
+             "{\"dtype\": \"<f4\", \"name\": \"rotation\", \"nbytes\": %u, \"offset\": %u, \"shape\": [%u, %u]}, "
+             "{\"dtype\": \"<f4\", \"name\": \"rho\", \"nbytes\": 4, \"offset\": %u, \"shape\": [1]}], "
+             "\"dim\": %u, \"meta\": {}, \"spec\": \"%s\"}",
+             4u * d, d, 4u * d * d, 4u * d, d, d, 4u * d + 4u * d * d, d, spec);
+    h = strlen(hdr);
+    s = (uint8_t *)xmalloc(10 + h + pay);
+    memcpy(s, "RPCS", 4);
+    s[4] = 1, s[5] = 0;
+    s[6] = (uint8_t)h, s[7] = (uint8_t)(h >> 8), s[8] = 0, s[9] = 0;
+    memcpy(s + 10, hdr, h);
+    memcpy(s + 10 + h, cent, 4u * d); /* little-endian host assumed by the test */
+    memcpy(s + 10 + h + 4u * d, rot, (size_t)4u * d * d);
+    memcpy(s + 10 + h + 4u * d + 4u * d * d, &rho, 4);
+    *size = 10 + h + pay;
+    return s;
+}
+
+static void test_rabitq_state(void) {
+    uint32_t d = 20, j;
+    float *cent = randf(d, 1.0f), *rot = rand_orthogonal(d);
+    size_t size;
+    uint8_t *st;
+    rp_codec *c = NULL;
+    rp_error e;
+    st = rabitq_state("rabitq5", d, cent, rot, 2.5f, &size);
+    CHECK(rp_codec_open(st, size, &c, &e) == RP_OK, "rabitq5 state: %s", e.message);
+    if (c != NULL) {
+        CHECK(strcmp(rp_codec_spec(c), "rabitq5") == 0 && strcmp(rp_codec_family(c), "rabitq") == 0, "rabitq5 spec/family");
+        CHECK(rp_codec_bytes_per_vector(c) == 3u + 4u + 10u + 4u, "rabitq5 bytes_per_vector %u", rp_codec_bytes_per_vector(c));
+        CHECK(rp_codec_stages(c) == 2u && rp_codec_prefix_bytes(c, 1) == 7u && rp_codec_prefix_bytes(c, 2) == 21u &&
+                  rp_codec_prefix_bytes(c, 0) == 21u, "rabitq5 stages / prefix bytes");
+        {   /* the loaded codec scores like the hand-built one */
+            rp_codec h;
+            uint8_t *codes;
+            float *q = rand_query(d), *a = (float *)xmalloc(50 * sizeof(float)), *b = (float *)xmalloc(50 * sizeof(float));
+            make_rabitq(&h, d, 5);
+            memcpy(h.rb_centroid, cent, 4u * d);
+            memcpy(h.rotation, rot, (size_t)4u * d * d);
+            h.rb_rho = 2.5f;
+            codes = make_codes(&h, 50, h.bytes_per_vector);
+            CHECK(rp_codec_score(c, q, codes, 50, 0, 0, a, &e) == RP_OK && rp_codec_score(&h, q, codes, 50, 0, 0, b, &e) == RP_OK &&
+                      memcmp(a, b, 50 * sizeof(float)) == 0, "rabitq5 loaded codec scores like the hand-built one");
+            free(codes), free(q), free(a), free(b);
+            codec_release(&h);
+        }
+        rp_codec_free(c);
+    }
+    free(st);
+    st = rabitq_state("rabitq1", d, cent, rot, 2.5f, &size);
+    CHECK(rp_codec_open(st, size, &c, &e) == RP_OK && strcmp(rp_codec_spec(c), "rabitq") == 0 && rp_codec_stages(c) == 1u &&
+              rp_codec_bytes_per_vector(c) == 7u && rp_codec_prefix_bytes(c, 1) == 7u, "rabitq1 is rabitq");
+    rp_codec_free(c);
+    free(st);
+    {
+        const char *badspecs[4] = {"rabitq9", "rabitq0", "rabitq04", "rabitq1000"};
+        int i;
+        for (i = 0; i < 4; i++) {
+            st = rabitq_state(badspecs[i], d, cent, rot, 2.5f, &size);
+            CHECK(rp_codec_open(st, size, &c, &e) == RP_E_CODEC, "%s refused", badspecs[i]);
+            free(st);
+        }
+        st = rabitq_state("rabitq12345", d, cent, rot, 2.5f, &size);
+        CHECK(rp_codec_open(st, size, &c, &e) == RP_E_UNSUPPORTED, "rabitq12345 is no rabitq spec");
+        free(st);
+    }
+    st = rabitq_state("rabitq", d, cent, rot, 0.0f, &size);
+    CHECK(rp_codec_open(st, size, &c, &e) == RP_E_CODEC, "rabitq rho 0 refused");
+    free(st);
+    st = rabitq_state("rabitq", d, cent, rot, -1.0f, &size);
+    CHECK(rp_codec_open(st, size, &c, &e) == RP_E_CODEC, "rabitq rho < 0 refused");
+    free(st);
+    for (j = 0; j < d; j++) rot[j] *= 1.0003f; /* |R R^T - I| ~ 6e-4: beyond allclose(atol=1e-4) (OPQ's 1e-3 would pass) */
+    st = rabitq_state("rabitq", d, cent, rot, 1.0f, &size);
+    CHECK(rp_codec_open(st, size, &c, &e) == RP_E_CODEC && strstr(e.message, "orthogonal") != NULL, "rabitq non-orthogonal rotation");
+    free(st);
+    free(rot);
+    rot = rand_orthogonal(d);
+    cent[2] = NAN;
+    st = rabitq_state("rabitq", d, cent, rot, 1.0f, &size);
+    CHECK(rp_codec_open(st, size, &c, &e) == RP_E_CODEC, "rabitq NaN centroid");
+    free(st);
+    free(cent), free(rot);
+}
+
+static void test_rabitq(void) {
+    test_rabitq_codec(32, 1, 3001, "rabitq d32");
+    test_rabitq_codec(37, 1, 1500, "rabitq d37");
+    test_rabitq_codec(130, 1, 700, "rabitq d130");
+    test_rabitq_codec(32, 4, 3001, "rabitq4 d32");
+    test_rabitq_codec(21, 3, 800, "rabitq3 d21");
+    test_rabitq_codec(64, 8, 3001, "rabitq8 d64");
+    test_rabitq_codec(9, 2, 400, "rabitq2 d9");
+    test_rabitq_errors();
+    test_rabitq_state();
+}
+
 /* ---- ties, K, bad queries, code checks, stride and prefix, refinement ------------------------------------- */
 static void test_ties_and_k(void) {
     rp_codec c;
@@ -693,6 +1095,7 @@ int main(void) {
     }
     printf(" (auto: %s)\n", rp_kernel_name());
     test_families();
+    test_rabitq();
     test_ties_and_k();
     test_stride_prefix();
     test_refine();

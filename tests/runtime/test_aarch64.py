@@ -17,7 +17,7 @@ from reelpack.search import make_scanner
 
 QEMU = ["qemu-aarch64"]
 SPECS = ["pq16", "pq16x4", "opq8,pq8", "apq8", "sq8", "sq4", "fp16", "float32", "rq4+4-b", "simhash64",
-         "simhash128-hamming"]  # fmt: skip
+         "simhash128-hamming", "rabitq", "rabitq4"]  # fmt: skip
 EXACT_SCORES = {"pq16", "pq16x4", "apq8", "simhash128-hamming"}
 
 

@@ -2,8 +2,8 @@
 
 Tolerances: identical top-K ids everywhere; scores bit for bit equal for the table (ADC) families (pq, 4-bit pq
 with exact rescoring, apq) and hamming, whose C arithmetic follows the numba kernels' order; within 1e-5 of the
-largest |score| for the dense float families (float32, fp16, sq, rq), opq and simhash, where numba (fastmath) or
-BLAS (the query rotation or projection) sum in another order.
+largest |score| for the dense float families (float32, fp16, sq, rq), opq, simhash and rabitq, where numba
+(fastmath) or BLAS (the query rotation or projection) sum in another order.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from reelpack.search.native import NativeScanner, native_refine
 D, N, Q, K = 32, 3000, 6, 50
 EXACT = {"pq8", "pq16", "pq16x4", "pq8x4", "apq8", "simhash128-hamming"}
 SPECS = ["float32", "fp16", "sq8", "sq4", "sq8-p99.9", "pq8", "pq16", "pq16x4", "pq8x4", "opq8,pq8", "apq8",
-         "opq8,apq8", "rq4+4", "rq4+4-b", "simhash64", "simhash128-hamming"]  # fmt: skip
+         "opq8,apq8", "rq4+4", "rq4+4-b", "simhash64", "simhash128-hamming", "rabitq", "rabitq4"]  # fmt: skip
 
 
 def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -138,13 +138,14 @@ def test_approximate_fast_scan_keeps_most_of_the_exact_top_k(rt, fitted):
     assert overlap > 0.8
 
 
-def test_unsupported_family_is_named(rt):
-    codec = make_codec("rabitq").fit(X[:500], seed=0)
-    with pytest.raises(UnsupportedFeatureError, match="rabitq"):
-        NativeScanner(codec, codec.encode(X[:500]), runtime=rt)
+@pytest.mark.parametrize("spec", ["countsketch16", "qat-pq8", "wsq8"])
+def test_unsupported_family_is_named(rt, spec):
+    codec = make_codec(spec).fit(X[:600], seed=0)
+    with pytest.raises(UnsupportedFeatureError, match=spec.split("-")[0].rstrip("0123456789")):
+        NativeScanner(codec, codec.encode(X[:600]), runtime=rt)
 
 
-@pytest.mark.parametrize("spec", ["pq16", "sq8", "simhash64", "float32"])
+@pytest.mark.parametrize("spec", ["pq16", "sq8", "simhash64", "float32", "rabitq4"])
 def test_bad_queries_and_k_are_typed_errors(rt, fitted, spec):
     codec, codes = fitted[spec]
     scanner = NativeScanner(codec, codes, runtime=rt)

@@ -87,7 +87,7 @@ class SpeedConfig:
         seed: data and training seed.
         device_model: preset of :mod:`reelpack.bench.energy` for the phone estimates.
         native: also time the C runtime (``libreelpack``, :mod:`reelpack.search.native`) on the same codes and
-            queries, one thread, for the methods it implements (pq16, pq32x4-*, sq8, sq4, flat); and its
+            queries, one thread, for the methods it implements (pq16, pq32x4-*, sq8, sq4, flat, rabitq); and its
             open + verify time and peak memory on the memmapped pack.
     """
 
@@ -353,7 +353,7 @@ def _prepare(method: str, X: np.ndarray, train: np.ndarray, k: int, seed: int) -
     raise InvalidInputError(f"unknown speed method {method!r}")
 
 
-NATIVE_METHODS = ("flat", "pq16", "pq32x4-fastscan", "pq32x4-exact", "sq8", "sq4")
+NATIVE_METHODS = ("flat", "pq16", "pq32x4-fastscan", "pq32x4-exact", "sq8", "sq4", "rabitq")
 
 
 def _native_search(p: _Prepared, X: np.ndarray, n: int, k: int) -> Callable[[np.ndarray], np.ndarray] | None:

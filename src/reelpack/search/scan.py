@@ -62,7 +62,8 @@ def make_scanner(
         raise InvalidInputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "native":
         if rerank is not None:
-            raise InvalidInputError("rerank applies to rabitq, which the native runtime does not implement")
+            raise InvalidInputError("the native runtime reranks rabitq's max(20 K, 1000) best stage-0 candidates; "
+                                    "rerank cannot be changed there")
         from reelpack.search.native import NativeScanner  # ctypes + the library load only when asked for
 
         return NativeScanner(codec, codes, exact=bool(exact), query_bits=int(query_bits))
