@@ -214,3 +214,18 @@ def test_crc32c_matches_the_python_library(rt):
         assert rt.crc32c(data) == crc32c.crc32c(data)
         assert rt.crc32c(data[size // 2 :], rt.crc32c(data[: size // 2])) == crc32c.crc32c(data)
     assert rt.crc32c(b"123456789") == 0xE3069283
+
+
+def test_one_scanner_shared_by_threads(rt, fitted):
+    """NativeScanner keeps one C scanner per thread: concurrent searches give the serial results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    codec, codes = fitted["pq16x4"]
+    scanner = NativeScanner(codec, codes, runtime=rt)
+    queries = np.random.default_rng(9).normal(size=(64, D)).astype(np.float32)
+    serial = [scanner.search(q, K) for q in queries]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda q: scanner.search(q, K), queries))
+    for (a_ids, a_scores), (b_ids, b_scores) in zip(serial, threaded):
+        np.testing.assert_array_equal(a_ids, b_ids)
+        np.testing.assert_array_equal(a_scores, b_scores)
