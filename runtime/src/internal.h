@@ -121,6 +121,12 @@ int rp_crc32c_hw(void);
 /* ---- KERNELS helper (scan.c): a scanner that never reads the rows of `ranges` ---------------- */
 /* As rp_scanner_new, with sorted disjoint row ranges [lo, hi) to skip given up front: their codes are
  * never read (not checked, not copied, not scanned), so damaged blocks cannot fail the code checks. */
+/* Called by a scanner under construction once it no longer needs the code bytes [lo, hi) (it copied them into
+ * its own layout, 4-bit PQ): a pack opened from a file drops those mapped pages from memory. */
+typedef void (*rp_release_fn)(void *ctx, const uint8_t *lo, const uint8_t *hi);
+int rp_scanner_new_release(const rp_codec *codec, const uint8_t *codes, uint64_t n, const rp_scan_options *opts,
+                           const rp_row_range *ranges, size_t n_ranges, rp_release_fn release, void *release_ctx,
+                           rp_scanner **out, rp_error *err);
 int rp_scanner_new_skip(const rp_codec *codec, const uint8_t *codes, uint64_t n, const rp_scan_options *opts,
                         const rp_row_range *ranges, size_t n_ranges, rp_scanner **out, rp_error *err);
 

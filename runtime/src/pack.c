@@ -4,6 +4,7 @@
  * (decode_item_ids) and reelpack.format.reader (_block_problems, verify): the same checks in the same
  * order, each Python exception class mapped to one rp_status. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE 1 /* madvise / MADV_DONTNEED next to POSIX (glibc); other libcs expose them anyway */
 #include "internal.h"
 #include "json.h"
 
@@ -752,6 +753,27 @@ static int layer_problem(const rp_pack *pk, const pk_layer *L) {
     }
 }
 
+/* Drop the whole pages inside [lo, hi) of a file-mapped pack from memory (MADV_DONTNEED: they are clean file
+ * pages, read again from the page cache if touched later). Block checks and a scanner that copies its codes
+ * call it for bytes they are done with, so checking or copying a layer does not keep the whole mapping
+ * resident. A no-op for packs in caller memory and where madvise is unavailable. */
+static void drop_pages(const rp_pack *pk, const uint8_t *lo, const uint8_t *hi) {
+#if defined(RP_HAVE_MMAP) && defined(MADV_DONTNEED)
+    long ps;
+    uintptr_t a, b;
+    if (pk->map == NULL || hi <= lo) return;
+    ps = sysconf(_SC_PAGESIZE);
+    if (ps <= 0) return;
+    a = ((uintptr_t)lo + (uintptr_t)ps - 1u) & ~((uintptr_t)ps - 1u);
+    b = (uintptr_t)hi & ~((uintptr_t)ps - 1u);
+    if (b > a) (void)madvise((void *)a, (size_t)(b - a), MADV_DONTNEED);
+#else
+    (void)pk, (void)lo, (void)hi;
+#endif
+}
+
+static void release_codes(void *ctx, const uint8_t *lo, const uint8_t *hi) { drop_pages((const rp_pack *)ctx, lo, hi); }
+
 static const uint8_t *layer_status(rp_pack *pk, uint32_t layer) {
     pk_layer *L = &pk->layers[layer];
     uint32_t k;
@@ -765,8 +787,10 @@ static const uint8_t *layer_status(rp_pack *pk, uint32_t layer) {
         uint64_t off = rp_le64(e + 8), len = rp_le32(e + 16);
         if (lp != RP_OK) L->status[k] = (uint8_t)lp;
         else if (off + len > (uint64_t)pk->size) L->status[k] = RP_E_TRUNCATED;
-        else if (rp_crc32c(0, pk->buf + off, (size_t)len) != rp_le32(e + 20)) L->status[k] = RP_E_CHECKSUM;
-        else L->status[k] = RP_OK;
+        else {
+            L->status[k] = rp_crc32c(0, pk->buf + off, (size_t)len) != rp_le32(e + 20) ? RP_E_CHECKSUM : RP_OK;
+            drop_pages(pk, pk->buf + off, pk->buf + off + len);
+        }
     }
     return L->status;
 }
@@ -947,8 +971,8 @@ int rp_pack_scanner(rp_pack *pack, uint32_t layer, const rp_scan_options *opts, 
         }
     }
     /* the damaged rows are never read (a corrupt block may hold code values the codec refuses) */
-    rc = rp_scanner_new_skip(codec, L->codes_offset <= (uint64_t)pack->size ? pack->buf + L->codes_offset : pack->buf,
-                             n_avail, opts, ranges, n_ranges, &sc, err);
+    rc = rp_scanner_new_release(codec, L->codes_offset <= (uint64_t)pack->size ? pack->buf + L->codes_offset : pack->buf,
+                                n_avail, opts, ranges, n_ranges, release_codes, pack, &sc, err);
     free(ranges);
     if (rc != RP_OK) return rc;
     *out = sc;

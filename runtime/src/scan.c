@@ -1132,6 +1132,12 @@ int rp_scanner_new(const rp_codec *codec, const uint8_t *codes, uint64_t n, cons
 
 int rp_scanner_new_skip(const rp_codec *codec, const uint8_t *codes, uint64_t n, const rp_scan_options *opts,
                         const rp_row_range *ranges, size_t n_ranges, rp_scanner **out, rp_error *err) {
+    return rp_scanner_new_release(codec, codes, n, opts, ranges, n_ranges, NULL, NULL, out, err);
+}
+
+int rp_scanner_new_release(const rp_codec *codec, const uint8_t *codes, uint64_t n, const rp_scan_options *opts,
+                           const rp_row_range *ranges, size_t n_ranges, rp_release_fn release, void *release_ctx,
+                           rp_scanner **out, rp_error *err) {
     rp_scanner *s;
     seg_iter it;
     uint64_t sa, sb;
@@ -1243,12 +1249,20 @@ int rp_scanner_new_skip(const rp_codec *codec, const uint8_t *codes, uint64_t n,
         s->accs = (uint16_t *)xcalloc((size_t)nb * RP_FS4_WIDTH, sizeof(uint16_t), &s->mem);
         if (s->blocks == NULL || s->accs == NULL) goto nomem;
         it.s = s, it.row = 0, it.si = 0;
-        while (seg_next(&it, &sa, &sb))
+        while (seg_next(&it, &sa, &sb)) {
+            uint64_t done = sa;
             for (t = sa; t < sb; t++) {
                 const uint8_t *code = codes + (size_t)t * stride;
                 uint8_t *dst = s->blocks + (size_t)(t / RP_FS4_WIDTH) * np * RP_FS4_WIDTH + (size_t)(t % RP_FS4_WIDTH);
                 for (p = 0; p < np; p++) dst[(size_t)p * RP_FS4_WIDTH] = code[p];
+                /* the copied rows' source bytes are not read again: let the owner drop them as the copy goes,
+                 * so a mapped pack's codes and their copy are not both resident */
+                if (release != NULL && (t + 1u - done >= 8192u || t + 1u == sb)) {
+                    release(release_ctx, codes + (size_t)done * stride, codes + (size_t)(t + 1u) * stride);
+                    done = t + 1u;
+                }
             }
+        }
     }
     if (codec->family == RP_FAM_FLOAT32 || codec->family == RP_FAM_FP16 || codec->family == RP_FAM_SQ8 ||
         codec->family == RP_FAM_SQ4) {
