@@ -754,9 +754,9 @@ static int layer_problem(const rp_pack *pk, const pk_layer *L) {
 }
 
 /* Drop the whole pages inside [lo, hi) of a file-mapped pack from memory (MADV_DONTNEED: they are clean file
- * pages, read again from the page cache if touched later). Block checks and a scanner that copies its codes
- * call it for bytes they are done with, so checking or copying a layer does not keep the whole mapping
- * resident. A no-op for packs in caller memory and where madvise is unavailable. */
+ * pages, read again from the page cache if touched later). A scanner that copies its codes into its own layout
+ * (4-bit PQ) calls it as the copy goes, so the mapped codes and their copy are never both resident. A no-op
+ * for packs in caller memory and where madvise is unavailable. */
 static void drop_pages(const rp_pack *pk, const uint8_t *lo, const uint8_t *hi) {
 #if defined(RP_HAVE_MMAP) && defined(MADV_DONTNEED)
     long ps;
@@ -787,10 +787,8 @@ static const uint8_t *layer_status(rp_pack *pk, uint32_t layer) {
         uint64_t off = rp_le64(e + 8), len = rp_le32(e + 16);
         if (lp != RP_OK) L->status[k] = (uint8_t)lp;
         else if (off + len > (uint64_t)pk->size) L->status[k] = RP_E_TRUNCATED;
-        else {
-            L->status[k] = rp_crc32c(0, pk->buf + off, (size_t)len) != rp_le32(e + 20) ? RP_E_CHECKSUM : RP_OK;
-            drop_pages(pk, pk->buf + off, pk->buf + off + len);
-        }
+        else if (rp_crc32c(0, pk->buf + off, (size_t)len) != rp_le32(e + 20)) L->status[k] = RP_E_CHECKSUM;
+        else L->status[k] = RP_OK;
     }
     return L->status;
 }
