@@ -9,8 +9,11 @@
  * query, a K out of range) makes the library read outside the buffers it was given.
  *
  * Thread safety: an opened rp_pack and rp_codec are read-only and may be shared between threads once
- * open, except rp_pack_verify / rp_pack_block_status / rp_pack_layer_codec, which fill caches: call
- * rp_pack_verify once before sharing. An rp_scanner holds scratch memory: use one per thread.
+ * open, except rp_pack_verify / rp_pack_block_status / rp_pack_bad_blocks / rp_pack_layer_codec /
+ * rp_pack_layer_info / rp_pack_layer_codes / rp_pack_scanner / rp_pack_search, which may fill caches (the
+ * codecs, the block statuses, and the decoded codes of entropy-coded layers): call rp_pack_verify and
+ * rp_pack_layer_codec on every layer once before sharing. An rp_scanner holds scratch memory: use one per
+ * thread.
  *
  * Scores are inner products of the query with the decoded items (the codec's own estimator where it
  * has one), as reelpack's Python `Codec.score`; ids come back best first, ties to the lower row.
@@ -37,7 +40,8 @@ typedef enum rp_status {
     RP_E_FORMAT = 4,       /* a structure that breaks docs/FORMAT.md (lengths, offsets, counts, tiling) */
     RP_E_CHECKSUM = 5,     /* a CRC32C mismatch */
     RP_E_TRUNCATED = 6,    /* fewer bytes than the pack needs */
-    RP_E_UNSUPPORTED = 7,  /* a REQUIRED section type, an entropy-coded layer or a codec family not implemented */
+    RP_E_UNSUPPORTED = 7,  /* a REQUIRED section type or a codec family not implemented; an entropy-coded layer too
+                              large to decode into memory here */
     RP_E_DIMENSION = 8,    /* a query or code width that does not match the codec */
     RP_E_NONFINITE = 9,    /* a NaN, an Inf or a value beyond 1e30 in a query; or scores that overflow float32 */
     RP_E_K_RANGE = 10,     /* K outside 1..n_items (or above RP_MAX_K) */
@@ -154,7 +158,9 @@ typedef struct rp_layer_info {
     uint32_t dim;            /* from the CODEC header; 0 when unreadable */
     int entropy_coded;
     int status;              /* RP_OK when the layer can be ranked; else why not (RP_E_CHECKSUM,
-                                RP_E_TRUNCATED, RP_E_CODEC for its CODEC section, RP_E_UNSUPPORTED) */
+                                RP_E_TRUNCATED, RP_E_CODEC for its CODEC section, RP_E_UNSUPPORTED;
+                                entropy-coded: RP_E_FORMAT when its ENTROPY_MODEL is missing or invalid,
+                                RP_E_CHECKSUM / RP_E_TRUNCATED when that section is damaged) */
     char spec[64];           /* the codec's factory string from its CODEC header ("" when unreadable) */
     char family[16];
 } rp_layer_info;
@@ -163,12 +169,17 @@ int rp_pack_layer_info(rp_pack *pack, uint32_t layer, rp_layer_info *out, rp_err
 /* The layer's codec (owned by the pack; built on first use). */
 int rp_pack_layer_codec(rp_pack *pack, uint32_t layer, const rp_codec **out, rp_error *err);
 /* The layer's codes as one row-major uint8 [n_items, B] array inside the pack buffer (some blocks
- * may be damaged: check them with rp_pack_block_status). NULL for an entropy-coded layer. */
+ * may be damaged: check them with rp_pack_block_status). For an entropy-coded layer, the blocks are
+ * decoded on first use (of this, rp_pack_block_status, rp_pack_verify or rp_pack_scanner) into an array
+ * the pack owns (n_items x B bytes; the rows of damaged blocks are zero); NULL when its model is unusable
+ * or memory runs out. Valid until rp_pack_close. */
 const uint8_t *rp_pack_layer_codes(const rp_pack *pack, uint32_t layer);
 
-/* RP_OK, RP_E_CHECKSUM (CRC32C mismatch, or the layer's CODEC section is damaged),
- * RP_E_TRUNCATED (beyond the end of a truncated pack), RP_E_FORMAT (the CODEC section is invalid)
- * or RP_E_UNSUPPORTED (entropy-coded layer); RP_E_ARGUMENT for a layer/block out of range. */
+/* RP_OK, RP_E_CHECKSUM (CRC32C mismatch, the layer's CODEC section is damaged, or an entropy-coded
+ * block that matches its CRC32C but does not decode), RP_E_TRUNCATED (beyond the end of a truncated
+ * pack), RP_E_FORMAT (the CODEC section is invalid, or an entropy-coded layer's ENTROPY_MODEL is missing
+ * or invalid) or RP_E_UNSUPPORTED (an entropy-coded layer too large to decode here); RP_E_ARGUMENT for a
+ * layer/block out of range, RP_E_NOMEM when decoding ran out of memory. */
 int rp_pack_block_status(rp_pack *pack, uint32_t layer, uint32_t block);
 
 typedef struct rp_verify_report {

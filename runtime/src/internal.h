@@ -130,4 +130,26 @@ int rp_scanner_new_release(const rp_codec *codec, const uint8_t *codes, uint64_t
 int rp_scanner_new_skip(const rp_codec *codec, const uint8_t *codes, uint64_t n, const rp_scan_options *opts,
                         const rp_row_range *ranges, size_t n_ranges, rp_scanner **out, rp_error *err);
 
+
+/* ---- ENTROPY (entropy.c): ENTROPY_MODEL sections and ANS-coded blocks (docs/FORMAT.md) ---------- */
+/* A parsed column model: per symbol column the integer CDF of the spec (PREC = 24), cdf[c * (A + 1) + i]. */
+typedef struct rp_entropy_model {
+    uint32_t layout;            /* 1 = bytes, 2 = nibbles, 3 = bits */
+    uint32_t alphabet;          /* A: 256, 16, 2 */
+    uint32_t n_columns;         /* C: B, 2B, 8B */
+    uint32_t bytes_per_vector;  /* B */
+    uint32_t *cdf;              /* [C][A + 1], owned */
+} rp_entropy_model;
+
+/* Parse a ColumnModel (the ENTROPY_MODEL section after its 4-byte prefix) with the checks of Python's
+ * ColumnModel.from_bytes, and build its CDFs. RP_OK, RP_E_FORMAT (invalid: message says why) or RP_E_NOMEM.
+ * On failure *out is zeroed and owns nothing. */
+int rp_entropy_model_parse(const uint8_t *data, size_t size, rp_entropy_model *out, rp_error *err);
+void rp_entropy_model_free(rp_entropy_model *model);
+/* Decode one ANS-coded block of `n_rows` rows into out (uint8 [n_rows, B], row stride B) as Python's
+ * decode_block does. RP_OK, or RP_E_CHECKSUM when the bytes are not a valid encoding of n_rows rows (out is
+ * then zeroed). */
+int rp_entropy_decode_block(const rp_entropy_model *model, const uint8_t *data, size_t size, uint64_t n_rows,
+                            uint8_t *out, rp_error *err);
+
 #endif /* REELPACK_INTERNAL_H */

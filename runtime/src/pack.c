@@ -1,8 +1,9 @@
 /* Packs (docs/FORMAT.md): the header, the section table, the directory sections (ITEM_IDS, LAYERS,
  * BLOCK_INDEX), section and block CRC32Cs, and ranking a layer. Mirrors reelpack.format.layout
  * (parse_header, parse_directory, _parse_layers, _parse_block_index), reelpack.format.varint
- * (decode_item_ids) and reelpack.format.reader (_block_problems, verify): the same checks in the same
- * order, each Python exception class mapped to one rp_status. */
+ * (decode_item_ids) and reelpack.format.reader (_layer_problem, _load_model, _block_problems, _decode,
+ * layer_codes, verify): the same checks in the same order, each Python exception class mapped to one
+ * rp_status. Entropy-coded layers are decoded (entropy.c) on first use into a pack-owned array. */
 #define _POSIX_C_SOURCE 200809L
 #define _DEFAULT_SOURCE 1 /* madvise / MADV_DONTNEED next to POSIX (glibc); other libcs expose them anyway */
 #include "internal.h"
@@ -35,6 +36,8 @@
 /* ids are expanded to int64 [n_items] at open: with an entropy-coded layer n_items may exceed the bytes of
  * the pack, and this runtime refuses claims above this many items there (2 GiB of ids) */
 #define MAX_EXPANDED_IDS ((uint64_t)1 << 28)
+/* an entropy-coded layer is decoded into one uint8 [n_items, B] array: refused (RP_E_UNSUPPORTED) above this */
+#define MAX_DECODED_BYTES ((uint64_t)1 << 32)
 
 enum { T_ITEM_IDS = 1, T_LAYERS = 2, T_CODEC = 3, T_LAYER_CODES = 4, T_BLOCK_INDEX = 5, T_CORRECTIONS = 6,
        T_METADATA = 7, T_PARITY = 8, T_ENTROPY_MODEL = 9 };
@@ -55,11 +58,15 @@ typedef struct pk_layer {
     uint32_t bpv, ipb, n_blocks, k;
     uint64_t codes_offset, codes_length;
     const uint8_t *entries; /* its BLOCK_INDEX entries */
+    uint32_t model_s;       /* entropy-coded: its ENTROPY_MODEL section (Directory.entropy_models), or NO_SECTION */
     /* caches */
     uint8_t *status;        /* rp_status per block, NULL until computed */
     rp_codec *codec;
     int codec_rc;           /* -1 until tried */
     rp_error codec_err;
+    rp_entropy_model model; /* entropy-coded: the parsed model (when model_rc == RP_OK) */
+    int model_rc;           /* entropy-coded: -1 until tried, then RP_OK or why the layer is unusable */
+    uint8_t *decoded;       /* entropy-coded: uint8 [n_items, B], the intact blocks decoded (bad ones zero) */
 } pk_layer;
 
 struct rp_pack {
@@ -145,6 +152,8 @@ static int parse_layers(rp_pack *pk, uint32_t idx, rp_error *err) {
         L->codes_offset = rp_le64(e + 32);
         L->codes_length = rp_le64(e + 40);
         L->codec_rc = -1;
+        L->model_rc = -1;
+        L->model_s = NO_SECTION;
         if (index != i) {
             free(used);
             return rp_fail(err, RP_E_FORMAT, "layer %u: entry holds layer index %u, expected %u", (unsigned)i, (unsigned)index, (unsigned)i);
@@ -414,7 +423,6 @@ static int parse_directory(rp_pack *pk, rp_error *err) {
     uint32_t idx_ids = 0, idx_layers = 0, idx_blocks = 0, c_ids = 0, c_layers = 0, c_blocks = 0, c_meta = 0;
     int any_entropy = 0, rc;
     span *spans;
-    uint8_t *model_seen;
 
     /* parse_header */
     if (n < HEADER_SIZE) {
@@ -529,9 +537,7 @@ static int parse_directory(rp_pack *pk, rp_error *err) {
     if ((rc = body(pk, idx_ids, err)) != RP_OK) return rc;
     if ((rc = decode_ids(pk, idx_ids, err)) != RP_OK) return rc;
 
-    /* ENTROPY_MODEL sections name distinct entropy-coded layers */
-    model_seen = (uint8_t *)calloc(pk->n_layers, 1);
-    if (model_seen == NULL) return rp_fail(err, RP_E_NOMEM, "out of memory");
+    /* ENTROPY_MODEL sections name distinct entropy-coded layers (entropy_models: layer -> section) */
     for (i = 0; i < section_count; i++) {
         const pk_section *s = &pk->sections[i];
         uint16_t li;
@@ -540,19 +546,16 @@ static int parse_directory(rp_pack *pk, rp_error *err) {
             set_problem(pk, i, PROB_TRUNCATED);
             continue;
         }
-        if (s->length < 4) {
-            free(model_seen);
+        if (s->length < 4)
             return rp_fail(err, RP_E_FORMAT, "ENTROPY_MODEL section %u is %llu bytes, shorter than its prefix", (unsigned)i,
                            (unsigned long long)s->length);
-        }
         li = rp_le16(buf + s->offset);
-        if (li >= pk->n_layers || !(pk->layers[li].flags & 1u) || model_seen[li]) {
+        if (li >= pk->n_layers || !(pk->layers[li].flags & 1u) || pk->layers[li].model_s != NO_SECTION) {
             set_problem(pk, i, PROB_OTHER);
             continue;
         }
-        model_seen[li] = 1;
+        pk->layers[li].model_s = i;
     }
-    free(model_seen);
     /* every other section but LAYER_CODES: CRC32C (and the CODEC structure); reported, not raised */
     for (i = 0; i < section_count; i++) {
         const pk_section *s = &pk->sections[i];
@@ -697,6 +700,8 @@ void rp_pack_close(rp_pack *pack) {
         for (i = 0; i < pack->n_layers; i++) {
             free(pack->layers[i].status);
             rp_codec_free(pack->layers[i].codec);
+            rp_entropy_model_free(&pack->layers[i].model);
+            free(pack->layers[i].decoded);
         }
     free(pack->layers);
     free(pack->sections);
@@ -734,18 +739,77 @@ const char *rp_pack_metadata(const rp_pack *pack, size_t *length) {
     return pack->metadata;
 }
 
+static const uint8_t *layer_status(rp_pack *pk, uint32_t layer);
+
 const uint8_t *rp_pack_layer_codes(const rp_pack *pack, uint32_t layer) {
     const pk_layer *L;
     if (pack == NULL || layer >= pack->n_layers) return NULL;
     L = &pack->layers[layer];
-    if ((L->flags & 1u) || L->codes_offset > (uint64_t)pack->size) return NULL;
+    if (L->flags & 1u) {
+        /* decoded on first use: the pack was allocated (non-const) by rp_pack_open_*, its caches may be filled */
+        if (layer_status((rp_pack *)(uintptr_t)pack, layer) == NULL) return NULL;
+        return L->decoded;
+    }
+    if (L->codes_offset > (uint64_t)pack->size) return NULL;
     return pack->buf + L->codes_offset;
 }
 
+/* ---- entropy models -------------------------------------------------------------------------- */
+/* _load_model: RP_OK when the entropy-coded layer's model is usable (parsed into L->model), else why not:
+ * RP_E_FORMAT (no ENTROPY_MODEL section for it, or an invalid one), RP_E_CHECKSUM / RP_E_TRUNCATED (its
+ * section is damaged), RP_E_UNSUPPORTED (the decoded layer would exceed MAX_DECODED_BYTES). Cached, except
+ * RP_E_NOMEM (may succeed later). `err` (may be NULL) gets the reason. */
+static int load_model(rp_pack *pk, uint32_t layer, rp_error *err) {
+    pk_layer *L = &pk->layers[layer];
+    int rc;
+    if (L->model_rc >= 0) {
+        if (L->model_rc != RP_OK && err != NULL) {
+            if (L->model_s == NO_SECTION)
+                return rp_fail(err, L->model_rc, "layer %u: entropy-coded layer has no usable ENTROPY_MODEL section", (unsigned)layer);
+            if (L->model_rc == RP_E_UNSUPPORTED)
+                return rp_fail(err, L->model_rc, "layer %u: %llu items x %u bytes decoded exceed what this runtime holds", (unsigned)layer,
+                               (unsigned long long)pk->n_items, (unsigned)L->bpv);
+            if (pk->problem[L->model_s] != PROB_NONE)
+                return rp_fail(err, L->model_rc, "layer %u: its ENTROPY_MODEL section is %s", (unsigned)layer,
+                               pk->problem[L->model_s] == PROB_TRUNCATED ? "truncated" : "damaged (CRC32C mismatch)");
+            if (L->model.cdf != NULL)
+                return rp_fail(err, L->model_rc, "layer %u: ENTROPY_MODEL has %u bytes per vector, the layer %u", (unsigned)layer,
+                               (unsigned)L->model.bytes_per_vector, (unsigned)L->bpv);
+            {
+                const pk_section *s = &pk->sections[L->model_s];
+                rp_entropy_model m;
+                rp_error why;
+                if (rp_entropy_model_parse(pk->buf + s->offset + 4, (size_t)s->length - 4u, &m, &why) == RP_OK) rp_entropy_model_free(&m);
+                return rp_fail(err, L->model_rc, "layer %u: ENTROPY_MODEL section is invalid: %s", (unsigned)layer, why.message);
+            }
+        }
+        return L->model_rc;
+    }
+    if (L->model_s == NO_SECTION) rc = RP_E_FORMAT;
+    else if (pk->problem[L->model_s] != PROB_NONE)
+        rc = pk->problem[L->model_s] == PROB_TRUNCATED ? RP_E_TRUNCATED : pk->problem[L->model_s] == PROB_CHECKSUM ? RP_E_CHECKSUM : RP_E_FORMAT;
+    else {
+        const pk_section *s = &pk->sections[L->model_s]; /* CRC-checked, inside the buffer, >= 4 bytes */
+        rc = rp_entropy_model_parse(pk->buf + s->offset + 4, (size_t)s->length - 4u, &L->model, NULL);
+        if (rc == RP_E_NOMEM) return rp_fail(err, RP_E_NOMEM, "out of memory loading the entropy model of layer %u", (unsigned)layer);
+        if (rc != RP_OK) rc = RP_E_FORMAT;
+        else if (L->model.bytes_per_vector != L->bpv) rc = RP_E_FORMAT; /* the model is kept for the message */
+        else if (pk->n_items > MAX_DECODED_BYTES / L->bpv || pk->n_items * L->bpv > (uint64_t)(((size_t)-1) / 2))
+            rc = RP_E_UNSUPPORTED;
+    }
+    L->model_rc = rc;
+    return err != NULL && rc != RP_OK ? load_model(pk, layer, err) : rc;
+}
+
 /* ---- blocks ---------------------------------------------------------------------------------- */
-/* The status every block of a layer shares when the layer itself is unusable, or RP_OK. */
-static int layer_problem(const rp_pack *pk, const pk_layer *L) {
-    if (L->flags & 1u) return RP_E_UNSUPPORTED; /* entropy-coded: not decoded by this runtime */
+/* The status every block of a layer shares when the layer itself is unusable, or RP_OK (_layer_problem: an
+ * entropy-coded layer's model first, then its CODEC section). RP_E_NOMEM when the model could not be loaded. */
+static int layer_problem(rp_pack *pk, uint32_t layer) {
+    const pk_layer *L = &pk->layers[layer];
+    if (L->flags & 1u) {
+        int rc = load_model(pk, layer, NULL);
+        if (rc != RP_OK) return rc;
+    }
     switch (pk->problem[L->codec_s]) {
     case PROB_NONE: return RP_OK;
     case PROB_INVALID: return RP_E_FORMAT;
@@ -774,22 +838,43 @@ static void drop_pages(const rp_pack *pk, const uint8_t *lo, const uint8_t *hi) 
 
 static void release_codes(void *ctx, const uint8_t *lo, const uint8_t *hi) { drop_pages((const rp_pack *)ctx, lo, hi); }
 
+/* The status of every block of a layer (_block_problems), computed once. An entropy-coded layer's intact
+ * blocks (CRC32C matches) are decoded here into L->decoded; one that does not decode is RP_E_CHECKSUM. NULL
+ * when out of memory (nothing cached then). */
 static const uint8_t *layer_status(rp_pack *pk, uint32_t layer) {
     pk_layer *L = &pk->layers[layer];
+    uint8_t *status, *decoded = NULL;
     uint32_t k;
     int lp;
     if (L->status != NULL) return L->status;
-    L->status = (uint8_t *)malloc(L->n_blocks ? L->n_blocks : 1u);
-    if (L->status == NULL) return NULL;
-    lp = layer_problem(pk, L);
+    lp = layer_problem(pk, layer);
+    if (lp == RP_E_NOMEM) return NULL;
+    status = (uint8_t *)malloc(L->n_blocks ? L->n_blocks : 1u);
+    if (status == NULL) return NULL;
+    if (lp == RP_OK && (L->flags & 1u)) {
+        /* load_model checked n_items * B <= MAX_DECODED_BYTES (and half the address space) */
+        size_t bytes = (size_t)(pk->n_items * L->bpv);
+        decoded = (uint8_t *)calloc(bytes ? bytes : 1u, 1);
+        if (decoded == NULL) {
+            free(status);
+            return NULL;
+        }
+    }
     for (k = 0; k < L->n_blocks; k++) {
         const uint8_t *e = L->entries + (size_t)k * BLOCK_SIZE;
         uint64_t off = rp_le64(e + 8), len = rp_le32(e + 16);
-        if (lp != RP_OK) L->status[k] = (uint8_t)lp;
-        else if (off + len > (uint64_t)pk->size) L->status[k] = RP_E_TRUNCATED;
-        else if (rp_crc32c(0, pk->buf + off, (size_t)len) != rp_le32(e + 20)) L->status[k] = RP_E_CHECKSUM;
-        else L->status[k] = RP_OK;
+        if (lp != RP_OK) status[k] = (uint8_t)lp;
+        else if (off + len > (uint64_t)pk->size) status[k] = RP_E_TRUNCATED;
+        else if (rp_crc32c(0, pk->buf + off, (size_t)len) != rp_le32(e + 20)) status[k] = RP_E_CHECKSUM;
+        else if (decoded != NULL) {
+            uint64_t first = (uint64_t)k * L->ipb;
+            uint64_t rows = pk->n_items - first < L->ipb ? pk->n_items - first : L->ipb;
+            int rc = rp_entropy_decode_block(&L->model, pk->buf + off, (size_t)len, rows, decoded + (size_t)(first * L->bpv), NULL);
+            status[k] = (uint8_t)(rc == RP_OK ? RP_OK : RP_E_CHECKSUM);
+        } else status[k] = RP_OK;
     }
+    L->decoded = decoded;
+    L->status = status;
     return L->status;
 }
 
@@ -913,8 +998,10 @@ int rp_pack_layer_info(rp_pack *pack, uint32_t layer, rp_layer_info *out, rp_err
         memcpy(out->spec, spec, sizeof out->spec);
         rp_codec_family_of_spec(spec, out->family, sizeof out->family);
     }
-    if ((rc = codec_section_error(pack, layer, NULL)) != RP_OK) out->status = rc;
-    else if (out->entropy_coded) out->status = RP_E_UNSUPPORTED;
+    if (out->entropy_coded && (rc = load_model(pack, layer, NULL)) != RP_OK) {
+        if (rc == RP_E_NOMEM) return rp_fail(err, RP_E_NOMEM, "out of memory loading the entropy model of layer %u", (unsigned)layer);
+        out->status = rc; /* its ENTROPY_MODEL is missing, damaged or invalid (or it decodes too large) */
+    } else if ((rc = codec_section_error(pack, layer, NULL)) != RP_OK) out->status = rc;
     else {
         rc = rp_pack_layer_codec(pack, layer, &codec, NULL);
         out->status = rc;
@@ -939,10 +1026,9 @@ int rp_pack_scanner(rp_pack *pack, uint32_t layer, const rp_scan_options *opts, 
     if (out != NULL) *out = NULL;
     if (pack == NULL || out == NULL) return rp_fail(err, RP_E_ARGUMENT, "rp_pack_scanner: NULL argument");
     if (layer >= pack->n_layers) return rp_fail(err, RP_E_ARGUMENT, "layer %u is out of range (the pack has %u)", (unsigned)layer, (unsigned)pack->n_layers);
-    if ((rc = rp_pack_layer_codec(pack, layer, &codec, err)) != RP_OK) return rc;
     L = &pack->layers[layer];
-    if (L->flags & 1u)
-        return rp_fail(err, RP_E_UNSUPPORTED, "layer %u is entropy-coded, which this runtime does not decode", (unsigned)layer);
+    if ((L->flags & 1u) && (rc = load_model(pack, layer, err)) != RP_OK) return rc; /* the model first, as _layer_problem */
+    if ((rc = rp_pack_layer_codec(pack, layer, &codec, err)) != RP_OK) return rc;
     st = layer_status(pack, layer);
     if (st == NULL) return rp_fail(err, RP_E_NOMEM, "out of memory");
     /* blocks beyond the end of a truncated pack are a suffix: the scanner gets the rows before them */
@@ -968,9 +1054,13 @@ int rp_pack_scanner(rp_pack *pack, uint32_t layer, const rp_scan_options *opts, 
             }
         }
     }
-    /* the damaged rows are never read (a corrupt block may hold code values the codec refuses) */
-    rc = rp_scanner_new_release(codec, L->codes_offset <= (uint64_t)pack->size ? pack->buf + L->codes_offset : pack->buf,
-                                n_avail, opts, ranges, n_ranges, release_codes, pack, &sc, err);
+    /* the damaged rows are never read (a corrupt block may hold code values the codec refuses); an entropy-coded
+     * layer is ranked from its decoded array (pack-owned heap memory: nothing to release) */
+    if (L->flags & 1u)
+        rc = rp_scanner_new_release(codec, L->decoded, n_avail, opts, ranges, n_ranges, NULL, NULL, &sc, err);
+    else
+        rc = rp_scanner_new_release(codec, L->codes_offset <= (uint64_t)pack->size ? pack->buf + L->codes_offset : pack->buf,
+                                    n_avail, opts, ranges, n_ranges, release_codes, pack, &sc, err);
     free(ranges);
     if (rc != RP_OK) return rc;
     *out = sc;

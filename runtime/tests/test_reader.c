@@ -1,6 +1,6 @@
 /* Tests of the reader half of the runtime: CRC32C, the JSON reader, codec states (RPCS), packs (the golden
- * vectors of tests/format/vectors, every single-bit flip and every truncation of two of them), and the
- * refinement frame. Run as: test_reader VECTORS_DIR (tests/format/vectors). Exit status 0 when all pass. */
+ * vectors of tests/format/vectors, every single-bit flip and every truncation of three of them, entropy-coded
+ * blocks and models that pass their CRC32C but do not decode / parse), and the refinement frame. Run as: test_reader VECTORS_DIR (tests/format/vectors). Exit status 0 when all pass. */
 #include "internal.h"
 #include "json.h"
 
@@ -521,17 +521,13 @@ static void test_vector(const char *dir, const char *name) {
         CHECK((int64_t)info.items_per_block == jint(&ex, lay, "items_per_block"), "%s: items_per_block", name);
         CHECK((int64_t)info.n_blocks == jint(&ex, lay, "n_blocks"), "%s: n_blocks", name);
         CHECK(info.entropy_coded == entropy, "%s: entropy flag", name);
-        CHECK(info.status == (entropy ? RP_E_UNSUPPORTED : RP_OK), "%s: layer %u status %s", name, (unsigned)l, rp_status_name(info.status));
+        CHECK(info.status == RP_OK, "%s: layer %u status %s", name, (unsigned)l, rp_status_name(info.status));
         rc = rp_pack_layer_codec(pk, l, &codec, &err);
         CHECK(rc == RP_OK && codec != NULL && rp_codec_bytes_per_vector(codec) == info.bytes_per_vector &&
                   strcmp(rp_codec_spec(codec), info.spec) == 0, "%s: layer %u codec: %s", name, (unsigned)l, err.message);
-        if (entropy) {
-            expected_bad += info.n_blocks;
-            CHECK(rp_pack_layer_codes(pk, l) == NULL, "%s: entropy-coded codes are not mapped", name);
-            CHECK(info.n_blocks == 0 || rp_pack_block_status(pk, l, 0) == RP_E_UNSUPPORTED, "%s: entropy block status", name);
-            continue;
-        }
         cp = rp_pack_layer_codes(pk, l);
+        if (entropy) /* decoded into pack-owned memory, not a view of the buffer */
+            CHECK(cp != NULL && (cp < bytes || cp >= bytes + len) && rp_pack_layer_codes(pk, l) == cp, "%s: decoded codes", name);
         codes = rp_json_get(&ex, lay, "codes");
         CHECK(cp != NULL && codes != NULL && codes->count == rp_pack_n_items(pk), "%s: codes", name);
         if (cp == NULL || codes == NULL) continue;
@@ -698,6 +694,174 @@ static void test_file(const char *dir) {
     rp_json_free(&ex);
 }
 
+/* ---- entropy-coded layers: damage that passes the CRC32Cs ------------------------------------------ */
+/* Recompute every block CRC32C, every directory section's CRC32C, the section table's and the header's. */
+static void reseal(uint8_t *b, size_t len) {
+    uint64_t t0 = rp_le64(b + 32);
+    uint32_t n_sec = rp_le32(b + 40), i;
+    for (i = 0; i < n_sec; i++) {
+        uint8_t *e = b + t0 + 24u * i;
+        uint64_t off = rp_le64(e + 8), sl = rp_le64(e + 16), j;
+        if (rp_le16(e) != 5) continue;
+        for (j = 0; j + 32 <= sl; j += 32) {
+            uint8_t *be = b + off + j;
+            uint64_t bo = rp_le64(be + 8), bl = rp_le32(be + 16);
+            if (bo + bl <= len) put_le32(be + 20, rp_crc32c(0, b + bo, (size_t)bl));
+        }
+    }
+    for (i = 0; i < n_sec; i++) {
+        uint8_t *e = b + t0 + 24u * i;
+        uint64_t off = rp_le64(e + 8), sl = rp_le64(e + 16);
+        if (rp_le16(e) != 4 && off + sl <= len) put_le32(e + 4, rp_crc32c(0, b + off, (size_t)sl));
+    }
+    put_le32(b + 44, rp_crc32c(0, b + t0, 24u * (size_t)n_sec));
+    put_le32(b + 60, rp_crc32c(0, b, 60));
+}
+
+/* The directory offsets of the sq4_entropy vector: its ENTROPY_MODEL section and block k's index entry. */
+static const uint8_t *find_section(const uint8_t *b, uint16_t type, uint64_t *length) {
+    uint64_t t0 = rp_le64(b + 32);
+    uint32_t n_sec = rp_le32(b + 40), i;
+    for (i = 0; i < n_sec; i++) {
+        const uint8_t *e = b + t0 + 24u * i;
+        if (rp_le16(e) == type) {
+            *length = rp_le64(e + 16);
+            return b + rp_le64(e + 8);
+        }
+    }
+    return NULL;
+}
+
+static void test_entropy(const char *dir) {
+    rp_json ex;
+    size_t len;
+    uint8_t *bytes = load_vector(dir, "sq4_entropy", &len, &ex), *copy;
+    const uint8_t *bi, *model, *good_codes;
+    uint64_t bi_len = 0, model_len = 0;
+    rp_pack *pk = NULL, *ref = NULL;
+    rp_error err;
+    rp_verify_report rep;
+    rp_layer_info info;
+    uint32_t bad[4];
+    size_t n_bad = 0;
+    rp_scanner *sc = NULL;
+    if (bytes == NULL) { CHECK(0, "cannot read sq4_entropy"); return; }
+    copy = (uint8_t *)malloc(len);
+    bi = find_section(bytes, 5, &bi_len);
+    model = find_section(bytes, 9, &model_len);
+    CHECK(bi != NULL && bi_len == 3 * 32 && model != NULL && model_len == 16 + 2 * 6 * 16, "sq4_entropy directory");
+    CHECK(rp_pack_open_memory(bytes, len, &ref, &err) == RP_OK, "open sq4_entropy");
+    good_codes = ref != NULL ? rp_pack_layer_codes(ref, 0) : NULL;
+    CHECK(good_codes != NULL, "sq4_entropy decodes");
+    if (bi == NULL || model == NULL || good_codes == NULL || copy == NULL) goto done;
+
+    /* block 1 ends in a zero word: its CRC32C matches once resealed, but it does not decode */
+    memcpy(copy, bytes, len);
+    {
+        uint8_t *e = copy + (bi - bytes) + 32;
+        uint64_t off = rp_le64(e + 8), bl = rp_le32(e + 16);
+        CHECK(bl >= 4 && bl % 4 == 0, "block 1 length %llu", (unsigned long long)bl);
+        memset(copy + off + bl - 4, 0, 4);
+    }
+    reseal(copy, len);
+    CHECK(rp_pack_open_memory(copy, len, &pk, &err) == RP_OK, "open a non-decoding block: %s", err.message);
+    if (pk != NULL) {
+        CHECK(rp_pack_block_status(pk, 0, 0) == RP_OK && rp_pack_block_status(pk, 0, 1) == RP_E_CHECKSUM &&
+                  rp_pack_block_status(pk, 0, 2) == RP_OK, "non-decoding block is bad, the others intact");
+        CHECK(rp_pack_verify(pk, &rep, &err) == RP_OK && rep.bad_blocks == 1 && rep.missing_items == 10 && rep.section_problems == 0,
+              "verify a non-decoding block");
+        CHECK(rp_pack_bad_blocks(pk, 0, bad, 4, &n_bad, &err) == RP_OK && n_bad == 1 && bad[0] == 1, "bad block list");
+        CHECK(rp_pack_layer_info(pk, 0, &info, &err) == RP_OK && info.status == RP_OK, "layer usable with one bad block");
+        CHECK(rp_pack_layer_codes(pk, 0) != NULL && memcmp(rp_pack_layer_codes(pk, 0), good_codes, 10 * 3) == 0 &&
+                  memcmp(rp_pack_layer_codes(pk, 0) + 20 * 3, good_codes + 20 * 3, 4 * 3) == 0, "intact blocks decode");
+        {
+            float q[6] = {1, 1, 1, 1, 1, 1};
+            int64_t ids[24];
+            float scores[24];
+            uint32_t n_out = 0, i;
+            int rc = rp_pack_search(pk, 0, q, 24, NULL, 0, ids, scores, &n_out, &err);
+            CHECK(rc == RP_OK && n_out == 14, "search skips the bad block: %s %u", rp_status_name(rc), (unsigned)n_out);
+            for (i = 0; rc == RP_OK && i < n_out; i++) {
+                int64_t row = rp_pack_row_of(pk, ids[i]);
+                CHECK(row < 10 || row >= 20, "row %lld of the bad block returned", (long long)row);
+            }
+        }
+        rp_pack_close(pk);
+        pk = NULL;
+    }
+
+    /* block 2 with its last two words swapped and resealed: the decoder starts from a wrong state */
+    memcpy(copy, bytes, len);
+    {
+        uint8_t *e = copy + (bi - bytes) + 64;
+        uint64_t off = rp_le64(e + 8), bl = rp_le32(e + 16);
+        if (bl >= 8) { /* swap the last two words: the state starts wrong */
+            uint8_t w[4];
+            memcpy(w, copy + off + bl - 4, 4);
+            memcpy(copy + off + bl - 4, copy + off + bl - 8, 4);
+            memcpy(copy + off + bl - 8, w, 4);
+        }
+        reseal(copy, len);
+        if (bl >= 8 && memcmp(copy + off + bl - 8, copy + off + bl - 4, 4) != 0 && rp_le32(copy + off + bl - 4) != 0 &&
+            rp_pack_open_memory(copy, len, &pk, &err) == RP_OK) {
+            int st = rp_pack_block_status(pk, 0, 2);
+            /* not a checksum: either it fails to decode or it decodes to other codes; never a crash */
+            CHECK(st == RP_E_CHECKSUM || (st == RP_OK && memcmp(rp_pack_layer_codes(pk, 0) + 20 * 3, good_codes + 20 * 3, 4 * 3) != 0),
+                  "swapped words: %s", rp_status_name(st));
+            rp_pack_close(pk);
+            pk = NULL;
+        }
+    }
+
+    /* the model: a zero count, a row summing above 65535, a wrong width, a wrong layout: the layer is unusable */
+    {
+        static const struct { size_t at; uint8_t value; int status; const char *what; } cases[] = {
+            {16, 0, RP_E_FORMAT, "zero count"},          /* count c[0][0] low byte (its high byte zeroed below) */
+            {17, 0xFF, RP_E_FORMAT, "row sum > 65535"},  /* c[0][0] high byte: the row sums above 65535 */
+            {12, 4, RP_E_FORMAT, "bytes_per_vector 4"},  /* then the section length no longer matches either */
+            {10, 1, RP_E_FORMAT, "layout bytes"},
+            {10, 4, RP_E_FORMAT, "layout 4"},
+            {11, 1, RP_E_FORMAT, "reserved byte"},
+            {8, 2, RP_E_FORMAT, "version 2"},
+            {4, 'X', RP_E_FORMAT, "magic"},
+            {0, 1, RP_E_FORMAT, "names layer 1 (no such layer): the layer has no model"},
+        };
+        size_t c;
+        for (c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            memcpy(copy, bytes, len);
+            copy[(model - bytes) + cases[c].at] = cases[c].value;
+            if (cases[c].at == 16) copy[(model - bytes) + 17] = 0;
+            reseal(copy, len);
+            pk = NULL;
+            CHECK(rp_pack_open_memory(copy, len, &pk, &err) == RP_OK, "model %s: open %s", cases[c].what, err.message);
+            if (pk == NULL) continue;
+            CHECK(rp_pack_layer_info(pk, 0, &info, &err) == RP_OK && info.status == cases[c].status, "model %s: status %s", cases[c].what,
+                  rp_status_name(info.status));
+            CHECK(rp_pack_verify(pk, &rep, &err) == RP_OK && rep.bad_blocks == 3 && rep.missing_items == 24, "model %s: all blocks bad",
+                  cases[c].what);
+            CHECK(rp_pack_layer_codes(pk, 0) == NULL, "model %s: no codes", cases[c].what);
+            CHECK(rp_pack_scanner(pk, 0, NULL, &sc, &err) == cases[c].status && sc == NULL && err.message[0] != '\0',
+                  "model %s: scanner refused (%s)", cases[c].what, err.message);
+            rp_pack_close(pk);
+        }
+    }
+    /* a damaged (CRC) model: reported as a section problem and the layer unusable */
+    memcpy(copy, bytes, len);
+    copy[(model - bytes) + 20] ^= 1;
+    pk = NULL;
+    CHECK(rp_pack_open_memory(copy, len, &pk, &err) == RP_OK, "open with a damaged model");
+    if (pk != NULL) {
+        CHECK(rp_pack_layer_info(pk, 0, &info, &err) == RP_OK && info.status == RP_E_CHECKSUM, "damaged model status");
+        CHECK(rp_pack_verify(pk, &rep, &err) == RP_OK && rep.bad_blocks == 3 && rep.section_problems == 1, "damaged model verify");
+        rp_pack_close(pk);
+    }
+done:
+    rp_pack_close(ref);
+    free(copy);
+    free(bytes);
+    rp_json_free(&ex);
+}
+
 /* ---- ranking a pack layer (rp_pack_search / rp_pack_scanner, with the kernels of scan.c) --------- */
 static void test_search(const char *dir) {
     rp_json ex;
@@ -789,9 +953,22 @@ static void test_search(const char *dir) {
     rp_json_free(&ex);
     bytes = load_vector(dir, "sq4_entropy", &len, &ex);
     if (bytes != NULL && rp_pack_open_memory(bytes, len, &pk, &err) == RP_OK) {
-        float qq[64];
-        memset(qq, 0, sizeof qq);
-        CHECK(rp_pack_search(pk, 0, qq, 1, NULL, 0, ids, scores, &n_out, &err) == RP_E_UNSUPPORTED, "entropy-coded layer search");
+        float qq[6] = {0.5f, -1.0f, 0.25f, 2.0f, -0.75f, 1.0f}, ref[24];
+        int64_t eids[24];
+        float escores[24];
+        CHECK(rp_pack_layer_codec(pk, 0, &codec, &err) == RP_OK && rp_codec_dim(codec) == 6, "sq4 entropy codec");
+        rc = rp_pack_search(pk, 0, qq, 24, NULL, 0, eids, escores, &n_out, &err);
+        CHECK(rc == RP_OK && n_out == 24, "entropy-coded layer search: %s %s", rp_status_name(rc), err.message);
+        /* the ranking is the decoded codes' scores, best first, ties to the lower row */
+        CHECK(rp_codec_score(codec, qq, rp_pack_layer_codes(pk, 0), 24, 0, 0, ref, &err) == RP_OK, "score decoded codes");
+        for (i = 0; rc == RP_OK && i < n_out; i++) {
+            int64_t row = rp_pack_row_of(pk, eids[i]);
+            CHECK(row >= 0 && escores[i] == ref[row], "entropy search score %u", (unsigned)i);
+            if (i > 0) {
+                int64_t prev = rp_pack_row_of(pk, eids[i - 1]);
+                CHECK(escores[i] < escores[i - 1] || (escores[i] == escores[i - 1] && row > prev), "entropy search order %u", (unsigned)i);
+            }
+        }
         rp_pack_close(pk);
     }
     free(bytes);
@@ -848,6 +1025,8 @@ int main(int argc, char **argv) {
     for (i = 0; i < sizeof VECTORS / sizeof VECTORS[0]; i++) test_vector(dir, VECTORS[i]);
     test_damage(dir, "sq8_one_layer");
     test_damage(dir, "pq_two_layers_parity");
+    test_damage(dir, "sq4_entropy");
+    test_entropy(dir);
     test_truncated(dir);
     test_file(dir);
     test_search(dir);

@@ -42,24 +42,22 @@ def test_golden_vectors(rt, name):
     pack = NativePack(raw, runtime=rt)
     assert pack.n_items == expect["n_items"]
     np.testing.assert_array_equal(pack.item_ids, np.asarray(expect["item_ids"], np.int64))
-    # the runtime does not decode entropy-coded layers: their blocks are reported unusable, nothing else is
-    entropy_blocks = sum(layer["n_blocks"] for layer in expect["layers"] if layer["entropy_coded"])
-    assert pack.verify()["bad_blocks"] == entropy_blocks
+    # every layer is usable, entropy-coded ones too (decoded by the runtime), and no block is bad
+    assert pack.verify()["bad_blocks"] == 0
     reader = PackReader.from_buffer(raw)
     for i, layer in enumerate(expect["layers"]):
         info = pack.layer_info(i)
         assert (info.spec, info.bytes_per_vector, info.items_per_block, info.n_blocks) == (
             layer["codec"], layer["bytes_per_vector"], layer["items_per_block"], layer["n_blocks"])
         assert info.entropy_coded == layer["entropy_coded"]
-        if info.entropy_coded:  # not decoded by the runtime: reported, never misread
-            assert info.status == "RP_E_UNSUPPORTED"
-        else:
-            assert info.usable
-            codes = reader.layer_codes(i)
-            q = np.linspace(-1, 1, reader.codec(i).dim).astype(np.float32)
-            ids, scores = pack.search(i, q, reader.n_items)
-            ref_rows, _ = make_scanner(reader.codec(i), codes).search(q, reader.n_items)
-            np.testing.assert_array_equal(ids, reader.item_ids[ref_rows[0]])
+        assert info.status == "RP_OK" and info.usable
+        assert pack.bad_blocks(i) == []
+        codes = reader.layer_codes(i)  # decoded by the Python reader for an entropy-coded layer
+        np.testing.assert_array_equal(codes, np.array([list(bytes.fromhex(c)) for c in layer["codes"]], np.uint8))
+        q = np.linspace(-1, 1, reader.codec(i).dim).astype(np.float32)
+        ids, scores = pack.search(i, q, reader.n_items)
+        ref_rows, _ = make_scanner(reader.codec(i), codes).search(q, reader.n_items)
+        np.testing.assert_array_equal(ids, reader.item_ids[ref_rows[0]])
 
 
 @pytest.fixture(scope="module")
