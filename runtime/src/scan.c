@@ -344,21 +344,7 @@ void rp_hamming_portable(const rp_bitq *bq, const uint8_t *codes, size_t stride,
 }
 
 void rp_bitplane_portable(const rp_bitq *bq, const uint8_t *codes, size_t stride, size_t cnt, float *out) {
-    size_t t;
-    uint32_t w, i;
-    for (t = 0; t < cnt; t++) {
-        const uint8_t *p = codes + t * stride;
-        int64_t dot = 0, ones = 0;
-        double v;
-        for (w = 0; w < bq->nwords; w++) {
-            uint64_t c = rp_code_word(p, bq->nbytes, w);
-            ones += popcount64(c);
-            for (i = 0; i < bq->nplanes; i++) dot += (int64_t)popcount64(bq->q[(size_t)i * bq->nwords + w] & c) << i;
-        }
-        v = bq->alpha * (double)dot + bq->beta * (double)ones + bq->gamma;
-        if (bq->scale != NULL) v *= bq->scale[t];
-        out[t] = (float)(v + bq->offset);
-    }
+    rp_bitplane_loop(bq, codes, stride, cnt, out);
 }
 
 /* ================================================================================================
@@ -1523,6 +1509,28 @@ static void rabitq_search(rp_scanner *s, size_t k, size_t m, int64_t *out_rows, 
     }
 }
 
+/* Grow a (float score, int64 row) scratch pair to hold `need` entries (kept when already large enough); the
+ * scanner's memory count follows. Returns 0, with both arrays unchanged, when an allocation fails. */
+static int grow_pairs(float **vals, int64_t **rows, size_t *cap, size_t need, size_t *mem) {
+    float *v;
+    int64_t *r;
+    if (need <= *cap) return 1;
+    v = (float *)malloc(need * sizeof(float));
+    r = (int64_t *)malloc(need * sizeof(int64_t));
+    if (v == NULL || r == NULL) {
+        free(v);
+        free(r);
+        return 0;
+    }
+    free(*vals);
+    free(*rows);
+    *mem += (need - *cap) * (sizeof(float) + sizeof(int64_t));
+    *vals = v;
+    *rows = r;
+    *cap = need;
+    return 1;
+}
+
 int rp_scanner_search(rp_scanner *s, const float *query, uint32_t k, const int64_t *exclude_rows, size_t n_exclude,
                       int64_t *out_rows, float *out_scores, uint32_t *n_out, rp_error *err) {
     const rp_codec *c;
@@ -1564,36 +1572,11 @@ int rp_scanner_search(rp_scanner *s, const float *query, uint32_t k, const int64
         }
     }
     /* scratch sized to k (rabitq with rescoring: to its candidate count) */
-    if (hneed > s->hcap) {
-        float *hv = (float *)malloc((size_t)hneed * sizeof(float));
-        int64_t *hi = (int64_t *)malloc((size_t)hneed * sizeof(int64_t));
-        if (hv == NULL || hi == NULL) {
-            free(hv);
-            free(hi);
-            return rp_fail(err, RP_E_NOMEM, "out of memory for the top-K heap");
-        }
-        free(s->hv);
-        free(s->hi);
-        s->mem += ((size_t)hneed - s->hcap) * (sizeof(float) + sizeof(int64_t));
-        s->hv = hv;
-        s->hi = hi;
-        s->hcap = (size_t)hneed;
-    }
-    if (c->family == RP_FAM_RABITQ && s->q.rb_stages > 1u && hneed > s->rb_cap) {
-        int64_t *rr = (int64_t *)malloc((size_t)hneed * sizeof(int64_t));
-        float *rv = (float *)malloc((size_t)hneed * sizeof(float));
-        if (rr == NULL || rv == NULL) {
-            free(rr);
-            free(rv);
-            return rp_fail(err, RP_E_NOMEM, "out of memory for the candidates");
-        }
-        free(s->rb_rows);
-        free(s->rb_vals);
-        s->mem += ((size_t)hneed - s->rb_cap) * (sizeof(float) + sizeof(int64_t));
-        s->rb_rows = rr;
-        s->rb_vals = rv;
-        s->rb_cap = (size_t)hneed;
-    }
+    if (!grow_pairs(&s->hv, &s->hi, &s->hcap, (size_t)hneed, &s->mem))
+        return rp_fail(err, RP_E_NOMEM, "out of memory for the top-K heap");
+    if (c->family == RP_FAM_RABITQ && s->q.rb_stages > 1u &&
+        !grow_pairs(&s->rb_vals, &s->rb_rows, &s->rb_cap, (size_t)hneed, &s->mem))
+        return rp_fail(err, RP_E_NOMEM, "out of memory for the candidates");
     /* exclusion: a sorted copy of the in-range rows */
     s->n_excl = 0;
     if (n_exclude > 0) {

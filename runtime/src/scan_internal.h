@@ -155,6 +155,28 @@ static inline uint64_t rp_code_word(const uint8_t *code, uint32_t nbytes, uint32
     }
 }
 
+/* The bit-plane asymmetric scan (simhash, rabitq stage 0) shared by the three code paths: each wraps it in a
+ * function compiled for its ISA, so __builtin_popcountll becomes popcnt (x86-64 with POPCNT), cnt + addv
+ * (aarch64) or the portable sequence. score_t = offset + scale_t (alpha dot_t + beta ones_t + gamma) with
+ * dot_t = sum_i 2^i popcount(plane_i & code_t). */
+static inline void rp_bitplane_loop(const rp_bitq *bq, const uint8_t *codes, size_t stride, size_t cnt, float *out) {
+    size_t t;
+    uint32_t w, i, nw = bq->nwords, np = bq->nplanes;
+    for (t = 0; t < cnt; t++) {
+        const uint8_t *p = codes + t * stride;
+        int64_t dot = 0, ones = 0;
+        double v;
+        for (w = 0; w < nw; w++) {
+            uint64_t c = rp_code_word(p, bq->nbytes, w);
+            ones += __builtin_popcountll(c);
+            for (i = 0; i < np; i++) dot += (int64_t)__builtin_popcountll(bq->q[(size_t)i * nw + w] & c) << i;
+        }
+        v = bq->alpha * (double)dot + bq->beta * (double)ones + bq->gamma;
+        if (bq->scale != NULL) v *= bq->scale[t];
+        out[t] = (float)(v + bq->offset);
+    }
+}
+
 /* Lane reduction shared by every dot kernel: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). */
 static inline float rp_reduce8(const float *a) {
     float s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];

@@ -238,21 +238,7 @@ void rp_hamming_neon(const rp_bitq *bq, const uint8_t *codes, size_t stride, siz
 }
 
 void rp_bitplane_neon(const rp_bitq *bq, const uint8_t *codes, size_t stride, size_t cnt, float *out) {
-    size_t t;
-    uint32_t w, i, nw = bq->nwords, np = bq->nplanes;
-    for (t = 0; t < cnt; t++) {
-        const uint8_t *p = codes + t * stride;
-        int64_t dot = 0, ones = 0;
-        double v;
-        for (w = 0; w < nw; w++) {
-            uint64_t c = rp_code_word(p, bq->nbytes, w);
-            ones += pc64(c);
-            for (i = 0; i < np; i++) dot += (int64_t)pc64(bq->q[(size_t)i * nw + w] & c) << i;
-        }
-        v = bq->alpha * (double)dot + bq->beta * (double)ones + bq->gamma;
-        if (bq->scale != NULL) v *= bq->scale[t];
-        out[t] = (float)(v + bq->offset);
-    }
+    rp_bitplane_loop(bq, codes, stride, cnt, out);
 }
 
 #else

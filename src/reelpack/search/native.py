@@ -332,13 +332,10 @@ def _exclusions(exclude: Sequence[Any] | None, n_queries: int) -> list[np.ndarra
     return out
 
 
-class _Results:
-    """Scratch output arrays and out-parameters of one thread's searches."""
+class _OutParams:
+    """The out-parameters of ``rp_scanner_search`` (result count, error), made once per thread and scanner."""
 
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.rows = np.empty(k, np.int64)
-        self.scores = np.empty(k, np.float32)
+    def __init__(self) -> None:
         self.n = ctypes.c_uint32(0)
         self.err = _Error()
         self.n_ref = ctypes.byref(self.n)
@@ -423,9 +420,9 @@ class NativeScanner(Scanner):
             raise InvalidKError(f"K={k} exceeds the runtime's limit {MAX_K}")
         skip = _exclusions(exclude, q.shape[0])
         handle = self._scanner()
-        res = getattr(self._local, "results", None)
+        res = getattr(self._local, "out", None)
         if res is None:
-            res = self._local.results = _Results(1)
+            res = self._local.out = _OutParams()
         ids = np.empty((q.shape[0], k), np.int64)
         scores = np.empty((q.shape[0], k), np.float32)
         q_ptr, id_ptr, score_ptr = q.ctypes.data, ids.ctypes.data, scores.ctypes.data
@@ -573,7 +570,7 @@ class NativePackScanner:
         self.handle = handle
         self.kernel = "native-" + self.rt.lib.rp_scanner_kernel(handle).decode()
         self.prepared_bytes = int(self.rt.lib.rp_scanner_memory(handle))
-        self._res: _Results | None = None
+        self._out = _OutParams()
 
     def close(self) -> None:
         if getattr(self, "handle", None) is not None and self.handle.value:
@@ -591,15 +588,14 @@ class NativePackScanner:
             raise DimensionMismatchError(f"query has {q.shape[0]} values, the codec {self.dim}")
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= int(k) <= MAX_K:
             raise InvalidKError(f"K must be an integer in 1..{MAX_K}, got {k!r}")
-        if self._res is None or self._res.k != int(k):
-            self._res = _Results(int(k))
-        res = self._res
+        res = self._out
+        rows, scores = np.empty(int(k), np.int64), np.empty(int(k), np.float32)
         ex = None if exclude_rows is None else np.ascontiguousarray(np.asarray(exclude_rows).reshape(-1), np.int64)
         status = self.rt.lib.rp_scanner_search(self.handle, _ptr(q), int(k), _ptr(ex), 0 if ex is None else ex.shape[0],
-                                               _ptr(res.rows), _ptr(res.scores), ctypes.byref(res.n), ctypes.byref(res.err))  # fmt: skip
+                                               _ptr(rows), _ptr(scores), res.n_ref, res.err_ref)  # fmt: skip
         self.rt.check(status, res.err)
         n = int(res.n.value)
-        return res.rows[:n].copy(), res.scores[:n].copy()
+        return rows[:n], scores[:n]
 
 
 def native_refine(codec: Codec, query: np.ndarray, frame: bytes, k: int,
