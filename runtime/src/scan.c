@@ -1012,6 +1012,7 @@ struct rp_scanner {
     size_t n_skip, skip_cap;
     size_t mem;
     char kname[40];
+    int kname_kern;        /* the kernel kname was formatted for */
 };
 
 static void scanner_name(rp_scanner *s, rp_kernel k) {
@@ -1037,6 +1038,7 @@ static void scanner_name(rp_scanner *s, rp_kernel k) {
     }
     snprintf(s->kname, sizeof(s->kname), "%s-%s%s", base, kn,
              s->fs4 && s->approximate ? "-approx" : (c->family == RP_FAM_RABITQ && s->q.rb_stages > 1u ? "+rerank" : ""));
+    s->kname_kern = (int)k;
 }
 
 void rp_scanner_free(rp_scanner *s) {
@@ -1548,7 +1550,7 @@ int rp_scanner_search(rp_scanner *s, const float *query, uint32_t k, const int64
     hneed = k;
     kern = rp_active_kernel();
     s->q.kern = kern;
-    scanner_name(s, kern);
+    if ((int)kern != s->kname_kern) scanner_name(s, kern); /* formatted again only when the kernel choice changed */
     st = qstate_query(&s->q, query, s->fs4 ? (s->approximate ? 2 : 1) : 0, err);
     if (st != RP_OK) return st;
     if (s->colmax != NULL) { /* float32 / fp16 / sq: refuse scores that could leave float32's range */
