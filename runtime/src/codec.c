@@ -344,6 +344,7 @@ typedef struct spec_info {
     uint32_t n_stages;    /* rq */
     uint64_t stages[RP_MAX_STAGES];
     int bounds;           /* rq -b */
+    int refine;           /* rq -r (refined training; same state and scoring) */
     uint64_t nbits;       /* simhash */
     int rotate;           /* opq, opq-apq */
     int apq;
@@ -507,7 +508,7 @@ static int parse_spec(const char *s, size_t n, spec_info *si, rp_error *err) {
             return RP_OK;
         }
     }
-    /* rq\d{1,4}(\+\d{1,4})*(-b)? */
+    /* rq\d{1,4}(\+\d{1,4})*(-r)?(-b)? */
     c.p = norm;
     if (c_lit(&c, "rq") && c_num(&c, 4, &v)) {
         uint64_t total = 0;
@@ -521,6 +522,7 @@ static int parse_spec(const char *s, size_t n, spec_info *si, rp_error *err) {
             if (!c_num(&c, 4, &v)) { c.p = c.e + 1; break; }
         }
         if (c.p <= c.e) {
+            si->refine = c_lit(&c, "-r"); /* refined training: same state and scoring */
             si->bounds = c_lit(&c, "-b");
             if (c_end(&c)) {
                 si->family = RP_FAM_RQ;
@@ -577,6 +579,10 @@ static void canonical_spec(const spec_info *si, char *out, size_t size) {
         for (i = 0; i < si->n_stages; i++) {
             len = strlen(out);
             snprintf(out + len, size - len, i ? "+%llu" : "%llu", (unsigned long long)si->stages[i]);
+        }
+        if (si->refine) {
+            len = strlen(out);
+            snprintf(out + len, size - len, "-r");
         }
         if (si->bounds) {
             len = strlen(out);

@@ -37,6 +37,9 @@ __all__ = [
     "ServiceError",
     "MissingExtraError",
     "NativeRuntimeError",
+    "ValidationTooSmallError",
+    "NoCandidateError",
+    "TrainingDivergedError",
 ]
 
 
@@ -182,3 +185,23 @@ class NativeRuntimeError(UnsupportedOperationError):
     """The native C runtime (``runtime/``, ``libreelpack``) is not available: not built, not found, or built for
     another platform. The message says how to build it (``make -C runtime``) and where it was looked for
     (``REELPACK_RUNTIME_LIB``)."""
+
+
+class ValidationTooSmallError(InvalidInputError):
+    """A validation split is too small to choose between codecs. ``users`` is how many users it holds with
+    validation items, ``needed`` how many the choice needs; the message says both."""
+
+    def __init__(self, message: str, users: int = 0, needed: int = 0) -> None:
+        super().__init__(message)
+        self.users = int(users)
+        self.needed = int(needed)
+
+
+class NoCandidateError(InvalidInputError):
+    """No candidate codec fits a byte budget (``reelpack tune --budget``, ``auto16`` specs); the message names
+    the budget and the smallest candidate size."""
+
+
+class TrainingDivergedError(TrainingError):
+    """A fine-tune diverged (non-finite loss, or a loss that grew far above its start); the untouched model or
+    codec is the stated fallback."""

@@ -46,6 +46,8 @@ def test_bench_rows_metrics_and_twins(setup, tmp_path):
     for r in result.rows:
         assert r["n_users"] == ref["n_users"] <= 400
         assert r["rank_s"] >= 0 and 0 <= r["overlap@50"] <= 1
+        assert not any(key.startswith(("val_", "qat_choice")) for key in r)  # no val_split: no validation keys
+    assert "validation" not in result.provenance  # (tests/bench/test_harness_validation.py: with one)
     # report and JSON round trip
     json_path, md_path = write_results(result, tmp_path, "b")
     again = load_results(json_path)

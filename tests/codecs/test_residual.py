@@ -333,3 +333,134 @@ def test_encode_shape_and_stage_widths_property(bounded, stages, bounds, rows, s
         true = rq_residual_norms_reference(c.codebooks, codes[:, c._cb_cols], X, c._ends)
         bound = np.stack([c._bound_table()[k][codes[:, c._bound_cols[k]]] for k in range(len(stages))], axis=1)
         assert (bound >= true).all()
+
+
+# ---- "-r": least-squares codebook refinement; "-pD": PCA projection ------------------------------------
+@pytest.mark.parametrize(
+    "spec, canonical, refine, project",
+    [("rq8-r", "rq8-r", True, None), ("rq4+4-r-b", "rq4+4-r-b", True, None), ("rq8-p12", "rq8-p12", False, 12),
+     ("RQ 4+4 -R -P8", "rq4+4-r-p8", True, 8)],
+)  # fmt: skip
+def test_refine_and_projection_grammar(spec, canonical, refine, project):
+    c = make_codec(spec)
+    assert c.spec == canonical and c.refine is refine and c.project == project
+
+
+@pytest.mark.parametrize("spec", ["rq8-p0", "rq8-p", "rq8-b-r", "rq8-p8-r", "rq8-r-r", "rq8-n-r", "rq8-n-p8", "rq8-n-n"])
+def test_refine_and_projection_malformed(spec):
+    with pytest.raises(UnknownCodecError):
+        make_codec(spec)
+
+
+def test_projection_with_bounds_is_refused():
+    with pytest.raises(CodecSpecError, match="cannot carry -b"):
+        make_codec("rq8-p8-b")
+
+
+def test_projection_wider_than_the_data_is_refused(data):
+    with pytest.raises(InvalidInputError, match="projects to 32"):
+        make_codec("rq4-p32").fit(data["train"])
+
+
+def test_refinement_lowers_the_training_error(data):
+    greedy = make_codec("rq4+4").fit(data["train"], seed=1)
+    refined = make_codec("rq4+4-r").fit(data["train"], seed=1)
+    for h in refined.refine_history:
+        assert h["mse_refined"] <= h["mse_greedy"]
+    assert refined.refine_history[0]["mse_refined"] < refined.refine_history[0]["mse_greedy"]
+
+    def mse(c, X):
+        return float(((c.decode(c.encode(X)) - X) ** 2).sum(1).mean())
+
+    assert mse(refined, data["train"]) < mse(greedy, data["train"])
+    # prefixes stay coarse reconstructions: the first stage alone is worse than both stages
+    codes = refined.encode(data["items"])
+    first = ((refined.decode_prefix(codes[:, :4], 1) - data["items"]) ** 2).sum(1).mean()
+    assert first > mse(refined, data["items"])
+
+
+@pytest.mark.parametrize("spec", ["rq4+4-r", "rq6-p8", "rq3+3-r-p10"])
+def test_refined_and_projected_scores_equal_decode_dot(spec, data):
+    c = make_codec(spec).fit(data["train"], seed=2)
+    codes = c.encode(data["items"])
+    q = data["queries"][:7]
+    ref = q.astype(np.float64) @ c.decode(codes).astype(np.float64).T
+    np.testing.assert_allclose(c.score(q, codes), ref, rtol=1e-4, atol=1e-4)
+    again = codec_from_bytes(c.to_bytes())
+    assert again.spec == c.spec
+    np.testing.assert_array_equal(again.encode(data["items"]), codes)
+    np.testing.assert_allclose(again.score(q, codes), c.score(q, codes), rtol=1e-6, atol=1e-6)
+
+
+def test_projection_keeps_the_top_variance_subspace(data):
+    c = make_codec("rq8-p4").fit(data["train"], seed=0)
+    P = c.projection
+    np.testing.assert_allclose(P.T @ P, np.eye(4), atol=1e-5)
+    X = data["train"] - data["train"].mean(0)
+    captured = np.linalg.norm(X @ P) ** 2 / np.linalg.norm(X) ** 2
+    top = np.sort(np.linalg.eigvalsh(np.cov(X.T)))[::-1]
+    assert captured == pytest.approx(top[:4].sum() / top.sum(), rel=1e-3)
+
+
+def test_projection_state_is_checked(data):
+    c = make_codec("rq4-p8").fit(data["train"], seed=0)
+    state = c._state()[1]
+    bad = dict(state, projection=np.full_like(state["projection"], 5.0))
+    fresh = make_codec("rq4-p8")
+    with pytest.raises(SerializationError, match="orthonormal"):
+        fresh._load_state(D, {}, bad)
+    missing = {k: v for k, v in state.items() if k != "mean"}
+    with pytest.raises(SerializationError):
+        make_codec("rq4-p8")._load_state(D, {}, missing)
+
+
+# ---- "-n": unit-norm items, normalised reconstructions -----------------------------------------------------
+@pytest.fixture(scope="module")
+def unit(data):
+    return {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in data.items()}
+
+
+@pytest.mark.parametrize("spec", ["rq4+4-n", "rq6-r-p8-n"])
+def test_unit_codec_scores_are_cosines_with_the_reconstruction(spec, unit):
+    c = make_codec(spec).fit(unit["train"], seed=3)
+    codes = c.encode(unit["items"])
+    R = c.decode(codes)
+    np.testing.assert_allclose(np.linalg.norm(R, axis=1), 1.0, atol=1e-5)
+    plain = make_codec(spec.replace("-n", "")).fit(unit["train"], seed=3)
+    raw = plain.decode(plain.encode(unit["items"]))
+    np.testing.assert_allclose(R, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
+    q = unit["queries"][:5]
+    np.testing.assert_allclose(c.score(q, codes), q @ R.T, rtol=1e-4, atol=1e-5)
+    # prefix scores are cosines with the prefix reconstruction
+    if len(c.stages) > 1:
+        P = c.decode_prefix(codes[:, : c.prefix_bytes(1)], 1)
+        np.testing.assert_allclose(c.score_prefix(q, codes[:, : c.prefix_bytes(1)], 1), q @ P.T, rtol=1e-4, atol=1e-5)
+    again = codec_from_bytes(c.to_bytes())
+    np.testing.assert_allclose(again.score(q, codes), c.score(q, codes), rtol=1e-6, atol=1e-6)
+
+
+def test_unit_codec_refuses_vectors_that_are_not_unit(data, unit):
+    with pytest.raises(InvalidInputError, match="unit vectors only"):
+        make_codec("rq4-n").fit(data["train"] * 2.0)
+    c = make_codec("rq4-n").fit(unit["train"])
+    with pytest.raises(InvalidInputError, match="unit vectors only"):
+        c.encode(unit["items"] * 1.5)
+
+
+def test_unit_codec_with_bounds_is_refused():
+    with pytest.raises(CodecSpecError, match="cannot carry -b"):
+        make_codec("rq4-n-b")
+
+
+def test_unit_codec_ranks_better_than_raw_reconstructions(unit):
+    """On unit-norm items the normalised reconstruction's top-10 matches float32's more often."""
+    raw = make_codec("rq2").fit(unit["train"], seed=0)
+    normed = make_codec("rq2-n").fit(unit["train"], seed=0)
+    q = unit["queries"]
+    truth = np.argsort(-(q @ unit["items"].T), axis=1)[:, :10]
+
+    def overlap(c):
+        top = np.argsort(-c.score(q, c.encode(unit["items"])), axis=1)[:, :10]
+        return np.mean([len(set(a) & set(b)) for a, b in zip(top.tolist(), truth.tolist())])
+
+    assert overlap(normed) >= overlap(raw)

@@ -1,4 +1,4 @@
-"""Compression-aware training: finetune_codebooks distils the float32 scores into a qat- codec."""
+"""Compression-aware training, objective "distill": finetune_codebooks distils the float32 scores into a qat- codec."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from reelpack.models.qat import QATConfig, finetune_codebooks, teacher_topk
 D = 16
 N_ITEMS = 800
 N_USERS = 300
-FAST = dict(lr=3e-3, teacher_top=20, random_items=128, batch_users=32, num_threads=1, progress=False)
+FAST = dict(
+    objective="distill", lr=3e-3, teacher_top=20, random_items=128, batch_users=32, num_threads=1, progress=False
+)
 
 
 def _clustered_unit(n: int, d: int, seed: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from reelpack.search.native import NativeScanner, native_refine
 D, N, Q, K = 32, 3000, 6, 50
 EXACT = {"pq8", "pq16", "pq16x4", "pq8x4", "apq8", "simhash128-hamming"}
 SPECS = ["float32", "fp16", "sq8", "sq4", "sq8-p99.9", "pq8", "pq16", "pq16x4", "pq8x4", "opq8,pq8", "apq8",
-         "opq8,apq8", "rq4+4", "rq4+4-b", "simhash64", "simhash128-hamming", "rabitq", "rabitq4"]  # fmt: skip
+         "opq8,apq8", "rq4+4", "rq4+4-b", "rq4+4-r-b", "simhash64", "simhash128-hamming", "rabitq", "rabitq4"]  # fmt: skip
 
 
 def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +138,7 @@ def test_approximate_fast_scan_keeps_most_of_the_exact_top_k(rt, fitted):
     assert overlap > 0.8
 
 
-@pytest.mark.parametrize("spec", ["countsketch16", "qat-pq8", "wsq8"])
+@pytest.mark.parametrize("spec", ["countsketch16", "qat-pq8", "wsq8", "rq4-p16", "rq4-n"])
 def test_unsupported_family_is_named(rt, spec):
     codec = make_codec(spec).fit(X[:600], seed=0)
     with pytest.raises(UnsupportedFeatureError, match=spec.split("-")[0].rstrip("0123456789")):

@@ -1,4 +1,9 @@
-"""Render bench results: a rich table for the terminal, Markdown for BENCHMARKS.md, JSON on disk."""
+"""Render bench results: a rich table for the terminal, Markdown for BENCHMARKS.md, JSON on disk.
+
+A run with a validation split (``reelpack bench --val-fraction F``) shows its validation and test figures side by
+side ("val rel R@50 | test rel R@50"), the compression-aware training choice of each QAT row, and the rate-quality
+methods chosen on validation.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +16,53 @@ from reelpack.bench.latency import latency_note
 from reelpack.bench.results import BenchResult
 from reelpack.util.atomic import atomic_write_text
 
-__all__ = ["results_table", "results_markdown", "write_results", "contest_rich_table", "contest_markdown", "format_cell"]
+__all__ = ["results_table", "results_markdown", "write_results", "contest_rich_table", "contest_markdown", "format_cell",
+           "has_validation", "validation_note"]  # fmt: skip
 
 
-def _columns(result: BenchResult) -> list[tuple[str, str, str]]:
-    """(header, row key, format) of the table columns."""
-    ks = result.provenance.get("config", {}).get("ks", [10, 20, 50])
-    k = max(ks)
-    return [
-        ("method", "method", "s"),
-        ("bytes/item", "bytes_per_item", "d"),
-        ("compr. x", "compression", ".1f"),
+def _k(result: BenchResult) -> int:
+    """The run's ranking depth (max of its cut-offs)."""
+    return max(result.provenance.get("config", {}).get("ks", [10, 20, 50]))
+
+
+def has_validation(result: BenchResult) -> bool:
+    """Whether the run has validation figures (rows with ``val_rel_recall@K``, a run with ``val_split``)."""
+    key = f"val_rel_recall@{_k(result)}"
+    return any(row.get(key) is not None for row in result.rows)
+
+
+def _quality_columns(result: BenchResult, terminal: bool = False) -> list[tuple[str, str, str]]:
+    """The quality columns: test only, or validation and test side by side when the run has validation figures
+    (``terminal``: side by side for the relative metrics only, to keep the rich table narrow)."""
+    k = _k(result)
+    cols = [
         (f"Recall@{k}", f"recall@{k}", ".4f"),
         ("NDCG@10", "ndcg@10", ".4f"),
         ("MRR", "mrr", ".4f"),
         (f"rel R@{k}", f"rel_recall@{k}", ".3f"),
         ("rel NDCG@10", "rel_ndcg@10", ".3f"),
+    ]
+    if not has_validation(result):
+        return cols
+    out = []
+    for head, key, fmt in cols:
+        if not terminal or key.startswith("rel_"):
+            out.append((f"val {head}", f"val_{key}", fmt))
+        out.append((f"test {head}", key, fmt))
+    return out
+
+
+def _columns(result: BenchResult, terminal: bool = False) -> list[tuple[str, str, str]]:
+    """(header, row key, format) of the table columns (``terminal``: the rich table's narrower choice)."""
+    k = _k(result)
+    qat: list[tuple[str, str, str]] = []
+    if any(r.get("qat_choice") for r in result.rows):  # the full sentence in Markdown, its first word in the terminal
+        qat = [("QAT (validation)", "_qat", "s")] if terminal else [("QAT choice (validation)", "qat_choice", "s")]
+    return [
+        ("method", "method", "s"),
+        ("bytes/item", "bytes_per_item", "d"),
+        ("compr. x", "compression", ".1f"),
+        *_quality_columns(result, terminal),
         (f"top-{k} overlap", f"overlap@{k}", ".3f"),
         ("vs faiss twin", f"delta_rel_recall@{k}_vs_faiss", "+.3f"),
         ("MSE", "mse", ".4f"),
@@ -40,12 +76,14 @@ def _columns(result: BenchResult) -> list[tuple[str, str, str]]:
         (f"loss-10% rel R@{k}", f"robust_rel_recall@{k}", ".3f"),
         ("checks", "_checks", "s"),
         ("contest", "_contest", ".1f"),
+        *qat,
     ]
 
 
 def _display_rows(result: BenchResult) -> list[dict]:
-    """The rows plus the derived cells: ``_checks`` ("passed/applicable" engineering checks) and
-    ``_contest`` (the contest total; from ``extra["contest"]``, else computed from the rows)."""
+    """The rows plus the derived cells: ``_checks`` ("passed/applicable" engineering checks),
+    ``_contest`` (the contest total; from ``extra["contest"]``, else computed from the rows) and ``_qat``
+    (the first word of ``qat_choice``: kept / dropped / diverged)."""
     from reelpack.bench.contest import contest_scores
 
     totals: dict[str, float] = {}
@@ -61,7 +99,9 @@ def _display_rows(result: BenchResult) -> list[dict]:
         if isinstance(checks, dict):
             vals = [bool(v) for v in checks.values() if v is not None]
             cell = f"{sum(vals)}/{len(vals)}" if vals else None
-        out.append({**row, "_checks": cell, "_contest": totals.get(row.get("method"))})
+        choice = row.get("qat_choice")
+        qat = choice.split(" ", 1)[0].rstrip(":") if isinstance(choice, str) and choice else None
+        out.append({**row, "_checks": cell, "_contest": totals.get(row.get("method")), "_qat": qat})
     return out
 
 
@@ -94,17 +134,41 @@ def format_cell(value: object, fmt: str) -> str:
 
 def _title(result: BenchResult) -> str:
     p = result.provenance
-    return (
+    title = (
         f"{p.get('data')} | d={p.get('dim')} | {p.get('n_eval_users')} users x {p.get('n_items')} items | "
         f"{p.get('threads')} thread(s)"
     )
+    val = p.get("validation")
+    if isinstance(val, dict):
+        title += f" | validation: {val.get('n_users')} users"
+    return title
+
+
+def validation_note(result: BenchResult) -> str | None:
+    """What the validation columns are and which choices were taken on them; ``None`` without validation."""
+    val = result.provenance.get("validation")
+    if not isinstance(val, dict):
+        return None
+    k = _k(result)
+    qat = [c for c in val.get("choices_on_validation", []) if isinstance(c, dict) and c.get("what", "").endswith("+QAT")]
+    text = (
+        f"Validation: {val.get('fraction')} of each user's train items (seed {val.get('seed')}) held out; the model "
+        f"trained on the rest; {val.get('n_users')} validation users ranked with the fit items excluded. \"val\" "
+        f"columns are those users, \"test\" columns the test users (test split read {result.provenance.get('test_read', '?')}). "
+        f"Choices are taken on validation rel R@{k}: compression-aware training is kept only when it beats the "
+        "untouched codec"
+    )
+    if qat:
+        text += " (" + "; ".join(f"{c['what']}: {c['choice']}" for c in qat) + ")"
+    return text + ", and the rate-quality table's methods are the best on validation."
 
 
 def results_table(result: BenchResult) -> Table:
     """A rich table of every row; faiss rows dimmed under their reelpack twin."""
-    cols = _columns(result)
-    table = Table(title=_title(result), title_justify="left", caption=latency_note(result.rows), caption_justify="left")
-    for header, _, fmt in cols:
+    cols = _columns(result, terminal=True)
+    caption = "\n".join(n for n in (latency_note(result.rows), validation_note(result)) if n)
+    table = Table(title=_title(result), title_justify="left", caption=caption or None, caption_justify="left")
+    for header, key, fmt in cols:
         table.add_column(header, justify="left" if fmt == "s" else "right", no_wrap=True)
     for row in _display_rows(result):
         style = "dim" if row.get("kind") == "faiss" else ("bold" if row.get("kind") == "reference" else None)
@@ -120,11 +184,11 @@ def results_markdown(result: BenchResult) -> str:
     lines.append("| " + " | ".join(h for h, _, _ in cols) + " |")
     lines.append("|" + "|".join("---" if f == "s" else "---:" for _, _, f in cols) + "|")
     for row in _display_rows(result):
-        cells = [format_cell(row.get(key), fmt) for _, key, fmt in cols]
+        cells = [format_cell(row.get(key), fmt).replace("|", "\\|") for _, key, fmt in cols]
         if row.get("kind") == "faiss":
             cells[0] = f"&nbsp;&nbsp;{cells[0]}"
         lines.append("| " + " | ".join(cells) + " |")
-    for note in (latency_note(result.rows), _estimate_note(result)):
+    for note in (latency_note(result.rows), _estimate_note(result), validation_note(result)):
         if note:
             lines += ["", note]
     lines += rate_quality_markdown(result)
@@ -142,6 +206,12 @@ def results_markdown(result: BenchResult) -> str:
     ]
     if p.get("embeddings"):
         lines.append(f"- embeddings: {p['embeddings']}")
+    val = p.get("validation")
+    if isinstance(val, dict):
+        lines.append(
+            f"- validation: fraction {val.get('fraction')}, seed {val.get('seed')}, {val.get('n_users')} users "
+            f"(of {val.get('n_users_with_items')} with validation items); test read {p.get('test_read')}"
+        )
     dm = p.get("device_model")
     if isinstance(dm, dict):
         lines.append(
@@ -154,8 +224,13 @@ def results_markdown(result: BenchResult) -> str:
 def rate_quality_markdown(result: BenchResult) -> list[str]:
     """Lines of a Markdown table: per byte budget, the best reelpack and faiss methods and the bar.
 
-    Empty when the run has no ``extra["rate_quality"]`` (see :func:`reelpack.bench.harness.rate_quality`).
+    Empty when the run has no ``extra["rate_quality"]`` (see :func:`reelpack.bench.harness.rate_quality`). A run
+    with validation figures shows the methods chosen on validation instead (``extra["rate_quality_validation"]``,
+    :func:`reelpack.bench.harness.rate_quality_on_validation`), validation and test side by side.
     """
+    chosen = (result.extra or {}).get("rate_quality_validation")
+    if isinstance(chosen, dict) and chosen.get("budgets"):
+        return _rate_quality_validation_markdown(chosen)
     rq = (result.extra or {}).get("rate_quality")
     if not rq:
         return []
@@ -176,6 +251,37 @@ def rate_quality_markdown(result: BenchResult) -> list[str]:
             format_cell(r.get("rel_ndcg@10") if r else None, ".3f"),
             f["method"] if f else "-",
             format_cell(f[key] if f else None, ".3f"),
+            format_cell(entry.get("bar"), ".3f"),
+            {True: "yes", False: "no"}.get(entry.get("closes_half_gap"), "-"),
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def _rate_quality_validation_markdown(rq: dict) -> list[str]:
+    """Lines of the rate-quality table whose methods were chosen on validation (validation and test figures)."""
+    key, vkey = rq["metric"], rq["chosen_on"]
+    short = key.replace("rel_recall@", "rel R@")
+    lines = [
+        "",
+        f"Rate-quality: best method at or under each budget, CHOSEN on validation {short} (bar = the chosen faiss "
+        f"method's test {short} + half its gap to float32; met: the chosen reelpack method's test {short} reaches it).",
+        "",
+        f"| budget B/item | reelpack (chosen on val) | val {short} | test {short} | test rel NDCG@10 "
+        f"| faiss (chosen on val) | val {short} | test {short} | bar | met |",
+        "|---:|---|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for budget, entry in rq["budgets"].items():
+        r, f = entry.get("best_reelpack"), entry.get("best_faiss")
+        cells = [
+            budget,
+            r["method"] if r else "-",
+            format_cell(r.get(vkey) if r else None, ".3f"),
+            format_cell(r.get(key) if r else None, ".3f"),
+            format_cell(r.get("rel_ndcg@10") if r else None, ".3f"),
+            f["method"] if f else "-",
+            format_cell(f.get(vkey) if f else None, ".3f"),
+            format_cell(f.get(key) if f else None, ".3f"),
             format_cell(entry.get("bar"), ".3f"),
             {True: "yes", False: "no"}.get(entry.get("closes_half_gap"), "-"),
         ]

@@ -5,6 +5,7 @@
 * :mod:`reelpack.cli.bench`: bench, demo, bench-speed, contest, report.
 * :mod:`reelpack.cli.models`: train, train-reranker, rerank-bench.
 * :mod:`reelpack.cli.catalog`: build-catalog, serve, client, edge-summary.
+* :mod:`reelpack.cli.tune`: tune (and the ``--codecs autoN --tune FILE`` of pack and build-catalog).
 
 Importing this package loads typer, rich and reelpack's core only; each command imports what it needs, and a
 command whose extra is missing exits 2 naming ``pip install 'reelpack[EXTRA]'``.
@@ -13,7 +14,7 @@ command whose extra is missing exits 2 naming ``pip install 'reelpack[EXTRA]'``.
 from __future__ import annotations
 
 # Each module registers its commands on the app; this order is the order of `reelpack --help`.
-from reelpack.cli import bench, catalog, models, pack  # noqa: F401, I001
+from reelpack.cli import bench, catalog, models, pack, tune  # noqa: F401, I001
 from reelpack.cli.shared import app
 
 __all__ = ["app", "main"]

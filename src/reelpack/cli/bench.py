@@ -38,8 +38,13 @@ NEXT_COMMAND = "reelpack bench --data ../shared/data/amazon-book/interactions.tx
 """What the demo suggests next (the path is relative to the project root)."""
 
 
-def _run_and_report(split: Any, emb: Any, config: Any, out: Path, stem: str, extra: dict, compact: bool = False) -> Any:
-    """Run the bench with a progress bar, write OUT/STEM.json and .md (full table), print the full or compact table."""
+def _run_and_report(
+    split: Any, emb: Any, config: Any, out: Path, stem: str, extra: dict, compact: bool = False, val_split: Any = None
+) -> Any:
+    """Run the bench with a progress bar, write OUT/STEM.json and .md (full table), print the full or compact table.
+
+    ``val_split`` (a validation split of ``split``): every row also gets validation figures and every choice is
+    taken on them (:func:`reelpack.bench.harness.run_bench`)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -67,7 +72,9 @@ def _run_and_report(split: Any, emb: Any, config: Any, out: Path, stem: str, ext
                 tasks[method] = bar.add_task(method, total=total)
             bar.update(tasks[method], completed=done)
 
-        result = run_bench(emb.user_emb, emb.item_emb, split, config, progress=progress, provenance_extra=extra)
+        result = run_bench(
+            emb.user_emb, emb.item_emb, split, config, progress=progress, provenance_extra=extra, val_split=val_split
+        )
     json_path, md_path = write_results(result, out, stem)
     if compact:
         console.print(compact_table(result, full_table=md_path.name))
@@ -131,12 +138,26 @@ def bench(
     robust_users: Annotated[
         int, typer.Option(help="Users (a seeded sample of the evaluated ones) ranked under loss; 0 turns robustness off.")
     ] = 2000,
+    val_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Hold out this share of each user's train items for validation (0 < F <= 0.5; the test split is "
+            "not touched): the two-tower trains on the rest, every row gets validation figures next to the test "
+            "ones, and every choice (keeping compression-aware training, the best method per budget) is taken on "
+            "validation. Default: no validation split."
+        ),
+    ] = None,
+    val_seed: Annotated[
+        Optional[int], typer.Option(help="Seed of the validation hold-out (default: --seed).")
+    ] = None,
 ) -> None:
     """Train (or load) embeddings, then measure float32, every codec and its faiss twin in one run.
 
     Each row also gets its rank quality under packet loss (a real pack with lost blocks corrupted,
     found by CRC) and engineering checks; the JSON (results schema version 3) holds the contest score
-    (docs/SCORING.md; print it with `reelpack contest RESULTS.json`).
+    (docs/SCORING.md; print it with `reelpack contest RESULTS.json`). With --val-fraction the model is
+    trained on the train split minus a validation hold-out, choices are taken on validation, and the
+    test split is read once, for the report.
     """
     need("train", ("torch",), "reelpack bench")
     from reelpack.bench.harness import (
@@ -168,9 +189,20 @@ def bench(
             robust_users=robust_users,
         )
         split = load_split(data, seed)
-        emb = two_tower_embeddings(split, dim, epochs, cache_dir, retrain, seed)
+        val_split = None
+        if val_fraction is not None:
+            from reelpack.data import validation_split
+
+            val_split = validation_split(split, val_fraction, seed if val_seed is None else val_seed)
+            console.print(
+                f"validation: {val_fraction:g} of each user's train items (seed {val_split.validation_seed}); "
+                f"{val_split.eval_users().size} users with validation items; the two-tower trains on the rest"
+            )
+        emb = two_tower_embeddings(split if val_split is None else val_split, dim, epochs, cache_dir, retrain, seed)
         extra = {"embeddings": describe_embeddings(emb)}
-        _run_and_report(split, emb, config, out, f"bench-d{dim}", extra)
+        if val_split is not None:
+            extra["embeddings"] += " (trained on the fit split: train minus validation; this recall@50 is on validation)"
+        _run_and_report(split, emb, config, out, f"bench-d{dim}", extra, val_split=val_split)
     except ReelpackError as exc:
         fail(exc)
 

@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from reelpack.cli.shared import app, console, err_console, fail, load_npy, need
+from reelpack.cli.shared import app, console, err_console, fail, load_npy, need, parse_codecs
 from reelpack.errors import ReelpackError
 
 __all__ = ["serve_cmd", "build_catalog_cmd", "verify_store_cmd", "client_cmd", "edge_summary_cmd"]
@@ -126,6 +126,10 @@ def build_catalog_cmd(
     edge_nlist: Annotated[
         Optional[int], typer.Option("--edge-nlist", help="Coarse clusters of --edge (default min(1024, n // 64)).")
     ] = None,
+    tune: Annotated[
+        Optional[Path], typer.Option("--tune", help="Tune result (OUT/tune-dD.json of `reelpack tune`) that "
+                                     "--codecs autoN picks from: the codec chosen for N bytes per item.")
+    ] = None,
 ) -> None:
     """Publish the next version of a catalog in a store: packs, deltas from the previous version, HNSW index.
 
@@ -151,10 +155,12 @@ def build_catalog_cmd(
         validate_catalog_name,
     )
     from reelpack.catalog.synthetic import synthetic_items, synthetic_users
+    from reelpack.cli.tune import load_tune_for, resolve_auto_codecs
     from reelpack.errors import InvalidInputError
 
     try:
         validate_catalog_name(catalog)
+        tuned = load_tune_for(parse_codecs(codecs), tune, "reelpack build-catalog") if codecs else None
         if scheduler is None and (work_dir is not None or keep_work):
             raise InvalidInputError("--work-dir and --keep-work need --scheduler")
         if scheduler is not None and edge:
@@ -186,6 +192,8 @@ def build_catalog_cmd(
             elif user_ids is not None:
                 raise InvalidInputError("--user-ids needs --users")
             source = f"{embeddings.name} {shape[0]}x{shape[1]}"
+        if tuned is not None:  # autoN: the codec `reelpack tune` chose at this dimension
+            codecs = " ".join(resolve_auto_codecs(parse_codecs(codecs), tuned, dim if synthetic is not None else shape[1]))
         how = "" if scheduler is None else f" on Dask ({scheduler}{', %d workers' % workers if scheduler == 'local' else ''})"
         console.print(f"building catalog {catalog!r} in {store} from {source}{how}")
         with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

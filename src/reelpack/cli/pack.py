@@ -136,6 +136,10 @@ def pack(
             "'nibbles' for sq4 layers (21 % smaller on amazon-book), none elsewhere."
         ),
     ] = "none",
+    tune: Annotated[
+        Optional[Path], typer.Option("--tune", help="Tune result (OUT/tune-dD.json of `reelpack tune`) that "
+                                     "--codecs autoN picks from: the codec chosen for N bytes per item.")
+    ] = None,
 ) -> None:
     """Fit codecs on item embeddings and write a pack: layer 0 coarse, later layers refinement."""
     from datetime import datetime, timezone
@@ -146,18 +150,33 @@ def pack(
 
     try:
         specs = parse_codecs(codecs)
+        from reelpack.cli.tune import load_tune_for, resolve_auto_codecs
+
+        tuned = load_tune_for(specs, tune, "reelpack pack")  # autoN: the codec `reelpack tune` chose
+        auto = None
+        if tuned is not None:  # .npy embeddings: their dimension is checked against the tune result once loaded
+            want_dim = tuned.dim if embeddings is not None else (64 if dim is None else dim)
+            auto, specs = specs, resolve_auto_codecs(specs, tuned, want_dim)
+            auto = {a: s for a, s in zip(auto, specs) if a != s} | {"tune_data_hash": tuned.data.get("data_hash")}
         built = [make_codec(s) for s in specs]  # reject bad specs before loading anything
         layouts = entropy_layouts(entropy, [c.spec for c in built])
         if isinstance(items_per_block, bool) or not 1 <= items_per_block <= 1 << 20:
             raise typer.BadParameter(f"--items-per-block must be in 1..{1 << 20}, got {items_per_block}")
         check_out_path(out)  # before the fitting, which may take minutes
         X, item_ids, source = _pack_source(embeddings, ids, data, dim, epochs, cache_dir, retrain, seed)
+        if tuned is not None and X.shape[1] != tuned.dim:
+            from reelpack.errors import DimensionMismatchError
+
+            raise DimensionMismatchError(f"the tune result {tune} is for d={tuned.dim}, the embeddings have "
+                                         f"d={X.shape[1]}; run `reelpack tune --dim {X.shape[1]}`")  # fmt: skip
         layers = []
         for codec in built:
             codec.fit(X, seed=seed)
             layers.append((codec, codec.encode(X)))
         meta = {"created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "source": source,
                 "codecs": [c.spec for c in built], "seed": seed}  # fmt: skip
+        if auto is not None:
+            meta["auto_codecs"] = auto
         try:
             path = write_pack(
                 out, item_ids, layers, vectors=X, metadata=meta, items_per_block=items_per_block, entropy=layouts

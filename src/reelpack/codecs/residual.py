@@ -9,7 +9,23 @@ an RQ code onto a pack's progressive layers.
 
 Spec grammar (lower-case, no spaces)::
 
-    rq S1 [+ S2 [+ S3 ...]] [-b]
+    rq S1 [+ S2 [+ S3 ...]] [-r] [-pD] [-n] [-b]
+
+Options (each chosen on validation by ``reelpack tune``, never on the test split):
+
+* ``-r`` refined training: per stage, greedy training as below, then up to :data:`REFINE_ROUNDS` rounds
+  of beam re-encoding (width :data:`REFINE_BEAM_SIZE`) and a joint least-squares update of the stage's
+  codebooks for the fixed codes (LSQ++-style; a round is kept only if it lowers the training error). Same
+  state, codes and scoring as without ``-r`` (the native runtime reads it), 10x the training time.
+* ``-pD`` PCA projection: the stages quantise the top ``D`` principal coordinates ``(x - mean) @ P``;
+  reconstructions are ``mean + y_hat @ P.T`` and a query is projected once, ``<q, x_hat> = <q, mean> +
+  <q @ P, y_hat>``. State adds ``projection`` float32 [d, D] (orthonormal columns) and ``mean`` float32 [d].
+  Smaller codebooks and faster training and encoding at high ``d`` (512-d video embeddings).
+* ``-n`` unit-norm items (two-tower outputs are L2-normalised): the reconstruction is rescaled to unit
+  length, ``x_hat / ||x_hat||``, so ``score = cos(q, x_hat) * ||q||``; no extra byte (the norm is known to
+  be 1), fitting and encoding refuse rows whose norm is not 1 within :data:`UNIT_NORM_TOLERANCE`.
+* ``-pD`` and ``-n`` cannot carry ``-b`` (the bounds are on the unprojected, unnormalised residual). The
+  native runtime reads ``-r`` and refuses ``-pD`` / ``-n`` (``RP_E_UNSUPPORTED``).
 
 ``S_k >= 1`` codebooks in stage ``k``; ``M = S1 + S2 + ...`` codebooks in all,
 ``1 <= M <= 64``. ``"rq8+8"`` is 16 codebooks (16 bytes) in two stages of 8
@@ -144,7 +160,17 @@ TRAIN_BEAM_SIZE = 1
 #: faiss ``train_type``: 0 is plain k-means per codebook (faiss's default adds progressive-dimension k-means)
 TRAIN_TYPE = 0
 MAX_TRAIN_SAMPLE = 65536
+#: ``-n``: largest allowed ``| ||x|| - 1 |`` of an item
+UNIT_NORM_TOLERANCE = 1e-3
+#: largest ``-pD``
+MAX_PROJECT_DIM = 8192
 ENCODE_BLOCK = 8192
+#: ``-r``: rounds of (beam re-encode, least-squares codebook update) per stage
+REFINE_ROUNDS = 4
+#: ``-r``: beam width of the re-encoding between codebook updates
+REFINE_BEAM_SIZE = 8
+#: ``-r``: ridge added to the normal equations, relative to the mean code count (keeps empty codewords put)
+REFINE_RIDGE = 1e-3
 #: residual-norm grid: ``bound(b) = norm_scale * 2 ** ((b - BOUND_ZERO_CODE) / BOUND_STEPS_PER_OCTAVE)``
 BOUND_STEPS_PER_OCTAVE = 24
 BOUND_ZERO_CODE = 191
@@ -272,6 +298,85 @@ def _two_sided_z(confidence: float) -> float:
 
 
 # ---- codec --------------------------------------------------------------------------------------------
+def _beam_codes(codebooks: np.ndarray, X: np.ndarray, beam: int) -> np.ndarray:
+    """faiss beam-search codes uint8 [n, M] of X float32 [n, d] under ``codebooks`` float32 [M, 256, d]."""
+    m, _, d = codebooks.shape
+    rq = faiss.ResidualQuantizer(d, m, 8)
+    faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, np.float32).ravel(), rq.codebooks)
+    rq.max_beam_size = int(beam)
+    rq.is_trained = True
+    out = np.empty((X.shape[0], m), np.uint8)
+    with _faiss_kmeans_settings():
+        for s in range(0, X.shape[0], ENCODE_BLOCK):
+            out[s : s + ENCODE_BLOCK] = rq.compute_codes(np.ascontiguousarray(X[s : s + ENCODE_BLOCK], np.float32))
+    return out
+
+
+def _sq_error(codebooks: np.ndarray, codes: np.ndarray, X: np.ndarray) -> float:
+    """Total squared reconstruction error (float64) of X [n, d] by ``codebooks`` [M, 256, d] and ``codes`` [n, M]."""
+    total = 0.0
+    for s in range(0, X.shape[0], ENCODE_BLOCK):
+        diff = X[s : s + ENCODE_BLOCK].astype(np.float64) - rq_decode(codebooks, codes[s : s + ENCODE_BLOCK])
+        total += float(np.einsum("ij,ij->", diff, diff))
+    return total
+
+
+def _least_squares_codebooks(X: np.ndarray, codes: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """Codebooks float32 [M, 256, d] minimising ``sum_i ||X_i - sum_m C[m, codes[i, m]]||^2`` for fixed codes.
+
+    The normal equations ``(B^T B + lam I) C = B^T X + lam C_prev`` of the one-hot code matrix ``B``
+    [n, M*256] are built from pairwise code co-occurrence counts and solved jointly (float64); the small
+    ridge ``lam`` pulls unused codewords towards their previous values instead of leaving them singular.
+    """
+    n, m = codes.shape
+    d = X.shape[1]
+    size = m * KSUB
+    idx = codes.astype(np.int64) + (np.arange(m, dtype=np.int64) * KSUB)[None, :]  # [n, M] columns of B
+    gram = np.zeros((size, size), np.float64)
+    for a in range(m):
+        for b in range(a, m):
+            block = np.bincount(codes[:, a].astype(np.int64) * KSUB + codes[:, b], minlength=KSUB * KSUB)
+            block = block.reshape(KSUB, KSUB).astype(np.float64)
+            gram[a * KSUB : (a + 1) * KSUB, b * KSUB : (b + 1) * KSUB] = block
+            if b != a:
+                gram[b * KSUB : (b + 1) * KSUB, a * KSUB : (a + 1) * KSUB] = block.T
+    rhs = np.zeros((size, d), np.float64)
+    Xd = X.astype(np.float64)
+    for a in range(m):
+        _scatter_rows(rhs, idx[:, a], Xd)
+    lam = REFINE_RIDGE * max(1.0, n / KSUB)
+    gram[np.diag_indices(size)] += lam
+    rhs += lam * previous.reshape(size, d).astype(np.float64)
+    try:
+        sol = np.linalg.solve(gram, rhs)
+    except np.linalg.LinAlgError:
+        return previous
+    if not np.isfinite(sol).all():
+        return previous
+    return np.ascontiguousarray(sol.reshape(m, KSUB, d), np.float32)
+
+
+def _scatter_rows(out: np.ndarray, rows: np.ndarray, X: np.ndarray) -> None:
+    """``out[rows[i]] += X[i]`` for all i (rows int64 [n], X float64 [n, d]) by sorting, faster than ``np.add.at``."""
+    order = np.argsort(rows, kind="stable")
+    r = rows[order]
+    starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+    out[r[starts]] += np.add.reduceat(X[order], starts, axis=0)
+
+
+def _pca_basis(X: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean float32 [d], basis float32 [d, dims]): the top-``dims`` principal directions of X float32 [n, d]."""
+    Xd = X.astype(np.float64)
+    mean = Xd.mean(axis=0)
+    C = Xd - mean
+    cov = C.T @ C / max(1, len(C) - 1)
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1][:dims]
+    basis = vecs[:, order]
+    basis *= np.where(basis[np.abs(basis).argmax(axis=0), np.arange(dims)] < 0, -1.0, 1.0)  # fixed signs
+    return mean.astype(np.float32), np.ascontiguousarray(basis, np.float32)
+
+
 class ResidualCodec(Codec):
     """Residual quantiser of ``sum(stages)`` 8-bit codebooks split into progressive stages.
 
@@ -286,7 +391,14 @@ class ResidualCodec(Codec):
 
     family = "rq"
 
-    def __init__(self, stages: tuple[int, ...], bounds: bool = False) -> None:
+    def __init__(
+        self,
+        stages: tuple[int, ...],
+        bounds: bool = False,
+        refine: bool = False,
+        project: int | None = None,
+        unit: bool = False,
+    ) -> None:
         super().__init__()
         stages = tuple(int(s) for s in stages)
         if not stages or any(s < 1 for s in stages):
@@ -295,9 +407,29 @@ class ResidualCodec(Codec):
             raise CodecSpecError(
                 f"rq needs 1..{MAX_CODEBOOKS} codebooks in all, got {'+'.join(map(str, stages))} = {sum(stages)}"
             )
+        if project is not None and not 1 <= int(project) <= MAX_PROJECT_DIM:
+            raise CodecSpecError(f"rq -p needs 1..{MAX_PROJECT_DIM} projected dimensions, got {project}")
+        if unit and bounds:
+            raise CodecSpecError(
+                "rq -n (unit-norm reconstructions) cannot carry -b bounds: the bounds are on unnormalised residuals"
+            )
+        if project is not None and bounds:
+            raise CodecSpecError(
+                "rq -p (a PCA projection) cannot carry -b bounds: the bounds would miss what the projection drops"
+            )
         self.stages = stages
         self.bounds = bool(bounds)
+        self.refine = bool(refine)
+        #: ``-n``: the items are unit vectors; reconstructions (and so scores) are normalised to unit length
+        self.unit = bool(unit)
+        #: ``-pD``: PCA dimensions the residual stages quantise (None: the full dimension)
+        self.project = None if project is None else int(project)
+        #: ``-pD`` fits only: float32 [d, D] orthonormal PCA basis (columns) and float32 [d] mean
+        self.projection: np.ndarray | None = None
+        self.mean: np.ndarray | None = None
         self.n_codebooks = sum(stages)
+        #: ``-r`` fits only: sample MSE per stage before and after the refinement rounds
+        self.refine_history: list[dict[str, float]] = []
         self.codebooks: np.ndarray | None = None
         self.norm_scale: np.ndarray | None = None
         self.calib: np.ndarray | None = None
@@ -315,7 +447,14 @@ class ResidualCodec(Codec):
     # ---- identity -----------------------------------------------------------------------------------
     @property
     def spec(self) -> str:
-        return "rq" + "+".join(map(str, self.stages)) + ("-b" if self.bounds else "")
+        return (
+            "rq"
+            + "+".join(map(str, self.stages))
+            + ("-r" if self.refine else "")
+            + (f"-p{self.project}" if self.project is not None else "")
+            + ("-n" if self.unit else "")
+            + ("-b" if self.bounds else "")
+        )
 
     def _bytes_per_vector(self) -> int:
         return int(sum(self._widths))
@@ -328,7 +467,22 @@ class ResidualCodec(Codec):
         return self.bounds
 
     # ---- fit ----------------------------------------------------------------------------------------
+    def _check_unit_rows(self, X: np.ndarray) -> None:
+        """``-n``: InvalidInputError unless every row of X has norm 1 (within :data:`UNIT_NORM_TOLERANCE`)."""
+        if not self.unit or X.shape[0] == 0:
+            return
+        norms = np.linalg.norm(X.astype(np.float64), axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1.0) > UNIT_NORM_TOLERANCE)
+        if bad.size:
+            raise InvalidInputError(
+                f"{self.spec} (-n) encodes unit vectors only; {bad.size} rows have other norms (row {int(bad[0])}: "
+                f"{norms[bad[0]]:.4g}); normalise them or drop -n"
+            )
+
     def _check_fit_input(self, X: np.ndarray) -> None:
+        self._check_unit_rows(X)
+        if self.project is not None and self.project > X.shape[1]:
+            raise InvalidInputError(f"{self.spec} projects to {self.project} dimensions, the vectors have {X.shape[1]}")
         if X.shape[0] < KSUB:
             raise InvalidInputError(
                 f"{self.spec} needs at least {KSUB} training rows (one per codeword of each codebook), got {X.shape[0]}"
@@ -339,6 +493,16 @@ class ResidualCodec(Codec):
         s_sample, s_faiss, s_calib = sub_seeds(seed, 3)
         rng = np.random.default_rng(s_sample)
         sample = X if n <= MAX_TRAIN_SAMPLE else X[np.sort(rng.choice(n, MAX_TRAIN_SAMPLE, replace=False))]
+        if self.project is not None:
+            self.mean, self.projection = _pca_basis(sample, self.project)
+            sample = self._to_subspace(sample)
+            d = self.project
+        if self.refine:
+            self.codebooks = self._fit_refined(np.ascontiguousarray(sample, np.float32), s_faiss)
+            self._faiss_rq = None
+            if self.bounds:
+                self._calibrate(sample, s_calib)
+            return
         rq = faiss.ResidualQuantizer(d, self.n_codebooks, 8)
         rq.max_beam_size = TRAIN_BEAM_SIZE
         rq.train_type = TRAIN_TYPE
@@ -355,6 +519,44 @@ class ResidualCodec(Codec):
         self._faiss_rq = rq
         if self.bounds:
             self._calibrate(sample, s_calib)
+
+    def _fit_refined(self, sample: np.ndarray, seed: int) -> np.ndarray:
+        """``-r``: per stage, greedy RQ training, then rounds of beam re-encoding and a joint least-squares update
+        of the stage's codebooks (LSQ++-style); returns float32 [M, 256, d].
+
+        Stage ``k`` is fitted to what stages ``< k`` leave over, so every prefix stays a coarse reconstruction.
+        A round is kept only when it lowers the sample's squared error (each round is a descent step: the
+        least-squares update is optimal for the codes, and beam re-encoding rarely raises the error).
+        """
+        d = sample.shape[1]
+        books: list[np.ndarray] = []
+        residual = sample.astype(np.float32, copy=True)
+        self.refine_history = []
+        for k, width in enumerate(self.stages):
+            rq = faiss.ResidualQuantizer(d, width, 8)
+            rq.max_beam_size = TRAIN_BEAM_SIZE
+            rq.train_type = TRAIN_TYPE
+            rq.cp.seed = int(seed) + k
+            rq.cp.verbose = False
+            rq.cp.min_points_per_centroid = 1
+            rq.verbose = False
+            with _faiss_kmeans_settings():
+                rq.train(residual)
+            cb = faiss.vector_to_array(rq.codebooks).astype(np.float32).reshape(width, KSUB, d)
+            codes = _beam_codes(cb, residual, REFINE_BEAM_SIZE)
+            err = _sq_error(cb, codes, residual)
+            first = err
+            for _ in range(REFINE_ROUNDS):
+                new_cb = _least_squares_codebooks(residual, codes, cb)
+                new_codes = _beam_codes(new_cb, residual, REFINE_BEAM_SIZE)
+                new_err = _sq_error(new_cb, new_codes, residual)
+                if not new_err < err:
+                    break
+                cb, codes, err = new_cb, new_codes, new_err
+            self.refine_history.append({"stage": float(k), "mse_greedy": first / len(residual), "mse_refined": err / len(residual)})
+            books.append(cb)
+            residual -= rq_decode(cb, codes)
+        return np.ascontiguousarray(np.concatenate(books, axis=0), np.float32)
 
     def _calibrate(self, sample: np.ndarray, seed: int) -> None:
         """Set ``norm_scale`` and ``calib`` [n_stages] from disjoint query and item rows of the sample."""
@@ -431,10 +633,54 @@ class ResidualCodec(Codec):
         return b.astype(np.uint8)
 
     # ---- encode / decode / score --------------------------------------------------------------------
+    def _to_subspace(self, X: np.ndarray) -> np.ndarray:
+        """``-pD``: float32 [n, D] PCA coordinates ``(X - mean) @ projection`` of X float32 [n, d]."""
+        return np.ascontiguousarray((X - self.mean) @ self.projection, np.float32)  # type: ignore[operator]
+
+    def _from_subspace(self, Y: np.ndarray) -> np.ndarray:
+        """``-pD``: float32 [n, d] ``mean + Y @ projection.T`` of Y float32 [n, D]."""
+        return np.ascontiguousarray(self.mean + Y @ self.projection.T, np.float32)  # type: ignore[union-attr,operator]
+
+    def _ip(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Inner products float32 [q, n] of queries [q, d] with the reconstructions of codebook bytes [n, m]
+        (``-n``: with the unit-length reconstructions)."""
+        if self.project is None:
+            out = _rq_ip(queries, self.codebooks, codes)  # type: ignore[arg-type]
+        else:
+            q = np.ascontiguousarray(queries @ self.projection, np.float32)  # type: ignore[operator]
+            out = _rq_ip(q, self.codebooks, codes) + (queries @ self.mean)[:, None].astype(np.float32)  # type: ignore[operator]
+        if self.unit:
+            out *= self._inverse_norms(codes)[None, :]
+        return out
+
+    def _raw_decode(self, codes: np.ndarray) -> np.ndarray:
+        """Reconstructions float32 [n, d] of codebook bytes [n, m], before any ``-n`` normalisation."""
+        Y = rq_decode(self.codebooks, codes)  # type: ignore[arg-type]
+        return Y if self.project is None else self._from_subspace(Y)
+
+    def _inverse_norms(self, codes: np.ndarray) -> np.ndarray:
+        """``-n``: float32 [n] ``1 / ||reconstruction||`` of codebook bytes [n, m] (0 for a zero reconstruction)."""
+        out = np.empty(codes.shape[0], np.float32)
+        for s in range(0, codes.shape[0], ENCODE_BLOCK):
+            R = self._raw_decode(codes[s : s + ENCODE_BLOCK]).astype(np.float64)
+            n = np.sqrt(np.einsum("ij,ij->i", R, R))
+            with np.errstate(divide="ignore"):
+                out[s : s + ENCODE_BLOCK] = np.where(n > 0, 1.0 / n, 0.0)
+        return out
+
+    def _finish_decode(self, codes: np.ndarray) -> np.ndarray:
+        R = self._raw_decode(codes)
+        if self.unit:
+            R *= self._inverse_norms(codes)[:, None]
+        return R
+
     def _encode(self, X: np.ndarray) -> np.ndarray:
         out = np.empty((X.shape[0], self._bytes_per_vector()), np.uint8)
         if X.shape[0] == 0:
             return out
+        self._check_unit_rows(X)
+        if self.project is not None:
+            X = self._to_subspace(X)
         codes = self._faiss_codes(X)
         out[:, self._cb_cols] = codes
         if self.bounds:
@@ -449,19 +695,19 @@ class ResidualCodec(Codec):
         return np.ascontiguousarray(codes[:, self._cb_cols[: int(self._ends[stages - 1])]])
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
-        return rq_decode(self.codebooks, self._cb_codes(codes, len(self.stages)))  # type: ignore[arg-type]
+        return self._finish_decode(self._cb_codes(codes, len(self.stages)))
 
     def decode_prefix(self, codes: np.ndarray, stages: int) -> np.ndarray:
         """Coarse reconstruction float32 [n, d] from the first ``stages`` stages (codes uint8 [n, prefix_bytes])."""
         self._require_fitted("decode_prefix")
         codes = as_codes(codes, self.prefix_bytes(stages))
-        return rq_decode(self.codebooks, self._cb_codes(codes, int(stages)))  # type: ignore[arg-type]
+        return self._finish_decode(self._cb_codes(codes, int(stages)))
 
     def _score(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        return _rq_ip(queries, self.codebooks, self._cb_codes(codes, len(self.stages)))  # type: ignore[arg-type]
+        return self._ip(queries, self._cb_codes(codes, len(self.stages)))
 
     def _score_prefix(self, queries: np.ndarray, codes: np.ndarray, stages: int) -> np.ndarray:
-        return _rq_ip(queries, self.codebooks, self._cb_codes(codes, stages))  # type: ignore[arg-type]
+        return self._ip(queries, self._cb_codes(codes, stages))
 
     def _score_bounds(
         self, queries: np.ndarray, codes: np.ndarray, stages: int, confidence: float
@@ -479,6 +725,9 @@ class ResidualCodec(Codec):
     # ---- state --------------------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         arrays = {"codebooks": self.codebooks, "max_beam_size": np.array([self.max_beam_size], np.int32)}
+        if self.project is not None:
+            arrays["projection"] = self.projection
+            arrays["mean"] = self.mean
         if self.bounds:
             arrays["norm_scale"] = self.norm_scale
             arrays["calib"] = self.calib
@@ -486,8 +735,21 @@ class ResidualCodec(Codec):
 
     def _load_state(self, dim: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         names = ("codebooks", "max_beam_size") + (("norm_scale", "calib") if self.bounds else ())
+        names += ("projection", "mean") if self.project is not None else ()
         check_state_keys(self.spec, meta, arrays, names)
-        codebooks = state_array(self.spec, arrays, "codebooks", (self.n_codebooks, KSUB, dim), "<f4")
+        sub = dim
+        if self.project is not None:
+            if self.project > dim:
+                raise SerializationError(f"{self.spec} state projects to {self.project} of only {dim} dimensions")
+            sub = self.project
+            projection = state_array(self.spec, arrays, "projection", (dim, sub), "<f4")
+            mean = state_array(self.spec, arrays, "mean", (dim,), "<f4")
+            if not (np.isfinite(projection).all() and np.isfinite(mean).all()):
+                raise SerializationError(f"{self.spec} state projection and mean must be finite")
+            if float(np.abs(projection).max(initial=0.0)) > 1.0 + 1e-3:
+                raise SerializationError(f"{self.spec} state projection must hold orthonormal columns")
+            self.projection, self.mean = projection, mean
+        codebooks = state_array(self.spec, arrays, "codebooks", (self.n_codebooks, KSUB, sub), "<f4")
         beam = state_array(self.spec, arrays, "max_beam_size", (1,), "<i4")
         if not 1 <= int(beam[0]) <= _MAX_BEAM_LOADED:
             raise SerializationError(f"{self.spec} state max_beam_size {int(beam[0])} is outside 1..{_MAX_BEAM_LOADED}")
@@ -505,7 +767,16 @@ class ResidualCodec(Codec):
         self._faiss_rq = None
 
 
-@register_codec("rq", r"rq(?P<stages>\d{1,4}(?:\+\d{1,4})*)(?P<b>-b)?", "rq8+8")
+@register_codec(
+    "rq", r"rq(?P<stages>\d{1,4}(?:\+\d{1,4})*)(?P<r>-r)?(?:-p(?P<p>[1-9]\d{0,4}))?(?P<n>-n)?(?P<b>-b)?", "rq8+8"
+)
 def _build_rq(match: re.Match[str]) -> Codec:
     stages = tuple(int(s) for s in match.group("stages").split("+"))
-    return ResidualCodec(stages, bounds=match.group("b") is not None)
+    project = int(match.group("p")) if match.group("p") else None
+    return ResidualCodec(
+        stages,
+        bounds=match.group("b") is not None,
+        refine=match.group("r") is not None,
+        project=project,
+        unit=match.group("n") is not None,
+    )

@@ -8,6 +8,8 @@ from reelpack.data.interactions import (
     resolve_data_path,
     synthetic_interactions,
     train_test_split,
+    validation_split,
+    MIN_VALIDATION_USERS,
 )
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "resolve_data_path",
     "synthetic_interactions",
     "train_test_split",
+    "validation_split",
+    "MIN_VALIDATION_USERS",
 ]
 
 from reelpack.data.metadata import ItemMetadata, replay_synthetic_latents, synthetic_item_metadata  # noqa: E402

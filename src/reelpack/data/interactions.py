@@ -234,6 +234,15 @@ class Split:
     synthetic: bool
     seed: int
     test_fraction: float
+    #: > 0 when this split is the *validation* split carved from another split's train part
+    #: (:func:`validation_split`): ``train_*`` then hold the fit part, ``test_*`` the validation items.
+    validation_fraction: float = 0.0
+    validation_seed: int = 0
+
+    @property
+    def is_validation(self) -> bool:
+        """True for a split made by :func:`validation_split` (its ``test_*`` are validation items)."""
+        return self.validation_fraction > 0.0
 
     @property
     def n_users(self) -> int:
@@ -304,4 +313,80 @@ def train_test_split(inter: Interactions, test_fraction: float = 0.2, seed: int 
         synthetic=inter.synthetic,
         seed=int(seed),
         test_fraction=float(test_fraction),
+    )
+
+
+#: users with validation items below which :func:`validation_split` refuses to decide anything
+MIN_VALIDATION_USERS = 200
+
+
+def validation_split(
+    split: Split, fraction: float = 0.1, seed: int = 0, min_users: int = MIN_VALIDATION_USERS
+) -> Split:
+    """Carve a validation split out of ``split``'s train interactions only; the test part is never read.
+
+    Each user with at least 3 train items moves ``round(fraction * n)`` of them (at least 1) to
+    validation; users with fewer keep all. The result has the same users and the same item catalog
+    (indexes unchanged, so codecs and embeddings line up with ``split``):
+
+    * ``train_*``: the *fit* part (train the model on it; exclude it when ranking for validation);
+    * ``test_*``: the validation items (choose codecs, parameters and fine-tuning on them);
+    * ``item_counts``: popularity over the fit part.
+
+    The report then evaluates the same model on ``split`` (exclusions: all of ``split``'s train
+    items; positives: its test items), once.
+
+    Raises:
+        InvalidInputError: ``split`` is itself a validation split, or ``fraction`` is not in (0, 0.5].
+        ValidationTooSmallError: fewer than ``min_users`` users receive validation items.
+    """
+    from reelpack.errors import ValidationTooSmallError
+
+    if not isinstance(split, Split):
+        raise InvalidInputError(f"split must be a reelpack.data.Split, got {type(split).__name__}")
+    if split.is_validation:
+        raise InvalidInputError("split is already a validation split; carve validation from the train/test split")
+    if not 0.0 < float(fraction) <= 0.5:
+        raise InvalidInputError(f"validation fraction must lie in (0, 0.5], got {fraction}")
+    counts = np.diff(split.train_indptr)
+    n_users = split.n_users
+    nnz = int(split.train_items.shape[0])
+    user_of = np.repeat(np.arange(n_users, dtype=np.int64), counts)
+    rng = np.random.default_rng([int(seed), 0x5A11D])
+    keys = rng.random(nnz)
+    order = np.lexsort((keys, user_of))
+    rank = np.empty(nnz, np.int64)
+    rank[order] = np.arange(nnz) - np.repeat(split.train_indptr[:-1], counts)
+    n_val = np.where(counts >= 3, np.maximum(1, np.rint(fraction * counts)), 0).astype(np.int64)
+    is_val = rank < n_val[user_of]
+    n_val_users = int((n_val > 0).sum())
+    if n_val_users < int(min_users):
+        raise ValidationTooSmallError(
+            f"the validation split holds {n_val_users} users with validation items; at least {int(min_users)} are "
+            f"needed to choose between codecs (users need 3 or more train items; use more users or data)",
+            users=n_val_users,
+            needed=int(min_users),
+        )
+    fit_items = split.train_items[~is_val]
+    val_items = split.train_items[is_val]
+    fit_indptr = np.zeros(n_users + 1, np.int64)
+    np.cumsum(np.bincount(user_of[~is_val], minlength=n_users), out=fit_indptr[1:])
+    val_indptr = np.zeros(n_users + 1, np.int64)
+    np.cumsum(np.bincount(user_of[is_val], minlength=n_users), out=val_indptr[1:])
+    return Split(
+        user_ids=split.user_ids,
+        item_ids=split.item_ids,
+        train_indptr=fit_indptr,
+        train_items=np.ascontiguousarray(fit_items, np.int32),
+        test_indptr=val_indptr,
+        test_items=np.ascontiguousarray(val_items, np.int32),
+        item_counts=np.bincount(fit_items, minlength=split.n_items).astype(np.int64),
+        n_test_dropped=0,
+        source=split.source,
+        data_hash=split.data_hash,
+        synthetic=split.synthetic,
+        seed=split.seed,
+        test_fraction=split.test_fraction,
+        validation_fraction=float(fraction),
+        validation_seed=int(seed),
     )

@@ -8,48 +8,36 @@
 (True, dtype('float32'))
 """
 
-from reelpack.models.cache import (
-    CACHE_ENV_VAR,
-    CacheWarning,
-    cache_entry_dir,
-    cache_key,
-    default_cache_dir,
-    load_cached,
-    load_or_train,
-    save_cached,
-)
-from reelpack.models.twotower import (
-    TrainedEmbeddings,
-    TwoTowerConfig,
-    in_batch_logits,
-    in_batch_softmax_loss,
-    item_log_q,
-    train_two_tower,
-)
+from __future__ import annotations
 
-__all__ = [
-    "CACHE_ENV_VAR",
-    "CacheWarning",
-    "TrainedEmbeddings",
-    "TwoTowerConfig",
-    "cache_entry_dir",
-    "cache_key",
-    "default_cache_dir",
-    "in_batch_logits",
-    "in_batch_softmax_loss",
-    "item_log_q",
-    "load_cached",
-    "load_or_train",
-    "save_cached",
-    "train_two_tower",
-]
+import importlib
+from typing import Any
 
-from reelpack.models.content import (  # noqa: E402
-    ColdStartResult,
-    ContentTower,
-    ContentTowerConfig,
-    cold_start_eval,
-    train_content_tower,
-)
+#: public name -> the submodule defining it (imported on first use, so that ``reelpack.models.tune`` and the
+#: tune files of ``pack --codecs autoN`` work on a core install without torch)
+_LAZY = {
+    **dict.fromkeys(
+        ["CACHE_ENV_VAR", "CacheWarning", "cache_entry_dir", "cache_key", "default_cache_dir", "load_cached",
+         "load_or_train", "save_cached"], "reelpack.models.cache"),
+    **dict.fromkeys(
+        ["TrainedEmbeddings", "TwoTowerConfig", "in_batch_logits", "in_batch_softmax_loss", "item_log_q",
+         "train_two_tower"], "reelpack.models.twotower"),
+    **dict.fromkeys(
+        ["ContentTowerConfig", "ContentTower", "train_content_tower", "cold_start_eval", "ColdStartResult"],
+        "reelpack.models.content"),
+}  # fmt: skip
 
-__all__ += ["ContentTowerConfig", "ContentTower", "train_content_tower", "cold_start_eval", "ColdStartResult"]
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reelpack.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

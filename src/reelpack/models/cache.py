@@ -68,17 +68,18 @@ def cache_key(split: Split, config: TwoTowerConfig) -> str:
         raise InvalidInputError(f"split must be a reelpack.data.Split, got {type(split).__name__}")
     if not isinstance(config, TwoTowerConfig):
         raise InvalidInputError(f"config must be a TwoTowerConfig, got {type(config).__name__}")
-    blob = json.dumps(
-        {
-            "format": CACHE_FORMAT_VERSION,
-            "model": "two-tower",
-            "data_hash": split.data_hash,
-            "split_seed": int(split.seed),
-            "test_fraction": repr(float(split.test_fraction)),
-            "config": config.to_dict(),
-        },
-        sort_keys=True,
-    ).encode()
+    fields = {
+        "format": CACHE_FORMAT_VERSION,
+        "model": "two-tower",
+        "data_hash": split.data_hash,
+        "split_seed": int(split.seed),
+        "test_fraction": repr(float(split.test_fraction)),
+        "config": config.to_dict(),
+    }
+    if split.is_validation:  # trained on the fit part only: another entry (keys of plain splits unchanged)
+        fields["validation_fraction"] = repr(float(split.validation_fraction))
+        fields["validation_seed"] = int(split.validation_seed)
+    blob = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
 

@@ -1,0 +1,208 @@
+"""Codec choice on a validation split: ``reelpack tune``; and the ``--codecs autoN --tune FILE`` of ``pack`` and
+``build-catalog`` (they import the helpers here inside the command: the order of ``reelpack --help`` is the
+order of registration).
+
+``tune`` needs the ``[train]`` extra (two-tower training, fine-tuning); reading a tune result does not
+(:mod:`reelpack.models` imports torch only when a name that needs it is used); a command given ``autoN``
+without ``--tune`` says to run ``reelpack tune``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+
+from reelpack.cli.shared import DataOpt, app, console, fail, load_split, need, parse_codecs, two_tower_embeddings
+from reelpack.errors import ReelpackError
+
+__all__ = ["tune_cmd", "has_auto_spec", "load_tune_for", "resolve_auto_codecs", "tune_file_name"]
+
+_AUTO = re.compile(r"auto[0-9]+")
+
+
+def tune_file_name(dim: int) -> str:
+    """``tune-d{dim}.json``: the file ``reelpack tune`` writes in ``--out``."""
+    return f"tune-d{dim}.json"
+
+
+def _parse_budgets(text: str) -> list[int]:
+    parts = [p for p in re.split(r"[,;\s]+", text.strip()) if p]
+    try:
+        budgets = [int(p) for p in parts]
+    except ValueError:
+        raise typer.BadParameter(f"--budget must be comma-separated bytes per item such as 8,16,32, got {text!r}") from None
+    if not budgets or any(b < 1 for b in budgets):
+        raise typer.BadParameter(f"--budget must be positive bytes per item such as 8,16,32, got {text!r}")
+    return budgets
+
+
+@app.command("tune")
+def tune_cmd(
+    data: DataOpt = None,
+    dim: Annotated[int, typer.Option(help="Embedding dimension of the two-tower model.")] = 64,
+    budget: Annotated[str, typer.Option("--budget", help="Bytes per item to choose a codec for, e.g. 8,16,32.")] = "8,16,32",
+    seeds: Annotated[int, typer.Option("--seeds", help="Codec fitting seeds per candidate (the spread is over them).")] = 3,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of each user's train items held out for validation (the test split is not read).")
+    ] = 0.1,
+    val_seed: Annotated[int, typer.Option(help="Seed of the validation hold-out.")] = 0,
+    max_users: Annotated[Optional[int], typer.Option(help="Evaluate a seeded sample of this many validation users.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder of the result (tune-dD.json).")] = Path("results/tune"),
+    no_finetune: Annotated[bool, typer.Option("--no-finetune", help="Do not fine-tune the qat- candidates.")] = False,
+    candidates: Annotated[
+        Optional[str],
+        typer.Option(help="Specs to compare instead of every registered size match, e.g. 'pq8 rq8 sq4'; each joins "
+                     "the budget equal to its bytes per item."),  # fmt: skip
+    ] = None,
+    finetune_epochs: Annotated[int, typer.Option(help="Epochs of each fine-tune.")] = 3,
+    epochs: Annotated[Optional[int], typer.Option(help="Override the two-tower training epochs.")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(help="Embedding cache folder.")] = None,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Ignore cached embeddings.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the split and training; the codec seeds are SEED..SEED+SEEDS-1.")] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads of the fine-tunes.")] = 1,
+) -> None:
+    """Choose a codec per byte budget on a validation split carved from the train split (the test split stays
+    for the report): every candidate of that size, several seeds, fine-tuned qat- codecs; writes OUT/tune-dD.json
+    for `pack --codecs autoN --tune FILE`."""
+    need("train", ("torch",), "reelpack tune")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from reelpack.codecs import make_codec
+    from reelpack.data import validation_split
+    from reelpack.errors import InvalidInputError
+    from reelpack.models.tune import candidate_specs, tune_codecs
+
+    try:
+        budgets = _parse_budgets(budget)
+        if seeds < 1:
+            raise typer.BadParameter(f"--seeds must be >= 1, got {seeds}")
+        given = [make_codec(s).spec for s in parse_codecs(candidates)] if candidates else None
+        if given is None:
+            for b in budgets:  # NoCandidateError before minutes of training
+                candidate_specs(b, dim)
+        if out.exists() and not out.is_dir():
+            raise InvalidInputError(f"--out {out} is a file; give a folder (the result is OUT/{tune_file_name(dim)})")
+        split = load_split(data, seed)
+        val = validation_split(split, val_fraction, val_seed)
+        console.print(f"validation: {val_fraction:g} of each user's train items (seed {val_seed}); "
+                      f"{val.eval_users().size} users with validation items; the two-tower trains on the rest")  # fmt: skip
+        emb = two_tower_embeddings(val, dim, epochs, cache_dir, retrain, seed)
+        with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:  # fmt: skip
+            task = bar.add_task("tune", total=None)
+
+            def progress(done: int, total: int, what: str) -> None:
+                bar.update(task, description=what, completed=done, total=total)
+
+            result = tune_codecs(
+                emb.user_emb, emb.item_emb, val, budgets, candidates=given, seeds=range(seed, seed + seeds),
+                max_users=max_users, finetune=not no_finetune, progress=progress, finetune_epochs=finetune_epochs,
+                threads=threads,
+            )  # fmt: skip
+        result.provenance = {
+            "embeddings": f"two-tower d={dim} trained on the fit part, {emb.config.to_dict()}",
+            "command": "reelpack tune",
+        }
+        path = out / tune_file_name(dim)
+        try:
+            result.save(path)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except ReelpackError as exc:
+        fail(exc)
+    _print_result(result)
+    console.print(f"wrote {path}")
+    console.print(f"use the choice: reelpack pack ITEMS.npy --codecs auto{result.budgets[0]} --tune {path} "
+                  "(build-catalog takes the same --codecs and --tune)", highlight=False, soft_wrap=True)  # fmt: skip
+
+
+def _print_result(result: Any) -> None:
+    from rich.table import Table
+
+    k = result.k
+    for b in result.budgets:
+        choice = result.choices[b]
+        rows = sorted(result.rows_for(b), key=lambda r: (r.error is not None, -r.mean.get("rel_recall", 0.0)))
+        label = "SYNTHETIC catalog" if result.data.get("synthetic") else str(result.data.get("source"))
+        title = (f"{b} bytes/item at d={result.dim}: validation on {escape(label)}, "
+                 f"{result.n_validation_users} users, {len(result.seeds)} seed(s)")  # fmt: skip
+        table = Table(title=title)
+        for col in ("", "codec", f"val rel R@{k}", "min / max", "rel NDCG@10", "fit s", "encode s", "fine-tune"):
+            table.add_column(col, justify="left" if col in ("", "codec", "fine-tune") else "right")
+        for r in rows:
+            mark = "[bold green]chosen[/]" if r.spec == choice.spec else ""
+            if r.error is not None:
+                table.add_row(mark, r.spec, "-", "-", "-", "-", "-", f"[red]{escape(r.error)}[/]")
+                continue
+            table.add_row(
+                mark, r.spec, f"{r.mean['rel_recall']:.4f} ± {r.std['rel_recall']:.4f}",
+                f"{r.min['rel_recall']:.4f} / {r.max['rel_recall']:.4f}", f"{r.mean['rel_ndcg']:.4f}",
+                f"{r.mean['fit_s']:.2f}", f"{r.mean['encode_s']:.3f}", escape(r.finetune or ""),
+            )  # fmt: skip
+        console.print(table)
+        tie = "[bold yellow]TIE[/]: " if choice.tie else ""
+        console.print(f"  {tie}{escape(choice.reason)} -> [bold]{escape(choice.spec)}[/]")
+    for s in result.skipped:
+        console.print(f"[yellow]skipped[/] {escape(s['spec'])}: {escape(s['reason'])}")
+
+
+# ================================================================================================
+# --codecs autoN --tune FILE (pack, build-catalog)
+# ================================================================================================
+def has_auto_spec(specs: Sequence[str]) -> bool:
+    """Whether a spec of ``specs`` is ``autoN``."""
+    return any(_AUTO.fullmatch(s.strip().lower()) for s in specs)
+
+
+def load_tune_for(specs: Sequence[str], tune: Path | None, what: str) -> Any:
+    """The :class:`~reelpack.models.tune.TuneResult` of ``--tune`` when ``specs`` hold an ``autoN``, else None.
+
+    Raises:
+        InvalidInputError: ``autoN`` without ``--tune`` (the message says to run ``reelpack tune``).
+        DataNotFoundError, SerializationError: the file is missing or unreadable.
+    """
+    from reelpack.errors import InvalidInputError
+
+    auto = [s for s in specs if _AUTO.fullmatch(s.strip().lower())]
+    if not auto:
+        return None
+    if tune is None:
+        n = auto[0].strip().lower()[4:]
+        raise InvalidInputError(
+            f"--codecs {auto[0]} is the codec `reelpack tune` chose on a validation split for {n} bytes per item: "
+            f"run `reelpack tune --dim D --budget {n}` first, then give its result with --tune OUT/tune-dD.json"
+        )
+    from reelpack.models.tune import TuneResult  # needs no torch (reelpack.models imports lazily)
+
+    return TuneResult.load(tune)
+
+
+def resolve_auto_codecs(specs: Sequence[str], result: Any, dim: int) -> list[str]:
+    """``specs`` with each ``autoN`` replaced by the spec ``result`` chose for N bytes at ``dim``; each replacement
+    printed (``auto16 -> rq16 (validation rel R@50 0.9712)``)."""
+    from reelpack.models.tune import resolve_auto_spec
+
+    label = "SYNTHETIC data" if result.data.get("synthetic") else str(result.data.get("source", "?"))
+    out = []
+    for s in specs:
+        if not _AUTO.fullmatch(s.strip().lower()):
+            out.append(s)
+            continue
+        spec = resolve_auto_spec(s, dim, result)
+        c = result.choice(int(s.strip().lower()[4:]))
+        note = ""
+        if c.finetuned:  # the pack gets the codec as fitted, not the fine-tuned codebooks
+            rows = [r for r in result.rows_for(c.budget) if r.spec == c.spec]
+            before = [e.get("untouched_rel_recall") for e in rows[0].per_seed] if rows else []
+            if before and all(isinstance(x, (int, float)) for x in before):
+                note = f"; that is after fine-tuning, packed untouched it was {sum(before) / len(before):.4f}"
+        tie = ", a tie" if c.tie else ""
+        console.print(f"{escape(s)} -> [bold]{escape(spec)}[/] (validation rel R@{result.k} {c.rel_recall:.4f}{tie}, "
+                      f"chosen on {escape(label)}{note})")  # fmt: skip
+        out.append(spec)
+    return out
