@@ -117,6 +117,19 @@ def summarise(per_seed: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def merge_seeds(first, rest, chosen: dict[int, str]):
+    """``rest`` (the chosen specs with the seeds after the first) with ``first``'s seed-0 runs of them prepended."""
+    for b, spec in chosen.items():
+        row0 = next(r for r in first.rows if r.spec == spec and r.budget == b)
+        row = next(r for r in rest.rows if r.spec == spec and r.budget == b)
+        row.seeds = row0.seeds + row.seeds
+        row.per_seed = row0.per_seed + row.per_seed
+        row.summarise()
+        rest.fitted[spec] = first.fitted[spec][:1] + rest.fitted[spec]
+    rest.seeds = first.seeds + rest.seeds
+    return rest
+
+
 def sample_users(split, n: int, seed: int) -> np.ndarray:
     users = split.eval_users()
     if n and len(users) > n:
@@ -165,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                        finetune=True, progress=progress, finetune_epochs=args.finetune_epochs, keep_fitted=True)  # fmt: skip
     chosen = {b: tune.choice(b).spec for b in budgets}
     log(f"chosen on validation (seed {seeds[0]}): {chosen}")
-    if len(seeds) > 1:  # the choice again with every seed: its validation spread, and the codecs the test reads
-        again = tune_codecs(U, X, fit, budgets, candidates=sorted(set(chosen.values())), seeds=seeds, k=K,
-                            max_users=args.users, finetune=True, progress=progress,
-                            finetune_epochs=args.finetune_epochs, keep_fitted=True)  # fmt: skip
+    if len(seeds) > 1:  # the choice with the other seeds: its validation spread, and the codecs the test reads
+        rest = tune_codecs(U, X, fit, budgets, candidates=sorted(set(chosen.values())), seeds=seeds[1:], k=K,
+                           max_users=args.users, finetune=True, progress=progress,
+                           finetune_epochs=args.finetune_epochs, keep_fitted=True)  # fmt: skip
+        again = merge_seeds(tune, rest, chosen)
     else:
         again = tune
     tune.provenance = {"model": f"two-tower {args.dim}-d trained on the fit split",
