@@ -298,14 +298,41 @@ def _two_sided_z(confidence: float) -> float:
 
 
 # ---- codec --------------------------------------------------------------------------------------------
-def _beam_codes(codebooks: np.ndarray, X: np.ndarray, beam: int) -> np.ndarray:
-    """faiss beam-search codes uint8 [n, M] of X float32 [n, d] under ``codebooks`` float32 [M, 256, d]."""
+def _train_greedy(X: np.ndarray, n_codebooks: int, seed: int) -> Any:
+    """faiss ``ResidualQuantizer`` of ``n_codebooks`` 8-bit codebooks trained on X float32 [n, d] by greedy
+    plain k-means (:data:`TRAIN_BEAM_SIZE`, :data:`TRAIN_TYPE`; see the module docstring)."""
+    rq = faiss.ResidualQuantizer(X.shape[1], n_codebooks, 8)
+    rq.max_beam_size = TRAIN_BEAM_SIZE
+    rq.train_type = TRAIN_TYPE
+    rq.cp.seed = int(seed)
+    rq.cp.verbose = False
+    rq.cp.min_points_per_centroid = 1  # only silences faiss's "please provide at least ..." warning
+    rq.verbose = False
+    with _faiss_kmeans_settings():
+        rq.train(np.ascontiguousarray(X, np.float32))
+    return rq
+
+
+def _faiss_codebooks(rq: Any) -> np.ndarray:
+    """The codebooks float32 [M, 256, d] of a trained faiss ``ResidualQuantizer``."""
+    return np.ascontiguousarray(faiss.vector_to_array(rq.codebooks).astype(np.float32).reshape(rq.M, KSUB, rq.d))
+
+
+def _rq_from_codebooks(codebooks: np.ndarray, beam: int) -> Any:
+    """A trained faiss ``ResidualQuantizer`` holding ``codebooks`` float32 [M, 256, d], encoding with ``beam``."""
     m, _, d = codebooks.shape
     rq = faiss.ResidualQuantizer(d, m, 8)
     faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, np.float32).ravel(), rq.codebooks)
     rq.max_beam_size = int(beam)
     rq.is_trained = True
-    out = np.empty((X.shape[0], m), np.uint8)
+    return rq
+
+
+def _compute_codes(rq: Any, X: np.ndarray) -> np.ndarray:
+    """Beam-search codes uint8 [n, M] of X float32 [n, d] by the faiss quantiser ``rq``, in row blocks."""
+    if rq.code_size != rq.M:  # 8-bit codes: faiss writes one byte per codebook, in order
+        raise AssertionError(f"faiss RQ code size {rq.code_size} != {rq.M} codebooks")
+    out = np.empty((X.shape[0], rq.M), np.uint8)
     with _faiss_kmeans_settings():
         for s in range(0, X.shape[0], ENCODE_BLOCK):
             out[s : s + ENCODE_BLOCK] = rq.compute_codes(np.ascontiguousarray(X[s : s + ENCODE_BLOCK], np.float32))
@@ -314,11 +341,8 @@ def _beam_codes(codebooks: np.ndarray, X: np.ndarray, beam: int) -> np.ndarray:
 
 def _sq_error(codebooks: np.ndarray, codes: np.ndarray, X: np.ndarray) -> float:
     """Total squared reconstruction error (float64) of X [n, d] by ``codebooks`` [M, 256, d] and ``codes`` [n, M]."""
-    total = 0.0
-    for s in range(0, X.shape[0], ENCODE_BLOCK):
-        diff = X[s : s + ENCODE_BLOCK].astype(np.float64) - rq_decode(codebooks, codes[s : s + ENCODE_BLOCK])
-        total += float(np.einsum("ij,ij->", diff, diff))
-    return total
+    norms = rq_residual_norms(codebooks, codes, X, np.array([codes.shape[1]], np.int64))
+    return float(np.square(norms).sum())
 
 
 def _least_squares_codebooks(X: np.ndarray, codes: np.ndarray, previous: np.ndarray) -> np.ndarray:
@@ -500,23 +524,11 @@ class ResidualCodec(Codec):
         if self.refine:
             self.codebooks = self._fit_refined(np.ascontiguousarray(sample, np.float32), s_faiss)
             self._faiss_rq = None
-            if self.bounds:
-                self._calibrate(sample, s_calib)
-            return
-        rq = faiss.ResidualQuantizer(d, self.n_codebooks, 8)
-        rq.max_beam_size = TRAIN_BEAM_SIZE
-        rq.train_type = TRAIN_TYPE
-        rq.cp.seed = s_faiss
-        rq.cp.verbose = False
-        rq.cp.min_points_per_centroid = 1  # only silences faiss's "please provide at least ..." warning
-        rq.verbose = False
-        with _faiss_kmeans_settings():
-            rq.train(np.ascontiguousarray(sample, np.float32))
-        rq.max_beam_size = self.max_beam_size
-        self.codebooks = np.ascontiguousarray(
-            faiss.vector_to_array(rq.codebooks).astype(np.float32).reshape(self.n_codebooks, KSUB, d)
-        )
-        self._faiss_rq = rq
+        else:
+            rq = _train_greedy(sample, self.n_codebooks, s_faiss)
+            rq.max_beam_size = self.max_beam_size
+            self.codebooks = _faiss_codebooks(rq)
+            self._faiss_rq = rq
         if self.bounds:
             self._calibrate(sample, s_calib)
 
@@ -528,32 +540,24 @@ class ResidualCodec(Codec):
         A round is kept only when it lowers the sample's squared error (each round is a descent step: the
         least-squares update is optimal for the codes, and beam re-encoding rarely raises the error).
         """
-        d = sample.shape[1]
         books: list[np.ndarray] = []
         residual = sample.astype(np.float32, copy=True)
         self.refine_history = []
         for k, width in enumerate(self.stages):
-            rq = faiss.ResidualQuantizer(d, width, 8)
-            rq.max_beam_size = TRAIN_BEAM_SIZE
-            rq.train_type = TRAIN_TYPE
-            rq.cp.seed = int(seed) + k
-            rq.cp.verbose = False
-            rq.cp.min_points_per_centroid = 1
-            rq.verbose = False
-            with _faiss_kmeans_settings():
-                rq.train(residual)
-            cb = faiss.vector_to_array(rq.codebooks).astype(np.float32).reshape(width, KSUB, d)
-            codes = _beam_codes(cb, residual, REFINE_BEAM_SIZE)
+            cb = _faiss_codebooks(_train_greedy(residual, width, int(seed) + k))
+            codes = _compute_codes(_rq_from_codebooks(cb, REFINE_BEAM_SIZE), residual)
             err = _sq_error(cb, codes, residual)
             first = err
             for _ in range(REFINE_ROUNDS):
                 new_cb = _least_squares_codebooks(residual, codes, cb)
-                new_codes = _beam_codes(new_cb, residual, REFINE_BEAM_SIZE)
+                new_codes = _compute_codes(_rq_from_codebooks(new_cb, REFINE_BEAM_SIZE), residual)
                 new_err = _sq_error(new_cb, new_codes, residual)
                 if not new_err < err:
                     break
                 cb, codes, err = new_cb, new_codes, new_err
-            self.refine_history.append({"stage": float(k), "mse_greedy": first / len(residual), "mse_refined": err / len(residual)})
+            self.refine_history.append(
+                {"stage": float(k), "mse_greedy": first / len(residual), "mse_refined": err / len(residual)}
+            )
             books.append(cb)
             residual -= rq_decode(cb, codes)
         return np.ascontiguousarray(np.concatenate(books, axis=0), np.float32)
@@ -590,24 +594,12 @@ class ResidualCodec(Codec):
     def _rq(self) -> Any:
         """faiss's quantiser, rebuilt from the stored codebooks after loading."""
         if self._faiss_rq is None:
-            m, _, d = self.codebooks.shape  # type: ignore[union-attr]
-            rq = faiss.ResidualQuantizer(d, m, 8)
-            faiss.copy_array_to_vector(np.ascontiguousarray(self.codebooks, np.float32).ravel(), rq.codebooks)
-            rq.max_beam_size = self.max_beam_size
-            rq.is_trained = True
-            self._faiss_rq = rq
+            self._faiss_rq = _rq_from_codebooks(self.codebooks, self.max_beam_size)  # type: ignore[arg-type]
         return self._faiss_rq
 
     def _faiss_codes(self, X: np.ndarray) -> np.ndarray:
         """Beam-search codes uint8 [n, M] (codebook m's index in column m)."""
-        rq = self._rq()
-        if rq.code_size != self.n_codebooks:  # 8-bit codes: faiss writes one byte per codebook, in order
-            raise AssertionError(f"faiss RQ code size {rq.code_size} != {self.n_codebooks} codebooks")
-        out = np.empty((X.shape[0], self.n_codebooks), np.uint8)
-        with _faiss_kmeans_settings():
-            for s in range(0, X.shape[0], ENCODE_BLOCK):
-                out[s : s + ENCODE_BLOCK] = rq.compute_codes(np.ascontiguousarray(X[s : s + ENCODE_BLOCK]))
-        return out
+        return _compute_codes(self._rq(), X)
 
     # ---- bounds grid ----------------------------------------------------------------------------------
     def _bound_table(self) -> np.ndarray:
@@ -643,35 +635,27 @@ class ResidualCodec(Codec):
 
     def _ip(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Inner products float32 [q, n] of queries [q, d] with the reconstructions of codebook bytes [n, m]
-        (``-n``: with the unit-length reconstructions)."""
-        if self.project is None:
-            out = _rq_ip(queries, self.codebooks, codes)  # type: ignore[arg-type]
-        else:
-            q = np.ascontiguousarray(queries @ self.projection, np.float32)  # type: ignore[operator]
-            out = _rq_ip(q, self.codebooks, codes) + (queries @ self.mean)[:, None].astype(np.float32)  # type: ignore[operator]
+        (``-n``: with the unit-length reconstructions, decoded once: their norms need the decode anyway)."""
         if self.unit:
-            out *= self._inverse_norms(codes)[None, :]
-        return out
+            return np.ascontiguousarray(queries @ self._finish_decode(codes).T, np.float32)
+        if self.project is None:
+            return _rq_ip(queries, self.codebooks, codes)  # type: ignore[arg-type]
+        q = np.ascontiguousarray(queries @ self.projection, np.float32)  # type: ignore[operator]
+        return _rq_ip(q, self.codebooks, codes) + (queries @ self.mean)[:, None].astype(np.float32)  # type: ignore[operator]
 
     def _raw_decode(self, codes: np.ndarray) -> np.ndarray:
         """Reconstructions float32 [n, d] of codebook bytes [n, m], before any ``-n`` normalisation."""
         Y = rq_decode(self.codebooks, codes)  # type: ignore[arg-type]
         return Y if self.project is None else self._from_subspace(Y)
 
-    def _inverse_norms(self, codes: np.ndarray) -> np.ndarray:
-        """``-n``: float32 [n] ``1 / ||reconstruction||`` of codebook bytes [n, m] (0 for a zero reconstruction)."""
-        out = np.empty(codes.shape[0], np.float32)
-        for s in range(0, codes.shape[0], ENCODE_BLOCK):
-            R = self._raw_decode(codes[s : s + ENCODE_BLOCK]).astype(np.float64)
-            n = np.sqrt(np.einsum("ij,ij->i", R, R))
-            with np.errstate(divide="ignore"):
-                out[s : s + ENCODE_BLOCK] = np.where(n > 0, 1.0 / n, 0.0)
-        return out
-
     def _finish_decode(self, codes: np.ndarray) -> np.ndarray:
+        """Reconstructions float32 [n, d] of codebook bytes [n, m]; ``-n``: rescaled to unit length (a zero
+        reconstruction stays zero)."""
         R = self._raw_decode(codes)
         if self.unit:
-            R *= self._inverse_norms(codes)[:, None]
+            norms = np.sqrt(np.einsum("ij,ij->i", R.astype(np.float64), R.astype(np.float64)))
+            with np.errstate(divide="ignore"):
+                R *= np.where(norms > 0, 1.0 / norms, 0.0).astype(np.float32)[:, None]
         return R
 
     def _encode(self, X: np.ndarray) -> np.ndarray:
