@@ -11,8 +11,9 @@
  * Thread safety: an opened rp_pack and rp_codec are read-only and may be shared between threads once
  * open, except rp_pack_verify / rp_pack_block_status / rp_pack_bad_blocks / rp_pack_layer_codec /
  * rp_pack_layer_info / rp_pack_layer_codes / rp_pack_scanner / rp_pack_search, which may fill caches (the
- * codecs, the block statuses, and the decoded codes of entropy-coded layers): call rp_pack_verify and
- * rp_pack_layer_codec on every layer once before sharing. An rp_scanner holds scratch memory: use one per
+ * codecs, the block statuses, the decoded codes of entropy-coded layers, and the reconstruction norms of rq -n
+ * layers, filled once both of the next two calls have run): call rp_pack_verify and rp_pack_layer_codec on every
+ * layer once before sharing. An rp_scanner holds scratch memory: use one per
  * thread.
  *
  * Scores are inner products of the query with the decoded items (the codec's own estimator where it
@@ -199,7 +200,8 @@ int rp_pack_verify(rp_pack *pack, rp_verify_report *report, rp_error *err);
 int rp_pack_bad_blocks(rp_pack *pack, uint32_t layer, uint32_t *blocks, size_t cap, size_t *n_bad, rp_error *err);
 
 /* A scanner over a layer's intact blocks (damaged blocks are skipped: their items are never
- * returned). Rows are pack rows: map them to item ids with rp_pack_item_ids. */
+ * returned). Rows are pack rows: map them to item ids with rp_pack_item_ids. `opts->stride` must be 0
+ * or the layer's bytes per vector (a stage prefix is read in place in the layer's rows). */
 int rp_pack_scanner(rp_pack *pack, uint32_t layer, const rp_scan_options *opts, rp_scanner **out, rp_error *err);
 
 /* One-shot ranking of a layer for one user: the `k` best item ids (not rows) and scores, excluding

@@ -16,6 +16,9 @@
 #define PQ_MAX_M 4096u
 #define RQ_MAX_CODEBOOKS 64u
 #define RQ_MAX_BEAM 4096
+#define RQ_MAX_PROJECT 8192u
+/* rq -pD: largest |P^T P - I| entry (float64 Gram matrix) a projection may show: the -n norms assume orthonormal columns */
+#define RQ_PROJECT_ATOL 1e-4
 #define SIMHASH_MAX_BITS 65536u
 
 /* ---- the structure check (check_state) ------------------------------------------------------- */
@@ -345,6 +348,8 @@ typedef struct spec_info {
     uint64_t stages[RP_MAX_STAGES];
     int bounds;           /* rq -b */
     int refine;           /* rq -r (refined training; same state and scoring) */
+    uint64_t project;     /* rq -pD: D (0 without -p) */
+    int unit;             /* rq -n */
     uint64_t nbits;       /* simhash */
     int rotate;           /* opq, opq-apq */
     int apq;
@@ -508,7 +513,7 @@ static int parse_spec(const char *s, size_t n, spec_info *si, rp_error *err) {
             return RP_OK;
         }
     }
-    /* rq\d{1,4}(\+\d{1,4})*(-r)?(-b)? */
+    /* rq\d{1,4}(\+\d{1,4})*(-r)?(-p[1-9]\d{0,4})?(-n)?(-b)? */
     c.p = norm;
     if (c_lit(&c, "rq") && c_num(&c, 4, &v)) {
         uint64_t total = 0;
@@ -522,14 +527,26 @@ static int parse_spec(const char *s, size_t n, spec_info *si, rp_error *err) {
             if (!c_num(&c, 4, &v)) { c.p = c.e + 1; break; }
         }
         if (c.p <= c.e) {
+            int ok = 1;
             si->refine = c_lit(&c, "-r"); /* refined training: same state and scoring */
-            si->bounds = c_lit(&c, "-b");
-            if (c_end(&c)) {
+            if (c_lit(&c, "-p")) /* no leading zero */
+                ok = c.p < c.e && *c.p >= '1' && *c.p <= '9' && c_num(&c, 5, &si->project);
+            if (ok) {
+                si->unit = c_lit(&c, "-n");
+                si->bounds = c_lit(&c, "-b");
+            }
+            if (ok && c_end(&c)) {
                 si->family = RP_FAM_RQ;
                 si->family_name = "rq";
                 if (zero) return rp_fail(err, RP_E_CODEC, "codec state names an unusable spec: rq stages must each hold at least 1 codebook");
                 if (many || total < 1 || total > RQ_MAX_CODEBOOKS)
                     return rp_fail(err, RP_E_CODEC, "codec state names an unusable spec: rq needs 1..%u codebooks in all", RQ_MAX_CODEBOOKS);
+                if (si->project > RQ_MAX_PROJECT)
+                    return rp_fail(err, RP_E_CODEC, "codec state names an unusable spec: rq -p needs 1..%u projected dimensions", RQ_MAX_PROJECT);
+                if (si->unit && si->bounds)
+                    return rp_fail(err, RP_E_CODEC, "codec state names an unusable spec: rq -n (unit-norm reconstructions) cannot carry -b bounds");
+                if (si->project && si->bounds)
+                    return rp_fail(err, RP_E_CODEC, "codec state names an unusable spec: rq -p (a PCA projection) cannot carry -b bounds");
                 return RP_OK;
             }
         }
@@ -583,6 +600,14 @@ static void canonical_spec(const spec_info *si, char *out, size_t size) {
         if (si->refine) {
             len = strlen(out);
             snprintf(out + len, size - len, "-r");
+        }
+        if (si->project) {
+            len = strlen(out);
+            snprintf(out + len, size - len, "-p%llu", (unsigned long long)si->project);
+        }
+        if (si->unit) {
+            len = strlen(out);
+            snprintf(out + len, size - len, "-n");
         }
         if (si->bounds) {
             len = strlen(out);
@@ -669,6 +694,23 @@ static int check_rotation(const char *spec, const float *r, uint32_t d, rp_error
     return RP_OK;
 }
 
+/* rq -pD: the projection P float32 [d][D] has orthonormal columns: every entry of P^T P (float64) within
+ * RQ_PROJECT_ATOL of I (Python checks only max |P| <= 1 + 1e-3; the runtime's -n norms,
+ * ||mean + P y||^2 = ||mean||^2 + 2 <P^T mean, y> + ||y||^2, rely on orthonormality). */
+static int check_projection(const char *spec, const float *p, uint32_t d, uint32_t sub, rp_error *err) {
+    uint32_t a, b, j;
+    for (a = 0; a < sub; a++)
+        for (b = a; b < sub; b++) {
+            double s = 0.0, target = a == b ? 1.0 : 0.0;
+            for (j = 0; j < d; j++) s += (double)p[(size_t)j * sub + a] * (double)p[(size_t)j * sub + b];
+            if (!(fabs(s - target) <= RQ_PROJECT_ATOL))
+                return rp_fail(err, RP_E_CODEC,
+                               "%s state projection must hold orthonormal columns (|P^T P - I| = %.3g at %u,%u)", spec,
+                               fabs(s - target), (unsigned)a, (unsigned)b);
+        }
+    return RP_OK;
+}
+
 /* rabitq's check: np.allclose(R R^T, I, atol=1e-4) (rtol 1e-5), the Gram matrix in float64. */
 static int check_rotation_close(const char *spec, const float *r, uint32_t d, rp_error *err) {
     uint32_t i, j, k;
@@ -693,7 +735,7 @@ int rp_codec_open(const void *state, size_t size, rp_codec **out, rp_error *err)
     int rc;
     char spec[160], raw_spec[64];
     const st_array *a_lo = NULL, *a_step = NULL, *a_cent = NULL, *a_rot = NULL, *a_cb = NULL, *a_proj = NULL;
-    const st_array *a_ns = NULL, *a_calib = NULL, *a_beam = NULL, *a_scale = NULL, *a_rho = NULL;
+    const st_array *a_ns = NULL, *a_calib = NULL, *a_beam = NULL, *a_scale = NULL, *a_rho = NULL, *a_mean = NULL;
     size_t total = 0;
     uint8_t *base;
     uint64_t shp[3];
@@ -776,14 +818,35 @@ int rp_codec_open(const void *state, size_t size, rp_codec **out, rp_error *err)
         break;
     }
     case RP_FAM_RQ: {
+        /* ResidualCodec._load_state: the names, then D <= d, projection [d, D] and mean [d], then the codebooks
+         * [M, 256, D] (D = d without -p) and the rest */
         static const char *const rq_names[] = {"codebooks", "max_beam_size"};
         static const char *const rqb_names[] = {"codebooks", "max_beam_size", "norm_scale", "calib"};
-        uint64_t ncb = 0, one = 1, ns = si.n_stages;
+        static const char *const rqp_names[] = {"codebooks", "max_beam_size", "projection", "mean"};
+        uint64_t ncb = 0, one = 1, ns = si.n_stages, sub = d;
         for (i = 0; i < si.n_stages; i++) ncb += si.stages[i];
-        if ((rc = check_keys(&st, spec, si.bounds ? rqb_names : rq_names, si.bounds ? 4u : 2u, err)) != RP_OK) break;
+        if (si.project)
+            rc = check_keys(&st, spec, rqp_names, 4u, err);
+        else
+            rc = check_keys(&st, spec, si.bounds ? rqb_names : rq_names, si.bounds ? 4u : 2u, err);
+        if (rc != RP_OK) break;
+        if (si.project) {
+            uint64_t ps[2];
+            if (si.project > d) {
+                rc = rp_fail(err, RP_E_CODEC, "%s state projects to %llu of only %u dimensions", spec,
+                             (unsigned long long)si.project, (unsigned)d);
+                break;
+            }
+            sub = si.project;
+            ps[0] = d;
+            ps[1] = sub;
+            if ((rc = check_array(&st, spec, "projection", "<f4", 2, ps, &a_proj, err)) != RP_OK) break;
+            shp[0] = d;
+            if ((rc = check_array(&st, spec, "mean", "<f4", 1, shp, &a_mean, err)) != RP_OK) break;
+        }
         shp[0] = ncb;
         shp[1] = 256;
-        shp[2] = d;
+        shp[2] = sub;
         if ((rc = check_array(&st, spec, "codebooks", "<f4", 3, shp, &a_cb, err)) != RP_OK) break;
         if ((rc = check_array(&st, spec, "max_beam_size", "<i4", 1, &one, &a_beam, err)) != RP_OK) break;
         if (si.bounds) {
@@ -791,6 +854,8 @@ int rp_codec_open(const void *state, size_t size, rp_codec **out, rp_error *err)
             if ((rc = check_array(&st, spec, "calib", "<f4", 1, &ns, &a_calib, err)) != RP_OK) break;
         }
         total = align64((size_t)a_cb->nbytes);
+        if (si.project) /* projection, mean, then P^T mean as float64 [D] */
+            total += align64((size_t)a_proj->nbytes) + align64((size_t)d * 4u) + align64((size_t)sub * 8u);
         break;
     }
     case RP_FAM_SIMHASH:
@@ -902,6 +967,29 @@ int rp_codec_open(const void *state, size_t size, rp_codec **out, rp_error *err)
         }
         c->n_stages = si.n_stages;
         c->bounds = si.bounds;
+        c->rq_unit = si.unit;
+        c->rq_sub = d;
+        if (si.project) {
+            uint8_t *p = base + align64((size_t)a_cb->nbytes);
+            uint32_t sub = (uint32_t)si.project, j, k;
+            c->rq_sub = sub;
+            c->rq_proj = (float *)p;
+            p += align64((size_t)a_proj->nbytes);
+            c->rq_mean = (float *)p;
+            p += align64((size_t)d * 4u);
+            c->rq_pmean = (double *)p;
+            if ((rc = copy_f32(&st, spec, a_proj, c->rq_proj, err)) != RP_OK) break;
+            if ((rc = copy_f32(&st, spec, a_mean, c->rq_mean, err)) != RP_OK) break;
+            if ((rc = check_projection(spec, c->rq_proj, d, sub, err)) != RP_OK) break;
+            c->rq_mean_sq = 0.0;
+            for (j = 0; j < d; j++) c->rq_mean_sq += (double)c->rq_mean[j] * (double)c->rq_mean[j];
+            for (k = 0; k < sub; k++) c->rq_pmean[k] = 0.0;
+            for (j = 0; j < d; j++) {
+                const float *row = c->rq_proj + (size_t)j * sub;
+                double m = (double)c->rq_mean[j];
+                for (k = 0; k < sub; k++) c->rq_pmean[k] += (double)row[k] * m;
+            }
+        }
         for (s = 0; s < si.n_stages; s++) {
             uint32_t k;
             c->stage_sizes[s] = (uint32_t)si.stages[s];

@@ -38,7 +38,7 @@ typedef enum rp_family {
     RP_FAM_PQ8,      /* pqM, apqM[-tT]: centroids [m][256 or fewer][dsub] */
     RP_FAM_PQ4,      /* pqMx4: centroids [m][<=16][dsub], nibble-packed codes */
     RP_FAM_OPQ8,     /* opqM,pqM and opqM,apqM[-tT]: rotation [d][d] then PQ8 */
-    RP_FAM_RQ,       /* rqS1+S2+...[-b] */
+    RP_FAM_RQ,       /* rqS1+S2+...[-r][-pD][-n][-b] */
     RP_FAM_SIMHASH,  /* simhashB: asymmetric score with a quantised query (bit planes) */
     RP_FAM_HAMMING,  /* simhashB-hamming: minus the Hamming distance of sign bits */
     RP_FAM_RABITQ    /* rabitq, rabitqB (B = 2..8): sign bits + extended bits, float16 factors per stage */
@@ -62,15 +62,24 @@ struct rp_codec {
     float *centroids;
     float *rotation;
 
-    /* rq: codebooks float32 [n_codebooks][256][dim]; stage s has stage_sizes[s] codebooks;
-     * code byte column of codebook c is cb_col[c] (skips the one bound byte after each stage with "-b");
-     * prefix_bytes[s] = bytes of the code through stage s (s = 0..n_stages-1) */
+    /* rq: codebooks float32 [n_codebooks][256][W] (W = rp_rq_width: dim, or D with -pD); stage s has
+     * stage_sizes[s] codebooks; code byte column of codebook c is cb_col[c] (skips the one bound byte after each
+     * stage with "-b"); prefix_bytes[s] = bytes of the code through stage s (s = 0..n_stages-1) */
     uint32_t n_codebooks, n_stages;
     uint32_t stage_sizes[RP_MAX_STAGES];
     uint32_t prefix_bytes[RP_MAX_STAGES];
     uint32_t cb_col[RP_MAX_STAGES];   /* at most 64 codebooks */
     int bounds;
     float *codebooks;
+    /* rq -pD (rq_proj != NULL): rq_sub = D (1..dim), rq_proj float32 [dim][D] row-major with orthonormal columns,
+     * rq_mean float32 [dim], rq_pmean float64 [D] = P^T mean, rq_mean_sq = ||mean||^2; the reconstruction is
+     * mean + P y with y = sum of the codewords (D dims), a score <q, mean> + <P^T q, y>.
+     * rq -n (rq_unit): a score is divided by the norm of the (prefix) reconstruction (0 when that norm is 0). */
+    uint32_t rq_sub;
+    int rq_unit;
+    float *rq_proj, *rq_mean;
+    double *rq_pmean;
+    double rq_mean_sq;
 
     /* simhash: projection float32 [nbits][dim], scale (the decode factor c) */
     uint32_t nbits;
@@ -89,6 +98,9 @@ struct rp_codec {
     float rb_rho;
     uint32_t rb_bits, rb_nb0, rb_nb1;
 };
+
+/* rq: the width of a codeword (D with -pD, else dim). */
+static inline uint32_t rp_rq_width(const rp_codec *c) { return c->rq_proj != NULL ? c->rq_sub : c->dim; }
 
 /* ---- kernels (scan.c) ---------------------------------------------------------------------- */
 typedef enum rp_kernel { RP_KERNEL_PORTABLE = 0, RP_KERNEL_AVX2 = 1, RP_KERNEL_NEON = 2 } rp_kernel;
@@ -124,11 +136,19 @@ int rp_crc32c_hw(void);
 /* Called by a scanner under construction once it no longer needs the code bytes [lo, hi) (it copied them into
  * its own layout, 4-bit PQ): a pack opened from a file drops those mapped pages from memory. */
 typedef void (*rp_release_fn)(void *ctx, const uint8_t *lo, const uint8_t *hi);
+/* rq_inv_norms (rq -n only, else ignored; may be NULL): the inverse norms float32 [n] of the rows' reconstructions
+ * through the scanner's stages (rp_rq_inv_norms), borrowed: they must outlive the scanner. NULL: the scanner
+ * computes its own. */
 int rp_scanner_new_release(const rp_codec *codec, const uint8_t *codes, uint64_t n, const rp_scan_options *opts,
                            const rp_row_range *ranges, size_t n_ranges, rp_release_fn release, void *release_ctx,
-                           rp_scanner **out, rp_error *err);
+                           const float *rq_inv_norms, rp_scanner **out, rp_error *err);
 int rp_scanner_new_skip(const rp_codec *codec, const uint8_t *codes, uint64_t n, const rp_scan_options *opts,
                         const rp_row_range *ranges, size_t n_ranges, rp_scanner **out, rp_error *err);
+/* rq -n: out[s * n + t] = 1 / ||reconstruction of row t through stage s|| (float32; 0 when the norm is 0), for
+ * s = 0..n_stages-1, t = 0..n-1 (rows at codes + t * stride, each holding the whole code); rows inside `ranges`
+ * (sorted, disjoint) are never read and get 0. RP_OK, RP_E_ARGUMENT (not an rq -n codec) or RP_E_NOMEM. */
+int rp_rq_inv_norms(const rp_codec *codec, const uint8_t *codes, uint64_t n, size_t stride, const rp_row_range *ranges,
+                    size_t n_ranges, float *out, rp_error *err);
 
 
 /* ---- ENTROPY (entropy.c): ENTROPY_MODEL sections and ANS-coded blocks (docs/FORMAT.md) ---------- */

@@ -67,6 +67,9 @@ typedef struct pk_layer {
     rp_entropy_model model; /* entropy-coded: the parsed model (when model_rc == RP_OK) */
     int model_rc;           /* entropy-coded: -1 until tried, then RP_OK or why the layer is unusable */
     uint8_t *decoded;       /* entropy-coded: uint8 [n_items, B], the intact blocks decoded (bad ones zero) */
+    float *rq_inv;          /* rq -n: inverse reconstruction norms float32 [n_stages][rq_inv_n] (rp_rq_inv_norms of
+                               the rows before a truncation, damaged rows 0), NULL until computed */
+    uint64_t rq_inv_n;
 } pk_layer;
 
 struct rp_pack {
@@ -702,6 +705,7 @@ void rp_pack_close(rp_pack *pack) {
             rp_codec_free(pack->layers[i].codec);
             rp_entropy_model_free(&pack->layers[i].model);
             free(pack->layers[i].decoded);
+            free(pack->layers[i].rq_inv);
         }
     free(pack->layers);
     free(pack->sections);
@@ -891,6 +895,89 @@ static uint64_t block_rows(const rp_pack *pk, const pk_layer *L, uint32_t k) {
     return pk->n_items - first < L->ipb ? pk->n_items - first : L->ipb;
 }
 
+/* The rows a scanner of the layer reads, from its block statuses `st`: rows [0, *n_avail) (the blocks beyond the end
+ * of a truncated pack are a suffix: the rows before them), less the merged row ranges of the other damaged blocks
+ * (*ranges, malloc'ed, NULL when none; *n_bad counts every damaged block). RP_OK or RP_E_NOMEM. */
+static int layer_rows(const rp_pack *pk, uint32_t layer, const uint8_t *st, rp_row_range **ranges, size_t *n_ranges,
+                      uint64_t *n_avail, uint32_t *n_bad) {
+    const pk_layer *L = &pk->layers[layer];
+    uint32_t k;
+    *ranges = NULL;
+    *n_ranges = 0;
+    *n_bad = 0;
+    *n_avail = pk->n_items;
+    for (k = 0; k < L->n_blocks; k++) {
+        if (st[k] == RP_E_TRUNCATED && *n_avail == pk->n_items) *n_avail = (uint64_t)k * L->ipb;
+        if (st[k] != RP_OK) (*n_bad)++;
+    }
+    if (*n_bad == 0) return RP_OK;
+    *ranges = (rp_row_range *)malloc(*n_bad * sizeof(rp_row_range));
+    if (*ranges == NULL) return RP_E_NOMEM;
+    for (k = 0; k < L->n_blocks; k++) {
+        uint64_t lo = (uint64_t)k * L->ipb, hi = lo + block_rows(pk, L, k);
+        if (st[k] == RP_OK || lo >= *n_avail) continue;
+        if (hi > *n_avail) hi = *n_avail;
+        if (*n_ranges > 0 && (*ranges)[*n_ranges - 1].hi == lo) (*ranges)[*n_ranges - 1].hi = hi;
+        else {
+            (*ranges)[*n_ranges].lo = lo;
+            (*ranges)[*n_ranges].hi = hi;
+            (*n_ranges)++;
+        }
+    }
+    return RP_OK;
+}
+
+/* The layer's codes as a scanner reads them: the decoded array of an entropy-coded layer, else inside the buffer. */
+static const uint8_t *layer_code_base(const rp_pack *pk, const pk_layer *L) {
+    if (L->flags & 1u) return L->decoded;
+    return L->codes_offset <= (uint64_t)pk->size ? pk->buf + L->codes_offset : pk->buf;
+}
+
+/* rq -n: the layer's inverse reconstruction norms of every stage prefix (L->rq_inv), computed once from the rows a
+ * scanner reads (needs the codec and the block statuses). RP_OK (also when the codec is not rq -n: nothing to do),
+ * RP_E_NOMEM. */
+static int layer_rq_norms(rp_pack *pk, uint32_t layer, const rp_codec *codec, const uint8_t *st, rp_error *err) {
+    pk_layer *L = &pk->layers[layer];
+    rp_row_range *ranges;
+    size_t n_ranges;
+    uint64_t n_avail;
+    uint32_t n_bad;
+    float *inv;
+    int rc;
+    if (L->rq_inv != NULL || codec == NULL || codec->family != RP_FAM_RQ || !codec->rq_unit) return RP_OK;
+    if (layer_rows(pk, layer, st, &ranges, &n_ranges, &n_avail, &n_bad) != RP_OK)
+        return rp_fail(err, RP_E_NOMEM, "out of memory");
+    /* n_stages floats per row: fewer than the row's code bytes (each stage holds >= 1 byte), checked anyway */
+    if (n_avail > (uint64_t)((size_t)-1 / sizeof(float) / codec->n_stages)) {
+        free(ranges);
+        return rp_fail(err, RP_E_NOMEM, "layer %u: %llu rows x %u stages of rq norms do not fit in memory", (unsigned)layer,
+                       (unsigned long long)n_avail, (unsigned)codec->n_stages);
+    }
+    inv = (float *)calloc(n_avail ? (size_t)n_avail * codec->n_stages : 1u, sizeof(float));
+    if (inv == NULL) {
+        free(ranges);
+        return rp_fail(err, RP_E_NOMEM, "out of memory for the rq norms of layer %u", (unsigned)layer);
+    }
+    rc = rp_rq_inv_norms(codec, layer_code_base(pk, L), n_avail, L->bpv, ranges, n_ranges, inv, err);
+    free(ranges);
+    if (rc != RP_OK) {
+        free(inv);
+        return rc;
+    }
+    L->rq_inv = inv;
+    L->rq_inv_n = n_avail;
+    return RP_OK;
+}
+
+/* Fill the rq -n norms once both the codec and the block statuses are cached (after rp_pack_verify and
+ * rp_pack_layer_codec, in either order, so a pack prepared that way is shared read-only); failures are left to
+ * rp_pack_scanner, which computes them again. */
+static void rq_norms_when_ready(rp_pack *pk, uint32_t layer) {
+    const pk_layer *L = &pk->layers[layer];
+    if (L->status != NULL && L->codec != NULL && L->codec_rc == RP_OK && L->rq_inv == NULL && layer_problem(pk, layer) == RP_OK)
+        (void)layer_rq_norms(pk, layer, L->codec, L->status, NULL);
+}
+
 int rp_pack_verify(rp_pack *pack, rp_verify_report *report, rp_error *err) {
     uint32_t i, k;
     rp_verify_report r;
@@ -906,6 +993,7 @@ int rp_pack_verify(rp_pack *pack, rp_verify_report *report, rp_error *err) {
                 r.bad_blocks++;
                 r.missing_items += block_rows(pack, &pack->layers[i], k);
             }
+        rq_norms_when_ready(pack, i);
     }
     *report = r;
     rp_clear(err);
@@ -965,6 +1053,7 @@ int rp_pack_layer_codec(rp_pack *pack, uint32_t layer, const rp_codec **out, rp_
         if (rc == RP_E_NOMEM) return rp_fail(err, rc, "%s", L->codec_err.message); /* not cached: may succeed later */
         L->codec = c;
         L->codec_rc = rc;
+        if (rc == RP_OK) rq_norms_when_ready(pack, layer);
     }
     if (L->codec_rc != RP_OK) return rp_fail(err, L->codec_rc, "%s", L->codec_err.message);
     *out = L->codec;
@@ -1017,10 +1106,12 @@ int rp_pack_scanner(rp_pack *pack, uint32_t layer, const rp_scan_options *opts, 
     const rp_codec *codec;
     const pk_layer *L;
     const uint8_t *st;
+    const float *inv = NULL;
+    rp_scan_options o;
     rp_row_range *ranges = NULL;
     size_t n_ranges = 0;
     uint64_t n_avail;
-    uint32_t k, n_bad = 0;
+    uint32_t n_bad = 0;
     rp_scanner *sc = NULL;
     int rc;
     if (out != NULL) *out = NULL;
@@ -1031,36 +1122,40 @@ int rp_pack_scanner(rp_pack *pack, uint32_t layer, const rp_scan_options *opts, 
     if ((rc = rp_pack_layer_codec(pack, layer, &codec, err)) != RP_OK) return rc;
     st = layer_status(pack, layer);
     if (st == NULL) return rp_fail(err, RP_E_NOMEM, "out of memory");
-    /* blocks beyond the end of a truncated pack are a suffix: the scanner gets the rows before them */
-    n_avail = pack->n_items;
-    for (k = 0; k < L->n_blocks; k++) {
-        if (st[k] == RP_E_TRUNCATED && n_avail == pack->n_items) n_avail = (uint64_t)k * L->ipb;
-        if (st[k] != RP_OK) n_bad++;
-    }
-    if (L->n_blocks > 0 && n_bad == L->n_blocks)
+    if (layer_rows(pack, layer, st, &ranges, &n_ranges, &n_avail, &n_bad) != RP_OK)
+        return rp_fail(err, RP_E_NOMEM, "out of memory");
+    if (L->n_blocks > 0 && n_bad == L->n_blocks) {
+        free(ranges);
         return rp_fail(err, RP_E_DAMAGED, "layer %u: all %u blocks are damaged or missing", (unsigned)layer, (unsigned)L->n_blocks);
-    if (n_bad > 0) {
-        ranges = (rp_row_range *)malloc(n_bad * sizeof(rp_row_range));
-        if (ranges == NULL) return rp_fail(err, RP_E_NOMEM, "out of memory");
-        for (k = 0; k < L->n_blocks; k++) {
-            uint64_t lo = (uint64_t)k * L->ipb, hi = lo + block_rows(pack, L, k);
-            if (st[k] == RP_OK || lo >= n_avail) continue;
-            if (hi > n_avail) hi = n_avail;
-            if (n_ranges > 0 && ranges[n_ranges - 1].hi == lo) ranges[n_ranges - 1].hi = hi;
-            else {
-                ranges[n_ranges].lo = lo;
-                ranges[n_ranges].hi = hi;
-                n_ranges++;
+    }
+    /* a layer's rows are whole codes: a stage prefix (rq, rabitq) is read in place at the layer's width */
+    memset(&o, 0, sizeof o);
+    if (opts != NULL) o = *opts;
+    if (o.stride == 0) o.stride = L->bpv;
+    if (o.stride != L->bpv) {
+        free(ranges);
+        return rp_fail(err, RP_E_ARGUMENT, "layer %u: stride %zu is not the layer's %u bytes per vector", (unsigned)layer,
+                       o.stride, (unsigned)L->bpv);
+    }
+    opts = &o;
+    if (codec->family == RP_FAM_RQ && codec->rq_unit) {
+        /* rq -n: the layer's norms, computed once (a stage count out of range: the scanner refuses the options) */
+        uint32_t stages = o.stages;
+        if (stages <= codec->n_stages) {
+            if ((rc = layer_rq_norms(pack, layer, codec, st, err)) != RP_OK) {
+                free(ranges);
+                return rc;
             }
+            if (L->rq_inv_n == n_avail) inv = L->rq_inv + (size_t)((stages == 0 ? codec->n_stages : stages) - 1u) * (size_t)n_avail;
         }
     }
     /* the damaged rows are never read (a corrupt block may hold code values the codec refuses); an entropy-coded
      * layer is ranked from its decoded array (pack-owned heap memory: nothing to release) */
     if (L->flags & 1u)
-        rc = rp_scanner_new_release(codec, L->decoded, n_avail, opts, ranges, n_ranges, NULL, NULL, &sc, err);
+        rc = rp_scanner_new_release(codec, L->decoded, n_avail, opts, ranges, n_ranges, NULL, NULL, inv, &sc, err);
     else
-        rc = rp_scanner_new_release(codec, L->codes_offset <= (uint64_t)pack->size ? pack->buf + L->codes_offset : pack->buf,
-                                    n_avail, opts, ranges, n_ranges, release_codes, pack, &sc, err);
+        rc = rp_scanner_new_release(codec, layer_code_base(pack, L), n_avail, opts, ranges, n_ranges, release_codes, pack,
+                                    inv, &sc, err);
     free(ranges);
     if (rc != RP_OK) return rc;
     *out = sc;

@@ -152,6 +152,8 @@ static int codec_check(const rp_codec *c, rp_error *err) {
                 return rp_fail(err, RP_E_CODEC, "rq stages invalid");
         }
         if (total != c->n_codebooks) return rp_fail(err, RP_E_CODEC, "rq stage sizes do not sum to the codebooks");
+        if (c->rq_proj != NULL && (c->rq_mean == NULL || c->rq_pmean == NULL || c->rq_sub == 0 || c->rq_sub > c->dim))
+            return rp_fail(err, RP_E_CODEC, "rq projection shape invalid");
         total = 0;
         for (s = 0; s < c->n_stages; s++) {
             total += c->stage_sizes[s];
@@ -356,6 +358,8 @@ typedef struct qstate {
     uint32_t nread;   /* bytes read per code */
     uint32_t ncols;   /* ADC columns (pq8: m; pq4: m/2 byte tables; rq: codebooks used) */
     uint32_t *cols;   /* rq with bounds: code column of each codebook (else NULL) */
+    float *qp;        /* rq -pD: the projected query P^T q [D] */
+    float *ydec;      /* rq -n: a decoded code [W] (scratch of rq_inv_norm) */
     float *qrot;      /* rotated query [dim] (opq) */
     float *lut;       /* ADC tables [ncols][256] */
     float *lut4;      /* pq4: float tables [m][16] */
@@ -364,7 +368,7 @@ typedef struct qstate {
     uint16_t *lut16;  /* pq4 portable tables [n_pairs][256] */
     double fs_scale, fs_bias;
     float *qs;        /* sq: scaled query [dim] (sq4: q_lo [nbytes] then q_hi [nbytes]) */
-    float offset;
+    float offset;     /* sq: <q, lo>; rq -pD: <q, mean> */
     const float *q;   /* float32 / fp16: the query */
     float *proj;      /* simhash: projections [nbits] */
     uint64_t *words;  /* simhash: planes [16][nwords] or hamming query [nwords] */
@@ -386,6 +390,8 @@ static void *xcalloc(size_t n, size_t size, size_t *acc) {
 
 static void qstate_free(qstate *s) {
     free(s->cols);
+    free(s->qp);
+    free(s->ydec);
     free(s->qrot);
     free(s->lut);
     free(s->lut4);
@@ -432,6 +438,14 @@ static int qstate_init(qstate *s, const rp_codec *c, uint32_t nread, uint32_t nc
         s->ncols = ncb;
         s->lut = (float *)xcalloc((size_t)ncb * 256u, sizeof(float), b);
         fail |= s->lut == NULL;
+        if (c->rq_proj != NULL) {
+            s->qp = (float *)xcalloc(c->rq_sub, sizeof(float), b);
+            fail |= s->qp == NULL;
+        }
+        if (c->rq_unit) {
+            s->ydec = (float *)xcalloc(rp_rq_width(c), sizeof(float), b);
+            fail |= s->ydec == NULL;
+        }
         if (c->bounds) {
             s->cols = (uint32_t *)xcalloc(ncb, sizeof(uint32_t), b);
             fail |= s->cols == NULL;
@@ -627,8 +641,24 @@ static int qstate_query(qstate *s, const float *query, int quantised, rp_error *
         return RP_OK;
     }
     case RP_FAM_RQ: {
-        uint32_t cb, k, j, d = c->dim;
+        uint32_t cb, k, j, d = rp_rq_width(c);
         float limit = (float)(3.0e38 / (double)s->ncols);
+        if (c->rq_proj != NULL) {
+            /* -pD: <q, x_hat> = <q, mean> + <P^T q, y>: the tables take P^T q (float64 sums rounded to float32), the
+             * offset <q, mean> is added to each ADC sum; the ncols tables and the offset share float32's range */
+            uint32_t i, dim = c->dim;
+            double off = 0.0;
+            for (i = 0; i < d; i++) {
+                double acc = 0.0;
+                for (j = 0; j < dim; j++) acc += (double)query[j] * (double)c->rq_proj[(size_t)j * d + i];
+                s->qp[i] = (float)acc;
+            }
+            for (j = 0; j < dim; j++) off += (double)query[j] * (double)c->rq_mean[j];
+            s->offset = (float)off;
+            limit = (float)(3.0e38 / ((double)s->ncols + 1.0));
+            if (!(fabsf(s->offset) <= limit)) return rp_fail(err, RP_E_NONFINITE, "%s", OVERFLOW_MSG);
+            q = s->qp;
+        }
         for (cb = 0; cb < s->ncols; cb++)
             for (k = 0; k < 256u; k++) {
                 const float *w = c->codebooks + ((size_t)cb * 256u + k) * d;
@@ -876,6 +906,83 @@ static int pq_codes_ok(const rp_codec *c, const uint8_t *p) {
     return 1;
 }
 
+/* ---- rq -pD / -n ------------------------------------------------------------------------------------------ */
+/* rq -n: 1 / ||x_hat|| (float64, rounded to float32; 0 when the norm is 0) of the reconstruction of code p from its
+ * first ncb codebooks. y = the sum of the codewords in float32, codebook order (Python's rq_decode); the squared
+ * norm is summed in float64: ||y||^2, and with -pD ||mean + P y||^2 = ||mean||^2 + 2 <P^T mean, y> + ||y||^2
+ * (P has orthonormal columns; Python takes the norm of the float32 d-dim reconstruction: equal to float32
+ * rounding). y: scratch [W]. */
+static float rq_inv_of(const rp_codec *c, const float *y) {
+    uint32_t w = rp_rq_width(c), j;
+    double n2 = 0.0;
+    for (j = 0; j < w; j++) n2 += (double)y[j] * (double)y[j];
+    if (c->rq_proj != NULL) {
+        double cross = 0.0;
+        for (j = 0; j < w; j++) cross += c->rq_pmean[j] * (double)y[j];
+        n2 += c->rq_mean_sq + 2.0 * cross;
+    }
+    return n2 > 0.0 ? (float)(1.0 / sqrt(n2)) : 0.0f;
+}
+
+/* y += the codewords of codebooks [cb0, cb1) of code p (float32, in codebook order). */
+static void rq_add_words(const rp_codec *c, const uint8_t *p, uint32_t cb0, uint32_t cb1, float *y) {
+    uint32_t w = rp_rq_width(c), cb, j;
+    for (cb = cb0; cb < cb1; cb++) {
+        const float *cw = c->codebooks + ((size_t)cb * 256u + p[c->cb_col[cb]]) * w;
+        for (j = 0; j < w; j++) y[j] += cw[j];
+    }
+}
+
+static float rq_inv_norm(const rp_codec *c, const uint8_t *p, uint32_t ncb, float *y) {
+    memset(y, 0, (size_t)rp_rq_width(c) * sizeof(float));
+    rq_add_words(c, p, 0, ncb, y);
+    return rq_inv_of(c, y);
+}
+
+/* An rq ADC sum to the score: + <q, mean> (-pD), then times the inverse norm (-n), in float32. The scanners and
+ * rp_codec_score both finish through this, so their scores are identical. */
+static inline float rq_finish(const qstate *s, float v, float inv) {
+    if (s->c->rq_proj != NULL) v = v + s->offset;
+    if (s->c->rq_unit) v = v * inv;
+    return v;
+}
+
+static int rq_needs_finish(const rp_codec *c) { return c->family == RP_FAM_RQ && (c->rq_proj != NULL || c->rq_unit); }
+
+int rp_rq_inv_norms(const rp_codec *c, const uint8_t *codes, uint64_t n, size_t stride, const rp_row_range *ranges,
+                    size_t n_ranges, float *out, rp_error *err) {
+    float *y;
+    uint64_t t;
+    size_t ri = 0;
+    uint32_t w, s, ncb;
+    int st = codec_check(c, err);
+    if (st != RP_OK) return st;
+    if (c->family != RP_FAM_RQ || !c->rq_unit || (n > 0 && (codes == NULL || out == NULL)))
+        return rp_fail(err, RP_E_ARGUMENT, "rp_rq_inv_norms: not an rq -n codec, or a NULL argument");
+    if (stride < c->bytes_per_vector) return rp_fail(err, RP_E_ARGUMENT, "stride %zu is below the code width", stride);
+    w = rp_rq_width(c);
+    y = (float *)malloc((size_t)w * sizeof(float));
+    if (y == NULL) return rp_fail(err, RP_E_NOMEM, "out of memory for the rq norms");
+    for (t = 0; t < n; t++) {
+        const uint8_t *p = codes + (size_t)t * stride;
+        while (ri < n_ranges && ranges[ri].hi <= t) ri++;
+        if (ri < n_ranges && ranges[ri].lo <= t) { /* a skipped row: never read */
+            for (s = 0; s < c->n_stages; s++) out[(size_t)s * n + t] = 0.0f;
+            continue;
+        }
+        /* the stages' prefixes one after the other: y after stage s is the float32 sum rq_inv_norm forms */
+        memset(y, 0, (size_t)w * sizeof(float));
+        for (s = 0, ncb = 0; s < c->n_stages; s++) {
+            rq_add_words(c, p, ncb, ncb + c->stage_sizes[s], y);
+            ncb += c->stage_sizes[s];
+            out[(size_t)s * n + t] = rq_inv_of(c, y);
+        }
+    }
+    free(y);
+    rp_clear(err);
+    return RP_OK;
+}
+
 /* ================================================================================================
  * one-shot scoring
  * ================================================================================================ */
@@ -913,8 +1020,12 @@ int rp_codec_score(const rp_codec *codec, const float *query, const uint8_t *cod
             simhash_exact(&s, codes, stride, (size_t)n, out);
         else if (codec->family == RP_FAM_RABITQ)
             for (t = 0; t < n; t++) out[t] = rb_estimate(&s, codes + (size_t)t * stride);
-        else
+        else {
             qstate_score(&s, codes, stride, (size_t)n, out);
+            if (rq_needs_finish(codec))
+                for (t = 0; t < n; t++)
+                    out[t] = rq_finish(&s, out[t], codec->rq_unit ? rq_inv_norm(codec, codes + (size_t)t * stride, ncb, s.ydec) : 1.0f);
+        }
         if (!all_finite(out, (size_t)n)) st = rp_fail(err, RP_E_NONFINITE, "%s", OVERFLOW_MSG);
     }
     qstate_free(&s);
@@ -994,6 +1105,11 @@ struct rp_scanner {
     uint64_t nblocks;
     /* float32 / fp16 / sq: largest |x_j| any item decodes to */
     double *colmax;
+    /* rq -pD / -n: finish the ADC sums (rq_finish); -n: inverse norms [n] of the rows' reconstructions through the
+     * scanned stages (rq_inv: borrowed from a pack, or rq_inv_own: computed by the scanner; 0 for skipped rows) */
+    int rq_post;
+    const float *rq_inv;
+    float *rq_inv_own;
     /* rabitq: stage-0 item scales [n] (0 for skipped rows), the largest scale of the stages used, and the
      * candidate buffers of the rescoring pass */
     double *rb_scale;
@@ -1047,6 +1163,7 @@ void rp_scanner_free(rp_scanner *s) {
     free(s->blocks);
     free(s->accs);
     free(s->colmax);
+    free(s->rq_inv_own);
     free(s->rb_scale);
     free(s->rb_rows);
     free(s->rb_vals);
@@ -1120,12 +1237,12 @@ int rp_scanner_new(const rp_codec *codec, const uint8_t *codes, uint64_t n, cons
 
 int rp_scanner_new_skip(const rp_codec *codec, const uint8_t *codes, uint64_t n, const rp_scan_options *opts,
                         const rp_row_range *ranges, size_t n_ranges, rp_scanner **out, rp_error *err) {
-    return rp_scanner_new_release(codec, codes, n, opts, ranges, n_ranges, NULL, NULL, out, err);
+    return rp_scanner_new_release(codec, codes, n, opts, ranges, n_ranges, NULL, NULL, NULL, out, err);
 }
 
 int rp_scanner_new_release(const rp_codec *codec, const uint8_t *codes, uint64_t n, const rp_scan_options *opts,
                            const rp_row_range *ranges, size_t n_ranges, rp_release_fn release, void *release_ctx,
-                           rp_scanner **out, rp_error *err) {
+                           const float *rq_inv_norms, rp_scanner **out, rp_error *err) {
     rp_scanner *s;
     seg_iter it;
     uint64_t sa, sb;
@@ -1156,7 +1273,13 @@ int rp_scanner_new_release(const rp_codec *codec, const uint8_t *codes, uint64_t
         switch (codec->family) {
         case RP_FAM_PQ8: case RP_FAM_OPQ8: case RP_FAM_PQ4:
             arr = codec->centroids; cnt = (size_t)codec->m * codec->ksub * codec->dsub; break;
-        case RP_FAM_RQ: arr = codec->codebooks; cnt = (size_t)codec->n_codebooks * 256u * codec->dim; break;
+        case RP_FAM_RQ:
+            arr = codec->codebooks;
+            cnt = (size_t)codec->n_codebooks * 256u * rp_rq_width(codec);
+            if (codec->rq_proj != NULL &&
+                (!all_finite(codec->rq_proj, (size_t)codec->dim * codec->rq_sub) || !all_finite(codec->rq_mean, codec->dim)))
+                return rp_fail(err, RP_E_CODEC, "rq projection or mean holds NaN or Inf");
+            break;
         case RP_FAM_SIMHASH: case RP_FAM_HAMMING: arr = codec->projection; cnt = (size_t)codec->nbits * codec->dim; break;
         case RP_FAM_RABITQ: arr = codec->rb_centroid; cnt = codec->dim; break;
         case RP_FAM_SQ8: case RP_FAM_SQ4:
@@ -1226,6 +1349,21 @@ int rp_scanner_new_release(const rp_codec *codec, const uint8_t *codes, uint64_t
             }
     }
 
+    if (rq_needs_finish(codec)) {
+        s->rq_post = 1;
+        if (codec->rq_unit && rq_inv_norms != NULL) {
+            s->rq_inv = rq_inv_norms;
+        } else if (codec->rq_unit) {
+            /* the inverse norms of the scanned prefix, once per scanner (not per query) */
+            if (n > (uint64_t)((size_t)-1 / sizeof(float))) goto nomem;
+            s->rq_inv_own = (float *)xcalloc((size_t)n, sizeof(float), &s->mem);
+            if (s->rq_inv_own == NULL) goto nomem;
+            it.s = s, it.row = 0, it.si = 0;
+            while (seg_next(&it, &sa, &sb))
+                for (t = sa; t < sb; t++) s->rq_inv_own[t] = rq_inv_norm(codec, codes + (size_t)t * stride, ncb, s->q.ydec);
+            s->rq_inv = s->rq_inv_own;
+        }
+    }
     if (codec->family == RP_FAM_PQ4 && codec->m / 2u <= 128u && n < ((uint64_t)1 << 40)) {
         /* fast-scan block layout: block b, row p, lane t = byte p of item 32 b + t (zero padded) */
         uint32_t np = codec->m / 2u, p;
@@ -1616,6 +1754,10 @@ int rp_scanner_search(rp_scanner *s, const float *query, uint32_t k, const int64
             for (t = a; t < b; t += RP_CHUNK) {
                 size_t cnt = (size_t)(b - t < RP_CHUNK ? b - t : RP_CHUNK);
                 qstate_score(&s->q, s->codes + (size_t)t * s->stride, s->stride, cnt, s->chunk);
+                if (s->rq_post) {
+                    size_t i;
+                    for (i = 0; i < cnt; i++) s->chunk[i] = rq_finish(&s->q, s->chunk[i], s->rq_inv != NULL ? s->rq_inv[t + i] : 1.0f);
+                }
                 offer_scores(s, k, s->chunk, t, cnt);
             }
         }

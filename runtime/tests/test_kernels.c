@@ -57,6 +57,9 @@ static void codec_release(rp_codec *c) {
     free(c->codebooks);
     free(c->projection);
     free(c->rb_centroid);
+    free(c->rq_proj);
+    free(c->rq_mean);
+    free(c->rq_pmean);
     memset(c, 0, sizeof(*c));
 }
 
@@ -157,6 +160,31 @@ static float *rand_orthogonal(uint32_t d) {
     for (i = 0; i < d * d; i++) r[i] = (float)m[i];
     free(m);
     return r;
+}
+
+/* rq -pD / -n as codec.c fills it: make_rq's layout with random codebooks of width D (project > 0: the first D
+ * columns of a random orthogonal matrix as the projection, a random mean, P^T mean and ||mean||^2 in float64). */
+static void make_rq_pn(rp_codec *c, uint32_t d, uint32_t project, const uint32_t *stages, uint32_t n_stages, int unit) {
+    uint32_t w = project ? project : d, i, j;
+    make_rq(c, d, stages, n_stages, 0);
+    free(c->codebooks);
+    c->codebooks = randf((size_t)c->n_codebooks * 256u * w, 0.5f);
+    c->rq_unit = unit;
+    c->rq_sub = w;
+    if (project) {
+        float *r = rand_orthogonal(d);
+        c->rq_proj = (float *)xmalloc((size_t)d * w * sizeof(float));
+        for (j = 0; j < d; j++)
+            for (i = 0; i < w; i++) c->rq_proj[(size_t)j * w + i] = r[(size_t)j * d + i];
+        free(r);
+        c->rq_mean = randf(d, 0.3f);
+        c->rq_pmean = (double *)xmalloc((size_t)w * sizeof(double));
+        c->rq_mean_sq = 0.0;
+        for (j = 0; j < d; j++) c->rq_mean_sq += (double)c->rq_mean[j] * c->rq_mean[j];
+        for (i = 0; i < w; i++)
+            for (j = 0; j < d; j++) c->rq_pmean[i] += (double)c->rq_proj[(size_t)j * w + i] * c->rq_mean[j];
+    }
+    snprintf(c->spec, sizeof(c->spec), "rq-test%s%s", project ? "-p" : "", unit ? "-n" : "");
 }
 
 /* A rabitq codec as codec.c fills it (B bits per dimension). */
@@ -269,12 +297,23 @@ static double ref_score(const rp_codec *c, const float *q, const uint8_t *p, uin
         for (j = 0; j < d; j++) acc += (double)q[j] * half_ref((uint16_t)(p[2u * j] | (p[2u * j + 1u] << 8)));
         return acc;
     case RP_FAM_RQ: {
-        uint32_t ns = stages ? stages : c->n_stages, ncb = 0, cb;
+        /* x = y (or mean + P y with -pD), y = sum of the codewords, float64; -n: <q, x> / ||x|| */
+        uint32_t ns = stages ? stages : c->n_stages, ncb = 0, cb, w = c->rq_proj ? c->rq_sub : d, i;
+        double *y = (double *)xmalloc((size_t)w * sizeof(double)), *x = (double *)xmalloc((size_t)d * sizeof(double)), nrm = 0.0;
         for (s = 0; s < ns; s++) ncb += c->stage_sizes[s];
         for (cb = 0; cb < ncb; cb++) {
-            const float *w = c->codebooks + ((size_t)cb * 256u + p[c->cb_col[cb]]) * d;
-            for (j = 0; j < d; j++) acc += (double)q[j] * w[j];
+            const float *cw = c->codebooks + ((size_t)cb * 256u + p[c->cb_col[cb]]) * w;
+            for (j = 0; j < w; j++) y[j] += cw[j];
         }
+        for (j = 0; j < d; j++) {
+            if (c->rq_proj == NULL) x[j] = y[j];
+            else
+                for (x[j] = c->rq_mean[j], i = 0; i < w; i++) x[j] += (double)c->rq_proj[(size_t)j * w + i] * y[i];
+            acc += (double)q[j] * x[j];
+            nrm += x[j] * x[j];
+        }
+        free(y), free(x);
+        if (c->rq_unit) return nrm > 0.0 ? acc / sqrt(nrm) : 0.0;
         return acc;
     }
     case RP_FAM_SIMHASH: case RP_FAM_HAMMING: {
@@ -565,6 +604,10 @@ static void test_families(void) {
             uint32_t st[3] = {2, 1, 3};
             make_rq(&c, 24, st, 3, 1), test_family(&c, n, "rq2+1+3-b", 0), codec_release(&c);
             make_rq(&c, 16, st, 2, 0), test_family(&c, n, "rq2+1", 0), codec_release(&c);
+            make_rq_pn(&c, 16, 0, st, 2, 1), test_family(&c, n, "rq2+1-n", 0), codec_release(&c);
+            make_rq_pn(&c, 24, 7, st, 3, 0), test_family(&c, n, "rq2+1+3-p7", 0), codec_release(&c);
+            make_rq_pn(&c, 24, 7, st, 3, 1), test_family(&c, n, "rq2+1+3-p7-n", 0), codec_release(&c);
+            make_rq_pn(&c, 9, 9, st, 1, 1), test_family(&c, n, "rq2-p9-n (D = d)", 0), codec_release(&c);
         }
         make_simhash(&c, 128, 32, 0), test_family(&c, n, "simhash128", 0), codec_release(&c);
         make_simhash(&c, 72, 20, 0), test_family(&c, n, "simhash72", 0), codec_release(&c);
@@ -1047,6 +1090,102 @@ static void test_stride_prefix(void) {
     codec_release(&c);
 }
 
+/* rq -n prefixes (each stage count normalises its own prefix reconstruction), the norms a pack precomputes
+ * (rp_rq_inv_norms) against the scanner's own, zero reconstructions, and bad projection shapes. */
+static void test_rq_unit(void) {
+    rp_codec c;
+    uint32_t st[3] = {2, 1, 3}, stages, i, n_out[2];
+    uint64_t n = 700, t;
+    uint8_t *codes, *prefix;
+    float *q, *sc, *sc2, *inv;
+    rp_scan_options o;
+    rp_row_range skip[2];
+    rp_scanner *s;
+    rp_error e;
+    int64_t rows[2][20];
+    float vals[2][20];
+    make_rq_pn(&c, 24, 7, st, 3, 1);
+    codes = make_codes(&c, n, c.bytes_per_vector);
+    q = rand_query(c.dim);
+    for (stages = 1; stages <= 3; stages++) {
+        char what[64];
+        size_t pw = c.prefix_bytes[stages - 1];
+        snprintf(what, sizeof what, "rq-p7-n stages %u (stride)", (unsigned)stages);
+        sc = check_codec_score(&c, q, codes, n, c.bytes_per_vector, stages, what);
+        prefix = (uint8_t *)xmalloc(n * pw);
+        for (t = 0; t < n; t++) memcpy(prefix + t * pw, codes + t * c.bytes_per_vector, pw);
+        snprintf(what, sizeof what, "rq-p7-n stages %u (prefix)", (unsigned)stages);
+        sc2 = check_codec_score(&c, q, prefix, n, pw, stages, what);
+        CHECK(memcmp(sc, sc2, n * sizeof(float)) == 0, "rq -n prefix in place equals the copied prefix (stages %u)", stages);
+        memset(&o, 0, sizeof(o));
+        o.stages = stages;
+        check_scanner(&c, prefix, n, &o, q, sc, what);
+        o.stride = c.bytes_per_vector;
+        check_scanner(&c, codes, n, &o, q, sc, "rq-p7-n prefix scanner (stride)");
+        free(prefix), free(sc), free(sc2);
+    }
+    /* the pack's path: every stage's norms at once (skipped rows never read), borrowed by the scanner */
+    inv = (float *)xmalloc(3 * n * sizeof(float));
+    skip[0].lo = 10, skip[0].hi = 50;
+    skip[1].lo = 600, skip[1].hi = 700;
+    CHECK(rp_rq_inv_norms(&c, codes, n, c.bytes_per_vector, skip, 2, inv, &e) == RP_OK, "rp_rq_inv_norms: %s", e.message);
+    CHECK(inv[20] == 0.0f && inv[2 * n + 650] == 0.0f && inv[n + 5] > 0.0f, "rp_rq_inv_norms: skipped rows 0");
+    for (stages = 1; stages <= 3; stages++) {
+        int k;
+        memset(&o, 0, sizeof(o));
+        o.stages = stages;
+        o.stride = c.bytes_per_vector;
+        for (k = 0; k < 2; k++) {
+            int rc = k == 0 ? rp_scanner_new_skip(&c, codes, n, &o, skip, 2, &s, &e)
+                            : rp_scanner_new_release(&c, codes, n, &o, skip, 2, NULL, NULL, inv + (size_t)(stages - 1u) * n, &s, &e);
+            CHECK(rc == RP_OK, "rq -n scanner %d: %s", k, e.message);
+            if (rc != RP_OK) continue;
+            CHECK(rp_scanner_search(s, q, 20, NULL, 0, rows[k], vals[k], &n_out[k], &e) == RP_OK && n_out[k] == 20, "rq -n search");
+            rp_scanner_free(s);
+        }
+        CHECK(memcmp(rows[0], rows[1], sizeof rows[0]) == 0 && memcmp(vals[0], vals[1], sizeof vals[0]) == 0,
+              "rq -n: precomputed norms give the scanner's own scores (stages %u)", stages);
+        for (i = 0; i < 20; i++) CHECK(rows[0][i] < 10 || (rows[0][i] >= 50 && rows[0][i] < 600), "rq -n: a skipped row returned");
+    }
+    CHECK(rp_rq_inv_norms(&c, codes, n, 2, NULL, 0, inv, &e) == RP_E_ARGUMENT, "rp_rq_inv_norms: stride below the code");
+    free(inv), free(codes), free(q);
+    codec_release(&c);
+
+    /* a zero reconstruction scores 0 (no NaN), with and without -p */
+    {
+        uint32_t one[1] = {2}, pj;
+        for (pj = 0; pj < 2; pj++) {
+            float z[8];
+            uint8_t zc[8 * 2];
+            make_rq_pn(&c, 6, pj ? 3u : 0u, one, 1, 1);
+            memset(c.codebooks, 0, (size_t)2 * 256u * rp_rq_width(&c) * sizeof(float));
+            if (pj) {
+                memset(c.rq_mean, 0, 6 * sizeof(float));
+                memset(c.rq_pmean, 0, 3 * sizeof(double));
+                c.rq_mean_sq = 0.0;
+            }
+            for (i = 0; i < 16; i++) zc[i] = (uint8_t)rnd();
+            q = rand_query(6);
+            CHECK(rp_codec_score(&c, q, zc, 8, 0, 0, z, &e) == RP_OK, "zero reconstruction: %s", e.message);
+            for (i = 0; i < 8; i++) CHECK(z[i] == 0.0f, "zero reconstruction scores %g, not 0 (-p: %u)", z[i], pj);
+            free(q);
+            codec_release(&c);
+        }
+    }
+    /* a hand-built codec whose projection does not fit its dim is refused, not read out of bounds */
+    make_rq_pn(&c, 8, 4, st, 2, 1);
+    codes = make_codes(&c, 10, c.bytes_per_vector);
+    c.rq_sub = 9;
+    CHECK(rp_scanner_new(&c, codes, 10, NULL, &s, &e) == RP_E_CODEC, "rq_sub > dim refused");
+    c.rq_sub = 4;
+    CHECK(rp_scanner_new(&c, codes, 10, NULL, &s, &e) == RP_OK, "rq_sub restored");
+    rp_scanner_free(s);
+    c.rq_unit = 0;
+    CHECK(rp_rq_inv_norms(&c, codes, 10, c.bytes_per_vector, NULL, 0, vals[0], &e) == RP_E_ARGUMENT, "rp_rq_inv_norms without -n");
+    free(codes);
+    codec_release(&c);
+}
+
 static void test_refine(void) {
     rp_codec c;
     uint32_t n = 60, i, n_out;
@@ -1098,6 +1237,7 @@ int main(void) {
     test_rabitq();
     test_ties_and_k();
     test_stride_prefix();
+    test_rq_unit();
     test_refine();
     printf("%d checks, %d failed\n", g_checks, g_fail);
     return g_fail ? 1 : 0;

@@ -421,6 +421,92 @@ static void test_codecs(void) {
     put_le32(payload + 6144, 0);
     CHECK(open_state(hdr, payload, 6164, 1, NULL) == RP_E_CODEC, "rq beam 0");
 
+    /* rq -pD / -n grammar: rq S [+S] [-r] [-pD] [-n] [-b], -pD and -n never with -b, D in 1..8192 without a leading zero */
+    CHECK(open_state("{\"arrays\": [], \"dim\": 4, \"meta\": {}, \"spec\": \"rq4-p2-b\"}", NULL, 0, 1, NULL) == RP_E_CODEC, "rq4-p2-b");
+    CHECK(open_state("{\"arrays\": [], \"dim\": 4, \"meta\": {}, \"spec\": \"rq4-n-b\"}", NULL, 0, 1, NULL) == RP_E_CODEC, "rq4-n-b");
+    CHECK(open_state("{\"arrays\": [], \"dim\": 4, \"meta\": {}, \"spec\": \"rq4-p9000\"}", NULL, 0, 1, NULL) == RP_E_CODEC, "rq4-p9000");
+    CHECK(open_state("{\"arrays\": [], \"dim\": 4, \"meta\": {}, \"spec\": \"rq4-p0\"}", NULL, 0, 1, NULL) == RP_E_UNSUPPORTED, "rq4-p0");
+    CHECK(open_state("{\"arrays\": [], \"dim\": 4, \"meta\": {}, \"spec\": \"rq4-p02\"}", NULL, 0, 1, NULL) == RP_E_UNSUPPORTED, "rq4-p02");
+    CHECK(open_state("{\"arrays\": [], \"dim\": 4, \"meta\": {}, \"spec\": \"rq4-p123456\"}", NULL, 0, 1, NULL) == RP_E_UNSUPPORTED, "rq4-p123456");
+    CHECK(open_state("{\"arrays\": [], \"dim\": 4, \"meta\": {}, \"spec\": \"rq4-p\"}", NULL, 0, 1, NULL) == RP_E_UNSUPPORTED, "rq4-p");
+    CHECK(open_state("{\"arrays\": [], \"dim\": 4, \"meta\": {}, \"spec\": \"rq4-n-p2\"}", NULL, 0, 1, NULL) == RP_E_UNSUPPORTED, "rq4-n-p2 (order)");
+    CHECK(open_state("{\"arrays\": [], \"dim\": 4, \"meta\": {}, \"spec\": \"rq4-n-r\"}", NULL, 0, 1, NULL) == RP_E_UNSUPPORTED, "rq4-n-r (order)");
+    CHECK(open_state("{\"arrays\": [], \"dim\": 4, \"meta\": {}, \"spec\": \"rq4-n\"}", NULL, 0, 1, NULL) == RP_E_CODEC, "rq4-n without arrays");
+
+    /* rq2+1-r-p2-n on dim 3: codebooks [3, 256, 2], projection [3, 2] (orthonormal columns), mean [3] */
+    {
+        static const char *const rqpn_fmt =
+            "{\"arrays\": [{\"dtype\": \"<f4\", \"name\": \"codebooks\", \"nbytes\": 6144, \"offset\": 0, \"shape\": [3, 256, 2]},"
+            " {\"dtype\": \"<i4\", \"name\": \"max_beam_size\", \"nbytes\": 4, \"offset\": 6144, \"shape\": [1]},"
+            " {\"dtype\": \"<f4\", \"name\": \"projection\", \"nbytes\": %d, \"offset\": 6148, \"shape\": [%s]},"
+            " {\"dtype\": \"<f4\", \"name\": \"mean\", \"nbytes\": 12, \"offset\": %d, \"shape\": [3]}],"
+            " \"dim\": %d, \"meta\": {}, \"spec\": \"%s\"}";
+        rp_error err;
+        for (i = 0; i < 3 * 256 * 2; i++) f[i] = 0.125f * (float)(i % 7);
+        put_f32s(payload, f, 1536);
+        put_le32(payload + 6144, 16);
+        f[0] = 0.6f; f[1] = 0.0f; /* P = [[0.6, 0], [0.8, 0], [0, 1]] */
+        f[2] = 0.8f; f[3] = 0.0f;
+        f[4] = 0.0f; f[5] = 1.0f;
+        f[6] = 0.5f; f[7] = -1.0f; f[8] = 2.0f; /* mean */
+        put_f32s(payload + 6148, f, 9);
+        snprintf(hdr, sizeof hdr, rqpn_fmt, 24, "3, 2", 6172, 3, "RQ2+1-R-P2-N");
+        rc = open_state(hdr, payload, 6184, 1, &c);
+        CHECK(rc == RP_OK && c && c->family == RP_FAM_RQ && strcmp(rp_codec_spec(c), "rq2+1-r-p2-n") == 0 && c->rq_unit == 1 &&
+                  c->rq_sub == 2 && rp_rq_width(c) == 2 && c->rq_proj != NULL && c->rq_proj[2] == 0.8f && c->rq_mean[2] == 2.0f &&
+                  fabs(c->rq_mean_sq - 5.25) < 1e-12 && fabs(c->rq_pmean[0] - (0.3 - 0.8)) < 1e-6 && fabs(c->rq_pmean[1] - 2.0) < 1e-12 &&
+                  rp_codec_stages(c) == 2 && rp_codec_bytes_per_vector(c) == 3 && c->bounds == 0,
+              "rq2+1-r-p2-n: %s %s", rp_status_name(rc), c ? rp_codec_spec(c) : "");
+        rp_codec_free(c);
+        /* the projection's shape against the spec and dim: transposed, D > d, D != the codebooks' width */
+        snprintf(hdr, sizeof hdr, rqpn_fmt, 24, "2, 3", 6172, 3, "rq2+1-p2-n");
+        CHECK(open_state(hdr, payload, 6184, 1, NULL) == RP_E_CODEC, "rq -p: projection [D, d]");
+        snprintf(hdr, sizeof hdr, rqpn_fmt, 24, "3, 2", 6172, 3, "rq2+1-p3-n");
+        CHECK(open_state(hdr, payload, 6184, 1, NULL) == RP_E_CODEC, "rq -p3 with projection [3, 2]");
+        snprintf(hdr, sizeof hdr, rqpn_fmt, 24, "3, 2", 6172, 3, "rq2+1-p4");
+        rc = open_state(hdr, payload, 6184, 1, NULL);
+        CHECK(rc == RP_E_CODEC, "rq -p4 on dim 3: %s", rp_status_name(rc));
+        {
+            uint8_t *st = make_state(hdr, payload, 6184, 1, &size);
+            rc = rp_codec_open(st, size, &c, &err);
+            CHECK(rc == RP_E_CODEC && strstr(err.message, "projects to 4 of only 3") != NULL, "D > d message: %s", err.message);
+            free(st);
+        }
+        snprintf(hdr, sizeof hdr, rqpn_fmt, 24, "3, 2", 6172, 2, "rq2+1-p2-n");
+        CHECK(open_state(hdr, payload, 6184, 1, NULL) == RP_E_CODEC, "rq -p: dim 2, projection [3, 2]");
+        /* -p without -n: no -n flag; -p with -b refused; a projection without a mean */
+        snprintf(hdr, sizeof hdr, rqpn_fmt, 24, "3, 2", 6172, 3, "rq2+1-p2");
+        rc = open_state(hdr, payload, 6184, 1, &c);
+        CHECK(rc == RP_OK && c && c->rq_unit == 0 && c->rq_proj != NULL && strcmp(rp_codec_spec(c), "rq2+1-p2") == 0, "rq2+1-p2");
+        rp_codec_free(c);
+        snprintf(hdr, sizeof hdr, rqpn_fmt, 24, "3, 2", 6172, 3, "rq2+1-p2-b");
+        CHECK(open_state(hdr, payload, 6184, 1, NULL) == RP_E_CODEC, "rq2+1-p2-b");
+        /* not orthonormal columns (P^T P != I); NaN in the mean */
+        f[0] = 0.7f;
+        put_f32s(payload + 6148, f, 9);
+        snprintf(hdr, sizeof hdr, rqpn_fmt, 24, "3, 2", 6172, 3, "rq2+1-p2-n");
+        {
+            uint8_t *st = make_state(hdr, payload, 6184, 1, &size);
+            rc = rp_codec_open(st, size, &c, &err);
+            CHECK(rc == RP_E_CODEC && strstr(err.message, "orthonormal") != NULL, "non-orthonormal projection: %s", err.message);
+            free(st);
+        }
+        f[0] = 0.6f;
+        f[7] = NAN;
+        put_f32s(payload + 6148, f, 9);
+        CHECK(open_state(hdr, payload, 6184, 1, NULL) == RP_E_CODEC, "rq -p: NaN mean");
+        /* a plain rq-n state (no projection) and one that carries a stray projection */
+        snprintf(hdr, sizeof hdr, "{\"arrays\": [{\"dtype\": \"<f4\", \"name\": \"codebooks\", \"nbytes\": 6144, \"offset\": 0,"
+                 " \"shape\": [3, 256, 2]}, {\"dtype\": \"<i4\", \"name\": \"max_beam_size\", \"nbytes\": 4, \"offset\": 6144,"
+                 " \"shape\": [1]}], \"dim\": 2, \"meta\": {}, \"spec\": \"rq2+1-n\"}");
+        rc = open_state(hdr, payload, 6148, 1, &c);
+        CHECK(rc == RP_OK && c && c->rq_unit == 1 && c->rq_proj == NULL && rp_rq_width(c) == 2 && strcmp(rp_codec_spec(c), "rq2+1-n") == 0,
+              "rq2+1-n: %s", rp_status_name(rc));
+        rp_codec_free(c);
+        snprintf(hdr, sizeof hdr, rqpn_fmt, 24, "3, 2", 6172, 3, "rq2+1-n");
+        CHECK(open_state(hdr, payload, 6184, 1, NULL) == RP_E_CODEC, "rq2+1-n with a projection");
+    }
+
     /* simhash16: projection [16, 2], scale */
     for (i = 0; i < 33; i++) f[i] = 0.5f;
     put_f32s(payload, f, 33);

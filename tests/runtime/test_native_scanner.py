@@ -138,7 +138,8 @@ def test_approximate_fast_scan_keeps_most_of_the_exact_top_k(rt, fitted):
     assert overlap > 0.8
 
 
-@pytest.mark.parametrize("spec", ["countsketch16", "qat-pq8", "wsq8", "rq4-p16", "rq4-n"])
+# rq -pD / -n are supported since the runtime reads their projection and unit-norm rule: test_native_rq.py
+@pytest.mark.parametrize("spec", ["countsketch16", "qat-pq8", "wsq8"])
 def test_unsupported_family_is_named(rt, spec):
     codec = make_codec(spec).fit(X[:600], seed=0)
     with pytest.raises(UnsupportedFeatureError, match=spec.split("-")[0].rstrip("0123456789")):
@@ -190,7 +191,12 @@ def test_refine_frame_rescored_natively(rt, fitted, spec):
     ref = codec.score(QUERIES[:1], codes[rows])[0]
     order = np.lexsort((np.arange(rows.size), -ref))[:20]
     np.testing.assert_array_equal(got_ids, ids[order])
-    _close(spec, got_scores, ref[order])
+    # codec.score builds its lookup tables with BLAS, whose summation order depends on the CPU (AVX-512
+    # or not), so even the table-exact families may differ from the runtime's tables by an ulp or two here
+    if spec in EXACT:
+        np.testing.assert_allclose(got_scores, ref[order], rtol=1e-6, atol=0)
+    else:
+        _close(spec, got_scores, ref[order])
     # k above the frame's count is capped; a damaged frame is refused
     assert native_refine(codec, QUERIES[0], frame, 10_000, runtime=rt)[0].shape == (300,)
     broken = bytearray(frame)

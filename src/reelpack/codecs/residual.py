@@ -25,7 +25,7 @@ Options (each chosen on validation by ``reelpack tune``, never on the test split
   length, ``x_hat / ||x_hat||``, so ``score = cos(q, x_hat) * ||q||``; no extra byte (the norm is known to
   be 1), fitting and encoding refuse rows whose norm is not 1 within :data:`UNIT_NORM_TOLERANCE`.
 * ``-pD`` and ``-n`` cannot carry ``-b`` (the bounds are on the unprojected, unnormalised residual). The
-  native runtime reads ``-r`` and refuses ``-pD`` / ``-n`` (``RP_E_UNSUPPORTED``).
+  native runtime reads ``-r``, ``-pD`` and ``-n`` (docs/FORMAT.md, "Residual codecs").
 
 ``S_k >= 1`` codebooks in stage ``k``; ``M = S1 + S2 + ...`` codebooks in all,
 ``1 <= M <= 64``. ``"rq8+8"`` is 16 codebooks (16 bytes) in two stages of 8
