@@ -3,12 +3,10 @@
 import json
 import math
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reelpack.data import synthetic_interactions, train_test_split
 from reelpack.errors import InvalidInputError
 from reelpack.bench.harness import BenchConfig, run_bench
 from reelpack.bench.energy import (
@@ -168,12 +166,8 @@ def test_unknown_preset_and_bad_values():
 
 
 @pytest.fixture(scope="module")
-def tiny_bench():
-    inter = synthetic_interactions(n_users=300, n_items=400, n_clusters=6, seed=1)
-    split = train_test_split(inter, seed=1)
-    rng = np.random.default_rng(1)
-    items = rng.normal(size=(split.n_items, 16)).astype(np.float32)
-    users = rng.normal(size=(split.n_users, 16)).astype(np.float32)
+def tiny_bench(random_bench_data):
+    split, users, items = random_bench_data(300, 400, 6, seed=1)
     config = BenchConfig(codecs=("sq8",), faiss_twins=False, max_users=100, batch_size=64)
     return split, run_bench(users, items, split, config)
 
@@ -220,12 +214,8 @@ def test_report_labels_estimates(tiny_bench):
         assert key.startswith("est_") == head.startswith("est."), (head, key)
 
 
-def test_other_preset_scales_the_estimates():
-    inter = synthetic_interactions(n_users=200, n_items=300, n_clusters=4, seed=2)
-    split = train_test_split(inter, seed=2)
-    rng = np.random.default_rng(2)
-    items = rng.normal(size=(split.n_items, 8)).astype(np.float32)
-    users = rng.normal(size=(split.n_users, 8)).astype(np.float32)
+def test_other_preset_scales_the_estimates(random_bench_data):
+    split, users, items = random_bench_data(200, 300, 4, seed=2, dim=8)
     cfg = BenchConfig(codecs=(), faiss_twins=False, max_users=50, batch_size=64, device_model="flagship-2023")
     row = run_bench(users, items, split, cfg).rows[0]
     flag = get_device_model("flagship-2023")

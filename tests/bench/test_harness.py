@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 
-from reelpack.data import synthetic_interactions, train_test_split
 from reelpack.errors import DimensionMismatchError, InvalidInputError, UnknownCodecError
 from reelpack.bench.baselines import faiss_twin_spec
 from reelpack.bench.harness import BenchConfig, load_results, run_bench
@@ -11,16 +10,8 @@ from reelpack.bench.report import results_markdown, results_table, write_results
 
 
 @pytest.fixture(scope="module")
-def setup():
-    inter = synthetic_interactions(n_users=600, n_items=700, n_clusters=8, seed=0)
-    split = train_test_split(inter, seed=0)
-    rng = np.random.default_rng(0)
-    centroids = rng.normal(size=(8, 16)).astype(np.float32)
-    clusters = inter.meta["item_cluster"][split.item_ids]
-    items = centroids[clusters] + 0.3 * rng.normal(size=(split.n_items, 16)).astype(np.float32)
-    users = np.zeros((split.n_users, 16), np.float32)
-    tu, ti = split.train_pairs()
-    np.add.at(users, tu, items[ti])
+def setup(clustered_bench_data):
+    split, _, users, items = clustered_bench_data(600, 700, 8)
     return split, users, items
 
 

@@ -20,19 +20,9 @@ FAST = dict(max_users=300, batch_size=128, robust_users=0, latency_users=10, lat
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(clustered_bench_data):
     """A small clustered catalog; the 'model' (sums of item vectors) sees only the fit part of the train split."""
-    inter = synthetic_interactions(n_users=600, n_items=700, n_clusters=8, seed=0)
-    split = train_test_split(inter, seed=0)
-    val = validation_split(split, 0.1, seed=0)
-    rng = np.random.default_rng(0)
-    centroids = rng.normal(size=(8, 16)).astype(np.float32)
-    clusters = inter.meta["item_cluster"][split.item_ids]
-    items = centroids[clusters] + 0.3 * rng.normal(size=(split.n_items, 16)).astype(np.float32)
-    users = np.zeros((split.n_users, 16), np.float32)
-    fu, fi = val.train_pairs()
-    np.add.at(users, fu, items[fi])
-    return split, val, users, items
+    return clustered_bench_data(600, 700, 8, val_fraction=0.1)
 
 
 @pytest.fixture(scope="module")

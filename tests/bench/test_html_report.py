@@ -206,20 +206,12 @@ def test_labels_do_not_overlap():
 
 
 @pytest.fixture(scope="module")
-def bench_json(tmp_path_factory):
+def bench_json(tmp_path_factory, clustered_bench_data):
     """A real (tiny) bench run written as results JSON."""
-    from reelpack.data import synthetic_interactions, train_test_split
     from reelpack.bench.harness import BenchConfig, run_bench
     from reelpack.bench.report import write_results
 
-    inter = synthetic_interactions(n_users=200, n_items=300, n_clusters=6, seed=0)
-    split = train_test_split(inter, seed=0)
-    rng = np.random.default_rng(0)
-    centroids = rng.normal(size=(6, 16)).astype(np.float32)
-    items = centroids[inter.meta["item_cluster"][split.item_ids]] + 0.3 * rng.normal(size=(split.n_items, 16)).astype(np.float32)
-    users = np.zeros((split.n_users, 16), np.float32)
-    tu, ti = split.train_pairs()
-    np.add.at(users, tu, items[ti])
+    split, _, users, items = clustered_bench_data(200, 300, 6)
     kwargs = {"codecs": ("sq8", "pq4"), "max_users": 100, "batch_size": 128}
     try:
         config = BenchConfig(**kwargs, robust_users=60)

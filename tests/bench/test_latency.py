@@ -11,18 +11,12 @@ from reelpack.bench.contest import contest_scores, contest_table, latency_paths
 from reelpack.bench.harness import BenchConfig, run_bench
 from reelpack.bench.latency import LATENCY_PATHS, LatencyBench, dense_search, latency_note
 from reelpack.bench.report import contest_markdown, results_markdown
-from reelpack.data import synthetic_interactions, train_test_split
 from reelpack.errors import InvalidInputError
 
 
 @pytest.fixture(scope="module")
-def setup():
-    inter = synthetic_interactions(n_users=400, n_items=500, n_clusters=6, seed=3)
-    split = train_test_split(inter, seed=3)
-    rng = np.random.default_rng(3)
-    items = rng.normal(size=(split.n_items, 16)).astype(np.float32)
-    users = rng.normal(size=(split.n_users, 16)).astype(np.float32)
-    return split, users, items
+def setup(random_bench_data):
+    return random_bench_data(400, 500, 6, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from reelpack.data import synthetic_interactions, train_test_split
 from reelpack.errors import InvalidInputError
 from reelpack.bench.harness import BenchConfig, rate_quality, run_bench
 
@@ -70,17 +69,8 @@ def test_closes_half_gap_true_and_bar_formula():
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    inter = synthetic_interactions(n_users=300, n_items=400, n_clusters=8, seed=0)
-    split = train_test_split(inter, seed=0)
-    rng = np.random.default_rng(0)
-    centroids = rng.normal(size=(8, 16)).astype(np.float32)
-    clusters = inter.meta["item_cluster"][split.item_ids]
-    items = centroids[clusters] + 0.3 * rng.normal(size=(split.n_items, 16)).astype(np.float32)
-    items /= np.linalg.norm(items, axis=1, keepdims=True)
-    users = np.zeros((split.n_users, 16), np.float32)
-    tu, ti = split.train_pairs()
-    np.add.at(users, tu, items[ti])
+def tiny(clustered_bench_data):
+    split, _, users, items = clustered_bench_data(300, 400, 8, unit=True)
     return split, users, items
 
 

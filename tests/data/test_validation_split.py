@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from reelpack.data import MIN_VALIDATION_USERS, synthetic_interactions, train_test_split, validation_split
-from reelpack.errors import InvalidInputError, ValidationTooSmallError
+from reelpack.data import (
+    MIN_VALIDATION_USERS,
+    check_validation_split,
+    synthetic_interactions,
+    train_test_split,
+    validation_split,
+)
+from reelpack.errors import DimensionMismatchError, InvalidInputError, ValidationTooSmallError
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +66,25 @@ def test_refuses_a_validation_split_and_other_types(split):
         validation_split(validation_split(split), 0.1)
     with pytest.raises(InvalidInputError, match="Split"):
         validation_split("not a split")  # type: ignore[arg-type]
+
+
+def test_check_validation_split(split):
+    val = validation_split(split, 0.1, seed=0)
+    assert check_validation_split(val) is val and check_validation_split(val, split) is val
+    with pytest.raises(InvalidInputError, match="must be a reelpack.data.Split, got str"):
+        check_validation_split("val")
+    with pytest.raises(InvalidInputError, match="not a validation split"):
+        check_validation_split(split)
+    with pytest.raises(InvalidInputError, match="^tune needs one$"):
+        check_validation_split(split, refusal="tune needs one")
+    other = train_test_split(synthetic_interactions(n_users=300, n_items=300, n_clusters=6, seed=3), 0.2, seed=1)
+    with pytest.raises(DimensionMismatchError, match="val_split has 600 users"):
+        check_validation_split(val, other)
+    with pytest.raises(InvalidInputError, match="carved from other data"):
+        check_validation_split(val, dataclasses.replace(split, data_hash="other"))
+    leaky = dataclasses.replace(val, test_indptr=split.test_indptr, test_items=split.test_items)
+    with pytest.raises(InvalidInputError, match="not the split's train items"):
+        check_validation_split(leaky, split)
 
 
 def test_too_few_users_says_how_many_are_needed():

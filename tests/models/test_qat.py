@@ -17,20 +17,10 @@ FAST = dict(
 )
 
 
-def _clustered_unit(n: int, d: int, seed: int) -> np.ndarray:
-    """Unit-norm items float32 [n, d] in anisotropic clusters (a two-tower catalog in miniature)."""
-    rng = np.random.default_rng(seed)
-    mix = rng.normal(size=(d, d)) * np.linspace(2.0, 0.1, d)[None, :]
-    centers = rng.normal(size=(32, d)) @ mix.T * 0.7
-    noise = (rng.normal(size=(n, d)) * np.linspace(1.0, 0.2, d)) @ mix.T * 0.3
-    X = (centers[rng.integers(0, 32, n)] + noise).astype(np.float32)
-    return X / np.linalg.norm(X, axis=1, keepdims=True)
-
-
 @pytest.fixture(scope="module")
-def problem():
+def problem(clustered_unit):
     """800 unit items, 300 users near items: 2-byte PQ (PTQ) visibly loses the float32 top-10."""
-    items = _clustered_unit(N_ITEMS, D, seed=0)
+    items = clustered_unit(N_ITEMS, D, seed=0)
     rng = np.random.default_rng(1)
     users = items[rng.integers(0, N_ITEMS, N_USERS)] + 0.1 * rng.normal(size=(N_USERS, D)).astype(np.float32)
     codec = make_codec("qat-pq2").fit(items, seed=0)

@@ -49,8 +49,8 @@ from reelpack.bench.latency import LatencyBench, dense_search, faiss_search, sca
 from reelpack.bench.ratequality import _codec_mse, _faiss_mse, rate_quality
 from reelpack.bench.results import RESULTS_SCHEMA_VERSION, BenchResult, load_results, provenance
 from reelpack.codecs import make_codec
-from reelpack.data.interactions import MIN_VALIDATION_USERS, Split
-from reelpack.errors import DimensionMismatchError, InvalidInputError, TrainingDivergedError, ValidationTooSmallError
+from reelpack.data.interactions import MIN_VALIDATION_USERS, Split, check_validation_split
+from reelpack.errors import DimensionMismatchError, TrainingDivergedError, ValidationTooSmallError
 from reelpack.metrics.quality import ranking_metrics, relative, topk_overlap
 from reelpack.metrics.ranking import dense_score_fn, rank_users
 from reelpack.util.validate import as_float_matrix
@@ -195,7 +195,7 @@ def run_bench(
             f"[{split.n_users} users, {split.n_items} items]"
         )
     if val_split is not None:
-        _check_val_split(val_split, split)
+        check_validation_split(val_split, split)
     dim = item_emb.shape[1]
     k = max(config.ks)
     users = split.eval_users()
@@ -556,45 +556,6 @@ def rate_quality_on_validation(
             entry["closes_half_gap"] = bool(r[tkey] >= entry["bar"])
         per_budget[str(budget)] = entry
     return {"metric": tkey, "chosen_on": vkey, "budgets": per_budget}
-
-
-def _check_val_split(val_split: object, split: Split) -> None:
-    """Refuse a ``val_split`` that is not a validation split carved from ``split``'s train part."""
-    if not isinstance(val_split, Split):
-        raise InvalidInputError(f"val_split must be a reelpack.data.Split, got {type(val_split).__name__}")
-    if not val_split.is_validation:
-        raise InvalidInputError(
-            "val_split is a train/test split, not a validation split: choosing on it would read its test items; "
-            "carve one with reelpack.data.validation_split(split, fraction, seed)"
-        )
-    if val_split.n_users != split.n_users or val_split.n_items != split.n_items:
-        raise DimensionMismatchError(
-            f"val_split has {val_split.n_users} users x {val_split.n_items} items, the split "
-            f"{split.n_users} x {split.n_items}; carve it from this split with reelpack.data.validation_split"
-        )
-    if (
-        val_split.data_hash != split.data_hash
-        or not np.array_equal(val_split.user_ids, split.user_ids)
-        or not np.array_equal(val_split.item_ids, split.item_ids)
-    ):
-        raise InvalidInputError(
-            "val_split was carved from other data (its data hash or user/item ids differ from the split's)"
-        )
-    n_fit, n_val, n_train = (np.diff(p) for p in (val_split.train_indptr, val_split.test_indptr, split.train_indptr))
-    same = np.array_equal(n_fit + n_val, n_train)
-    if same:
-        def keys(indptr: np.ndarray, items: np.ndarray) -> np.ndarray:
-            owner = np.repeat(np.arange(split.n_users, dtype=np.int64), np.diff(indptr))
-            return owner * split.n_items + items.astype(np.int64)
-
-        carved = np.concatenate([keys(val_split.train_indptr, val_split.train_items),
-                                 keys(val_split.test_indptr, val_split.test_items)])  # fmt: skip
-        same = np.array_equal(np.sort(carved), np.sort(keys(split.train_indptr, split.train_items)))
-    if not same:
-        raise InvalidInputError(
-            "val_split's fit and validation items are not the split's train items (it was carved from another "
-            "split, or holds test items); carve it with reelpack.data.validation_split(split, fraction, seed)"
-        )
 
 
 def _faiss_row(ft, search_s: float, twin_of: str | None, item_emb: np.ndarray) -> dict[str, Any]:

@@ -242,20 +242,7 @@ def rate_quality_markdown(result: BenchResult) -> list[str]:
         f"| budget B/item | best reelpack | {key} | rel NDCG@10 | best faiss | {key} | bar | met |",
         "|---:|---|---:|---:|---|---:|---:|---|",
     ]
-    for budget, entry in rq["budgets"].items():
-        r, f = entry.get("best_reelpack"), entry.get("best_faiss")
-        cells = [
-            budget,
-            r["method"] if r else "-",
-            format_cell(r[key] if r else None, ".3f"),
-            format_cell(r.get("rel_ndcg@10") if r else None, ".3f"),
-            f["method"] if f else "-",
-            format_cell(f[key] if f else None, ".3f"),
-            format_cell(entry.get("bar"), ".3f"),
-            {True: "yes", False: "no"}.get(entry.get("closes_half_gap"), "-"),
-        ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return lines
+    return lines + rate_quality_rows(rq["budgets"], (key, "rel_ndcg@10"), (key,))
 
 
 def _rate_quality_validation_markdown(rq: dict) -> list[str]:
@@ -271,17 +258,22 @@ def _rate_quality_validation_markdown(rq: dict) -> list[str]:
         f"| faiss (chosen on val) | val {short} | test {short} | bar | met |",
         "|---:|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
-    for budget, entry in rq["budgets"].items():
+    return lines + rate_quality_rows(rq["budgets"], (vkey, key, "rel_ndcg@10"), (vkey, key))
+
+
+def rate_quality_rows(budgets: dict, reelpack_keys: tuple[str, ...], faiss_keys: tuple[str, ...]) -> list[str]:
+    """One Markdown table row per budget of ``budgets`` (``{budget: entry}``, as in ``extra["rate_quality"]``): the
+    budget, the best reelpack method and its ``reelpack_keys`` figures, the best faiss method and its ``faiss_keys``
+    figures, the bar and whether the reelpack method meets it (``-`` where a method or figure is missing)."""
+    lines = []
+    for budget, entry in budgets.items():
         r, f = entry.get("best_reelpack"), entry.get("best_faiss")
         cells = [
             budget,
             r["method"] if r else "-",
-            format_cell(r.get(vkey) if r else None, ".3f"),
-            format_cell(r.get(key) if r else None, ".3f"),
-            format_cell(r.get("rel_ndcg@10") if r else None, ".3f"),
+            *(format_cell(r.get(k) if r else None, ".3f") for k in reelpack_keys),
             f["method"] if f else "-",
-            format_cell(f.get(vkey) if f else None, ".3f"),
-            format_cell(f.get(key) if f else None, ".3f"),
+            *(format_cell(f.get(k) if f else None, ".3f") for k in faiss_keys),
             format_cell(entry.get("bar"), ".3f"),
             {True: "yes", False: "no"}.get(entry.get("closes_half_gap"), "-"),
         ]

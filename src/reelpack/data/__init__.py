@@ -4,6 +4,7 @@ from reelpack.data.interactions import (
     DATA_ENV_VAR,
     Interactions,
     Split,
+    check_validation_split,
     load_interactions,
     resolve_data_path,
     synthetic_interactions,
@@ -21,6 +22,7 @@ __all__ = [
     "synthetic_interactions",
     "train_test_split",
     "validation_split",
+    "check_validation_split",
     "MIN_VALIDATION_USERS",
 ]
 

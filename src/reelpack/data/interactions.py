@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reelpack.errors import DataFormatError, DataNotFoundError, InvalidInputError
+from reelpack.errors import DataFormatError, DataNotFoundError, DimensionMismatchError, InvalidInputError
 
 __all__ = [
     "Interactions",
@@ -25,6 +25,7 @@ __all__ = [
     "resolve_data_path",
     "synthetic_interactions",
     "train_test_split",
+    "check_validation_split",
 ]
 
 DATA_ENV_VAR = "REELPACK_DATA"
@@ -390,3 +391,61 @@ def validation_split(
         validation_fraction=float(fraction),
         validation_seed=int(seed),
     )
+
+
+def check_validation_split(val_split: object, split: Split | None = None, *, refusal: str | None = None) -> Split:
+    """Return ``val_split`` when it is a validation split (made by :func:`validation_split`), carved from ``split``.
+
+    Args:
+        val_split: the split to check: its ``train_*`` the fit part, its ``test_*`` the validation items.
+        split: the train/test split ``val_split`` must have been carved from (same data hash, user and item ids,
+            and fit + validation items exactly ``split``'s train items); None checks ``val_split`` alone.
+        refusal: the message when ``val_split`` is a train/test split (default: says so and how to carve one).
+
+    Returns:
+        ``val_split``, typed as a :class:`Split`.
+
+    Raises:
+        InvalidInputError: ``val_split`` is not a :class:`Split`, not a validation split, or not carved from
+            ``split`` (other data or ids, or fit + validation items that are not ``split``'s train items).
+        DimensionMismatchError: ``val_split`` and ``split`` have other user or item counts.
+    """
+    if not isinstance(val_split, Split):
+        raise InvalidInputError(f"val_split must be a reelpack.data.Split, got {type(val_split).__name__}")
+    if not val_split.is_validation:
+        raise InvalidInputError(
+            refusal
+            or "val_split is a train/test split, not a validation split: choosing on it would read its test items; "
+            "carve one with reelpack.data.validation_split(split, fraction, seed)"
+        )
+    if split is None:
+        return val_split
+    if val_split.n_users != split.n_users or val_split.n_items != split.n_items:
+        raise DimensionMismatchError(
+            f"val_split has {val_split.n_users} users x {val_split.n_items} items, the split "
+            f"{split.n_users} x {split.n_items}; carve it from this split with reelpack.data.validation_split"
+        )
+    if (
+        val_split.data_hash != split.data_hash
+        or not np.array_equal(val_split.user_ids, split.user_ids)
+        or not np.array_equal(val_split.item_ids, split.item_ids)
+    ):
+        raise InvalidInputError(
+            "val_split was carved from other data (its data hash or user/item ids differ from the split's)"
+        )
+    n_fit, n_val, n_train = (np.diff(p) for p in (val_split.train_indptr, val_split.test_indptr, split.train_indptr))
+    same = np.array_equal(n_fit + n_val, n_train)
+    if same:
+        def keys(indptr: np.ndarray, items: np.ndarray) -> np.ndarray:
+            owner = np.repeat(np.arange(split.n_users, dtype=np.int64), np.diff(indptr))
+            return owner * split.n_items + items.astype(np.int64)
+
+        carved = np.concatenate([keys(val_split.train_indptr, val_split.train_items),
+                                 keys(val_split.test_indptr, val_split.test_items)])  # fmt: skip
+        same = np.array_equal(np.sort(carved), np.sort(keys(split.train_indptr, split.train_items)))
+    if not same:
+        raise InvalidInputError(
+            "val_split's fit and validation items are not the split's train items (it was carved from another "
+            "split, or holds test items); carve it with reelpack.data.validation_split(split, fraction, seed)"
+        )
+    return val_split

@@ -45,7 +45,7 @@ from reelpack.codecs import make_codec
 from reelpack.codecs.base import Codec
 from reelpack.codecs.rabitq import FACTOR_BYTES as RABITQ_FACTOR_BYTES
 from reelpack.codecs.rabitq import MAX_BITS as RABITQ_MAX_BITS
-from reelpack.data.interactions import MIN_VALIDATION_USERS, Split
+from reelpack.data.interactions import MIN_VALIDATION_USERS, Split, check_validation_split
 from reelpack.errors import (
     CodecSpecError,
     DataNotFoundError,
@@ -524,13 +524,11 @@ def tune_codecs(
         ValidationTooSmallError: fewer than ``min_users`` validation users (after ``max_users``).
         NoCandidateError: a budget has no candidate, or every candidate of a budget failed to fit.
     """
-    if not isinstance(val_split, Split):
-        raise InvalidInputError(f"val_split must be a reelpack.data.Split, got {type(val_split).__name__}")
-    if not val_split.is_validation:
-        raise InvalidInputError(
-            "tune must run on a validation split; the test split is for the report "
-            "(make one with reelpack.data.validation_split(split))"
-        )
+    val_split = check_validation_split(
+        val_split,
+        refusal="tune must run on a validation split; the test split is for the report "
+        "(make one with reelpack.data.validation_split(split))",
+    )
     item_emb = as_float_matrix(item_emb, "item_emb")
     dim = int(item_emb.shape[1])
     user_emb = as_float_matrix(user_emb, "user_emb", dim=dim)
