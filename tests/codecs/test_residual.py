@@ -14,6 +14,7 @@ from reelpack.codecs.base import pack_state, unpack_state
 from reelpack.codecs.residual import (
     BOUND_INF_CODE,
     ResidualCodec,
+    ResidualScanner,
     rq_decode,
     rq_decode_reference,
     rq_residual_norms,
@@ -464,3 +465,31 @@ def test_unit_codec_ranks_better_than_raw_reconstructions(unit):
         return np.mean([len(set(a) & set(b)) for a, b in zip(top.tolist(), truth.tolist())])
 
     assert overlap(normed) >= overlap(raw)
+
+
+@pytest.mark.parametrize("spec", ["rq4+4-n", "rq6-r-p8-n"])
+def test_unit_codec_scanner_rescales_adc_instead_of_decoding(spec, unit, monkeypatch):
+    """The -n scanner: inverse norms once, then ADC x factor per block; its top-K equals codec.score's."""
+    c = make_codec(spec).fit(unit["train"], seed=1)
+    codes = c.encode(unit["items"])
+    inv = c.inverse_norms(codes)
+    raw = make_codec(spec.replace("-n", "")).fit(unit["train"], seed=1).decode(codes)  # same codes, same stages
+    assert inv.dtype == np.float32 and inv.shape == (len(codes),)
+    np.testing.assert_allclose(inv, 1.0 / np.linalg.norm(raw, axis=1), rtol=1e-5)
+    scanner = c.scanner(codes)
+    assert isinstance(scanner, ResidualScanner) and scanner.prepared_bytes == 4 * len(codes)
+    q = unit["queries"]
+    scores = c.score(q, codes)
+    monkeypatch.setattr(ResidualScanner, "ROWS", 37)  # several row blocks, merged
+    ids, vals = c.scanner(codes).search(q, 20)
+    np.testing.assert_allclose(vals, -np.sort(-scores, axis=1)[:, :20], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(scores, ids, axis=1), vals, rtol=0, atol=1e-5)
+    # the rescaling is what the scanner relies on: a zero factor would put every item at 0
+    assert np.abs(vals).max() > 0.1
+
+
+def test_inverse_norms_is_for_unit_codecs_only(data):
+    c = make_codec("rq4").fit(data["train"], seed=0)
+    assert not isinstance(c.scanner(c.encode(data["items"])), ResidualScanner)
+    with pytest.raises(InvalidInputError, match="-n"):
+        c.inverse_norms(c.encode(data["items"]))

@@ -131,11 +131,13 @@ from reelpack.codecs._common import check_state_keys, row_blocks, state_array, s
 from reelpack.codecs.base import Codec
 from reelpack.codecs.pq import _faiss_kmeans_settings
 from reelpack.codecs.registry import register_codec
+from reelpack.codecs.scanner import GenericScanner, Scanner
 from reelpack.errors import CodecSpecError, InvalidInputError, SerializationError
 from reelpack.kernels.dense import GEMM_MIN_QUERIES, pq_adc
 
 __all__ = [
     "ResidualCodec",
+    "ResidualScanner",
     "rq_lut",
     "rq_decode",
     "rq_decode_reference",
@@ -638,10 +640,38 @@ class ResidualCodec(Codec):
         (``-n``: with the unit-length reconstructions, decoded once: their norms need the decode anyway)."""
         if self.unit:
             return np.ascontiguousarray(queries @ self._finish_decode(codes).T, np.float32)
+        return self._raw_ip(queries, codes)
+
+    def _raw_ip(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Inner products float32 [q, n] with the reconstructions of codebook bytes [n, m] before any ``-n``
+        rescaling: ADC over the codebooks (``-pD``: of the projected query, plus ``<q, mean>``)."""
         if self.project is None:
             return _rq_ip(queries, self.codebooks, codes)  # type: ignore[arg-type]
         q = np.ascontiguousarray(queries @ self.projection, np.float32)  # type: ignore[operator]
         return _rq_ip(q, self.codebooks, codes) + (queries @ self.mean)[:, None].astype(np.float32)  # type: ignore[operator]
+
+    def inverse_norms(self, codes: np.ndarray) -> np.ndarray:
+        """``-n``: float32 [n], one over each item's reconstruction norm before rescaling (0 for a zero
+        reconstruction), from codes uint8 [n, bytes_per_vector]; decoded in row blocks. The ``-n`` score is
+        the raw ADC score times this factor, which is how the scanners (numba and C) rank without decoding."""
+        self._require_fitted("inverse_norms")
+        if not self.unit:
+            raise InvalidInputError(f"{self.spec}: inverse_norms is for rq -n codecs (unit-length reconstructions)")
+        codes = as_codes(codes, self._bytes_per_vector())
+        out = np.empty(codes.shape[0], np.float32)
+        for rows in row_blocks(codes.shape[0], self.dim):
+            R = self._raw_decode(self._cb_codes(codes[rows], len(self.stages))).astype(np.float64)
+            norms = np.sqrt(np.einsum("ij,ij->i", R, R))
+            with np.errstate(divide="ignore"):
+                out[rows] = np.where(norms > 0, 1.0 / norms, 0.0)
+        return out
+
+    def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,
+                rerank: int | None = None) -> Scanner:  # fmt: skip
+        """``-n`` codecs: a :class:`ResidualScanner` (inverse norms computed once, then ADC + rescale per
+        block); otherwise the ADC :class:`~reelpack.codecs.scanner.GenericScanner`."""
+        self._require_fitted("scanner")
+        return ResidualScanner(self, codes) if self.unit else GenericScanner(self, codes)
 
     def _raw_decode(self, codes: np.ndarray) -> np.ndarray:
         """Reconstructions float32 [n, d] of codebook bytes [n, m], before any ``-n`` normalisation."""
@@ -764,3 +794,20 @@ def _build_rq(match: re.Match[str]) -> Codec:
         project=project,
         unit=match.group("n") is not None,
     )
+
+
+class ResidualScanner(GenericScanner):
+    """``rq ... -n``: each item's inverse reconstruction norm computed once (float32 [n], ``prepared_bytes``),
+    then per row block the raw ADC scores (:meth:`ResidualCodec._raw_ip`) times those factors, so a query never
+    decodes the catalog. Scores equal :meth:`ResidualCodec.score` up to float32 rounding."""
+
+    def __init__(self, codec: ResidualCodec, codes: np.ndarray) -> None:
+        super().__init__(codec, codes)
+        self.inv_norms = codec.inverse_norms(self.codes)
+        self.prepared_bytes = int(self.inv_norms.nbytes)
+        self.kernel = "rq-adc-norm+topk"
+
+    def _block_scores(self, queries: np.ndarray, start: int, stop: int) -> np.ndarray:
+        codec: ResidualCodec = self.codec  # type: ignore[assignment]
+        raw = codec._raw_ip(queries, codec._cb_codes(self.codes[start:stop], len(codec.stages)))
+        return raw * self.inv_norms[start:stop][None, :]

@@ -79,7 +79,7 @@ class GenericScanner(Scanner):
         best_ids = np.zeros((q.shape[0], 0), np.int64)
         best_vals = np.zeros((q.shape[0], 0), np.float32)
         for s in range(0, self.n_items, self.ROWS):
-            block = self.codec.score(q, self.codes[s : s + self.ROWS])
+            block = self._block_scores(q, s, min(s + self.ROWS, self.n_items))
             kk = min(k, block.shape[1])
             ids, vals = topk(block, kk)
             merged_ids = np.concatenate([best_ids, ids + s], axis=1)
@@ -87,3 +87,7 @@ class GenericScanner(Scanner):
             order, best_vals = topk(merged_vals, min(k, merged_vals.shape[1]))
             best_ids = np.take_along_axis(merged_ids, order, axis=1)
         return best_ids, best_vals
+
+    def _block_scores(self, queries: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Scores float32 [q, stop - start] of checked queries [q, d] against items ``start:stop``."""
+        return self.codec.score(queries, self.codes[start:stop])
