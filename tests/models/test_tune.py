@@ -78,6 +78,18 @@ def test_candidate_specs_families():
     assert all(isinstance(f, CandidateFamily) for f in CANDIDATE_FAMILIES)
 
 
+def test_pca_candidates_from_pca_min_dim():
+    """At high d the projected residual codes (d/4 and d/2 PCA coordinates) are candidates; below, none is."""
+    assert not any("-p" in s for s in candidate_specs(16, tune.PCA_MIN_DIM // 2))
+    at_512 = candidate_specs(16, 512)
+    assert {"rq16-p128-n", "rq16-r-p128-n", "rq16-p256-n"} <= set(at_512)
+    X = np.random.default_rng(1).normal(size=(400, tune.PCA_MIN_DIM)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    for spec in (s for s in candidate_specs(4, tune.PCA_MIN_DIM) if "-p" in s):
+        codec = make_codec(spec).fit(X, seed=0)
+        assert codec.bytes_per_vector == 4 and codec.spec == spec
+
+
 def test_candidate_families_extend_and_refused_specs_are_skipped(monkeypatch):
     extra = (CandidateFamily("bogus", lambda b, d: f"bogus{b}"), CandidateFamily("rq-stages", lambda b, d: f"rq{b // 2}+{b - b // 2}"))
     monkeypatch.setattr(tune, "CANDIDATE_FAMILIES", CANDIDATE_FAMILIES + extra)

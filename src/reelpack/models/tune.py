@@ -65,6 +65,7 @@ from reelpack.util.validate import as_float_matrix
 __all__ = [
     "CandidateFamily",
     "CANDIDATE_FAMILIES",
+    "PCA_MIN_DIM",
     "candidate_specs",
     "is_finetune_candidate",
     "CandidateRow",
@@ -102,6 +103,10 @@ class CandidateFamily:
     spec: Callable[[int, int], str | None]
 
 
+#: Smallest dimension at which the ``rq ... -pD`` (PCA projection) candidates are tried.
+PCA_MIN_DIM = 256
+
+
 def _divides(budget: int, dim: int) -> bool:
     return dim % budget == 0
 
@@ -125,6 +130,11 @@ CANDIDATE_FAMILIES: tuple[CandidateFamily, ...] = (
     CandidateFamily("rq-r", lambda b, d: f"rq{b}-r"),
     CandidateFamily("rq-n", lambda b, d: f"rq{b}-n"),  # unit-norm items only (others fail to fit: skipped)
     CandidateFamily("rq-r-n", lambda b, d: f"rq{b}-r-n"),
+    # high dimensions (512-d video embeddings): the stages on the top d/4 or d/2 PCA coordinates won every
+    # 512-d budget on validation (BENCHMARKS 1.6), at a fraction of the full-dimension encode time
+    CandidateFamily("rq-p-n", lambda b, d: f"rq{b}-p{d // 4}-n" if d >= PCA_MIN_DIM else None),
+    CandidateFamily("rq-r-p-n", lambda b, d: f"rq{b}-r-p{d // 4}-n" if d >= PCA_MIN_DIM else None),
+    CandidateFamily("rq-p-n-half", lambda b, d: f"rq{b}-p{d // 2}-n" if d >= PCA_MIN_DIM else None),
     CandidateFamily("sq4", lambda b, d: "sq4" if (d + 1) // 2 == b else None),
     CandidateFamily("sq8", lambda b, d: "sq8" if d == b else None),
     CandidateFamily("rabitq", _rabitq_spec),
