@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
+from reelpack.bench.latency import median_seconds
 from reelpack.codecs import make_codec
 from reelpack.kernels import topk
 from reelpack.search.onnx_export import OnnxScorer, export_onnx
@@ -40,16 +39,6 @@ def cpu_name() -> str:
         pass
     return platform.processor() or platform.machine()
 
-
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:
@@ -79,11 +68,14 @@ def main() -> None:
     assert (scorer.search(q, codes)[0] == ref_ids).all()
     assert (embedded.search(q)[0] == ref_ids).all()
 
+    def ms(fn) -> float:
+        return 1e3 * median_seconds(fn, args.repeats, warmup=3)
+
     rows = {
-        "reelpack score + topk": median_ms(lambda: topk(codec.score(q, codes), args.k), args.repeats),
-        "onnx (codes input)": median_ms(lambda: scorer.search(q, codes), args.repeats),
-        "onnx (embedded)": median_ms(lambda: embedded.search(q), args.repeats),
-        "onnx raw session.run": median_ms(lambda: session.run(None, {"query": q, "codes": codes}), args.repeats),
+        "reelpack score + topk": ms(lambda: topk(codec.score(q, codes), args.k)),
+        "onnx (codes input)": ms(lambda: scorer.search(q, codes)),
+        "onnx (embedded)": ms(lambda: embedded.search(q)),
+        "onnx raw session.run": ms(lambda: session.run(None, {"query": q, "codes": codes})),
     }
     print(f"{args.spec} d={args.dim}, {args.items} items x {codec.bytes_per_vector} B, 1 query, top-{args.k}, "
           f"median of {args.repeats} runs, 1 thread; onnxruntime {onnxruntime.__version__}; {cpu_name()}")  # fmt: skip

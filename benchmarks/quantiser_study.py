@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from reelpack.bench.latency import median_seconds
 from reelpack.codecs import make_codec
 from reelpack.data import load_interactions, train_test_split, validation_split
 from reelpack.metrics.ranking import dense_score_fn, evaluate_scores
@@ -35,17 +35,6 @@ from reelpack.models.tune import validation_users
 
 DECODE_ITEMS = 100_000
 
-
-def median_seconds(fn, repeats: int = 5) -> float:
-    """Median wall time in seconds of ``fn()`` over ``repeats`` calls, after one warm-up call (numba compiles
-    on first use, and a first call also pays page faults)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"study-d{args.dim}.json").write_text(json.dumps({"dim": args.dim, "rows": rows, "users": len(users)}, indent=1))
-    print(f"| method | B | MSE | Gaussian bound | MSE/bound | val rel R@50 | val rel NDCG@10 | fit s | encode us/item | decode ms/100k |")
+    print("| method | B | MSE | Gaussian bound | MSE/bound | val rel R@50 | val rel NDCG@10 | fit s | encode us/item | decode ms/100k |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| `{r['method']}` | {r['bytes']} | {r['mse']:.4f} | {r['gaussian_bound']:.4f} | {r['mse_over_bound']:.2f} | "

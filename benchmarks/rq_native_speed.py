@@ -22,20 +22,10 @@ import time
 
 import numpy as np
 
+from reelpack.bench.latency import median_seconds
 from reelpack.codecs import make_codec
 from reelpack.search import make_scanner
 
-
-def median_ms(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls, after 3 warm-up calls."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:
@@ -67,8 +57,8 @@ def main() -> None:
         c_ms, n_ms, same = [], [], 0
         for q in Q:
             one = q[None, :]
-            c_ms.append(median_ms(lambda: native.search(one, args.k), args.repeats))
-            n_ms.append(median_ms(lambda: numba.search(one, args.k), args.repeats))
+            c_ms.append(1e3 * median_seconds(lambda: native.search(one, args.k), args.repeats, warmup=3))
+            n_ms.append(1e3 * median_seconds(lambda: numba.search(one, args.k), args.repeats, warmup=3))
             same += int(np.array_equal(native.search(one, args.k)[0], numba.search(one, args.k)[0]))
         c, n = statistics.median(c_ms), statistics.median(n_ms)
         print(f"| `{spec}` | {codec.bytes_per_vector} | {native.kernel} | {c:.3f} | {n:.3f} | {c / n:.2f} | "

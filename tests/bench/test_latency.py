@@ -120,3 +120,21 @@ def test_html_report_names_the_timed_path(result):
     fig = page.split('id="fig-latency"', 1)[1].split("</section>", 1)[0]
     assert "ONE query" in fig and "make_scanner(codec, codes).search" in fig and "query ms p90" in fig
     assert "latency timing" in page
+
+
+def test_median_seconds_warms_up_and_takes_the_median():
+    from reelpack.bench.latency import median_seconds
+
+    calls = []
+    durations = iter([0.05, 0.0, 0.0, 0.02, 0.0])  # the slow first call is the untimed warm-up
+
+    def fn():
+        calls.append(1)
+        import time
+
+        time.sleep(next(durations))
+
+    got = median_seconds(fn, repeats=3, warmup=2)
+    assert len(calls) == 5 and got < 0.015
+    with pytest.raises(InvalidInputError):
+        median_seconds(fn, repeats=0)

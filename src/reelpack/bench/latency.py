@@ -37,7 +37,9 @@ import numpy as np
 from reelpack.data.interactions import Split
 from reelpack.errors import InvalidInputError
 
-__all__ = ["LATENCY_PATHS", "LatencyBench", "dense_search", "faiss_search", "latency_note", "scanner_search"]
+__all__ = [
+    "LATENCY_PATHS", "LatencyBench", "dense_search", "faiss_search", "latency_note", "median_seconds", "scanner_search"
+]  # fmt: skip
 
 LATENCY_PATHS: dict[str, str] = {
     "reference": "single query: numpy GEMV (item_emb @ q, BLAS, 1 thread) + reelpack.kernels.topk",
@@ -48,6 +50,21 @@ LATENCY_PATHS: dict[str, str] = {
 
 SearchFn = Callable[[np.ndarray, int], np.ndarray]
 """Maps one query float32 [d] and a depth k' to the top-k' item indexes int64 [k'] (-1: no result)."""
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time in seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls (numba
+    compiles on first use, and a first call also pays page faults)."""
+    if repeats < 1 or warmup < 0:
+        raise InvalidInputError(f"median_seconds needs repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def dense_search(item_emb: np.ndarray) -> SearchFn:
