@@ -22,6 +22,9 @@ from reelpack.codecs.residual import (
 )
 from reelpack.errors import (
     CodecSpecError,
+    DimensionMismatchError,
+    DTypeError,
+    NotFittedError,
     InvalidInputError,
     SerializationError,
     UnknownCodecError,
@@ -493,3 +496,16 @@ def test_inverse_norms_is_for_unit_codecs_only(data):
     assert not isinstance(c.scanner(c.encode(data["items"])), ResidualScanner)
     with pytest.raises(InvalidInputError, match="-n"):
         c.inverse_norms(c.encode(data["items"]))
+
+
+def test_inverse_norms_refuses_bad_codes(unit):
+    c = make_codec("rq4-n").fit(unit["train"], seed=0)
+    codes = c.encode(unit["items"])
+    with pytest.raises(DimensionMismatchError):
+        c.inverse_norms(codes[:, :3])
+    with pytest.raises(DimensionMismatchError):
+        c.inverse_norms(codes[0])
+    with pytest.raises(DTypeError):
+        c.inverse_norms(codes.astype(np.float32))
+    with pytest.raises(NotFittedError):
+        make_codec("rq4-n").inverse_norms(codes)

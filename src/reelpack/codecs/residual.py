@@ -283,6 +283,14 @@ def rq_lut(queries: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(lut.reshape(queries.shape[0], m, ksub))
 
 
+def _inverse_lengths(R: np.ndarray) -> np.ndarray:
+    """float32 [n]: one over the length of each row of float32 R [n, d], summed in float64 (0 for a zero row)."""
+    R64 = R.astype(np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", R64, R64))
+    with np.errstate(divide="ignore"):
+        return np.where(norms > 0, 1.0 / norms, 0.0).astype(np.float32)
+
+
 def _rq_ip(queries: np.ndarray, codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """``queries @ rq_decode(codebooks, codes).T`` float32 [q, n]: LUT + ADC for few queries, else decode + GEMM."""
     cb = np.ascontiguousarray(codebooks[: codes.shape[1]])
@@ -660,10 +668,7 @@ class ResidualCodec(Codec):
         codes = as_codes(codes, self._bytes_per_vector())
         out = np.empty(codes.shape[0], np.float32)
         for rows in row_blocks(codes.shape[0], self.dim):
-            R = self._raw_decode(self._cb_codes(codes[rows], len(self.stages))).astype(np.float64)
-            norms = np.sqrt(np.einsum("ij,ij->i", R, R))
-            with np.errstate(divide="ignore"):
-                out[rows] = np.where(norms > 0, 1.0 / norms, 0.0)
+            out[rows] = _inverse_lengths(self._raw_decode(self._cb_codes(codes[rows], len(self.stages))))
         return out
 
     def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,
@@ -683,9 +688,7 @@ class ResidualCodec(Codec):
         reconstruction stays zero)."""
         R = self._raw_decode(codes)
         if self.unit:
-            norms = np.sqrt(np.einsum("ij,ij->i", R.astype(np.float64), R.astype(np.float64)))
-            with np.errstate(divide="ignore"):
-                R *= np.where(norms > 0, 1.0 / norms, 0.0).astype(np.float32)[:, None]
+            R *= _inverse_lengths(R)[:, None]
         return R
 
     def _encode(self, X: np.ndarray) -> np.ndarray:
