@@ -6,7 +6,8 @@ Protocol (amazon-book by default):
    (:func:`reelpack.data.validation_split`, 10 % of each user's train items, seed 0);
 2. two-tower embeddings trained on the fit part (train minus validation) at ``--dim``;
 3. reelpack's candidates at each budget (:func:`reelpack.models.tune.candidate_specs`, fine-tuning of
-   ``qat-`` candidates kept only where it wins on validation) are fitted with each codec seed and scored on
+   ``qat-`` candidates kept only where it wins on validation; each also fitted with the popularity weights of
+   ``--popularity-betas``, from the fit part's interactions) are fitted with each codec seed and scored on
    the validation users; :func:`reelpack.models.tune.tune_codecs` chooses one per budget;
 4. faiss's codecs at the same budgets (PQ, OPQ, RQ, LSQ, SQ, RaBitQ: every factory whose ``sa_code_size``
    equals the budget) are fitted with the same seeds and scored on the same validation users;
@@ -120,8 +121,8 @@ def summarise(per_seed: list[dict[str, float]]) -> dict[str, float]:
 def merge_seeds(first, rest, chosen: dict[int, str]):
     """``rest`` (the chosen specs with the seeds after the first) with ``first``'s seed-0 runs of them prepended."""
     for b, spec in chosen.items():
-        row0 = next(r for r in first.rows if r.spec == spec and r.budget == b)
-        row = next(r for r in rest.rows if r.spec == spec and r.budget == b)
+        row0 = next(r for r in first.rows if r.label == spec and r.budget == b)
+        row = next(r for r in rest.rows if r.label == spec and r.budget == b)
         row.seeds = row0.seeds + row.seeds
         row.per_seed = row0.per_seed + row.per_seed
         row.summarise()
@@ -150,10 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", default=None, help="reelpack specs instead of candidate_specs (space-separated)")
     ap.add_argument("--faiss-top", type=int, default=2, help="faiss codecs per budget run with every seed (best on validation)")
     ap.add_argument("--skip-faiss", default="", help="faiss factories to skip (space-separated), e.g. for time")
+    ap.add_argument("--popularity-betas", default="0,1",
+                    help="popularity exponents every reelpack candidate is fitted with (reelpack.data.popularity_weights)")
     ap.add_argument("--out", default="results/validation-sweep")
     args = ap.parse_args(argv)
     budgets = [int(b) for b in args.budgets.split(",")]
     seeds = list(range(args.seeds))
+    betas = [float(x) for x in args.popularity_betas.split(",")]
     faiss.omp_set_num_threads(1)
     t_start = time.time()
     inter = load_interactions(args.data)
@@ -175,12 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"tune {done}/{total} {what}")
 
     tune = tune_codecs(U, X, fit, budgets, candidates=cands, seeds=seeds[:1], k=K, max_users=args.users,
-                       finetune=True, progress=progress, finetune_epochs=args.finetune_epochs, keep_fitted=True)  # fmt: skip
-    chosen = {b: tune.choice(b).spec for b in budgets}
+                       finetune=True, progress=progress, finetune_epochs=args.finetune_epochs, keep_fitted=True,
+                       popularity_betas=betas)  # fmt: skip
+    chosen = {b: tune.choice(b).label for b in budgets}  # "rq8-n" or, popularity-weighted, "rq8-n@pop1"
     log(f"chosen on validation (seed {seeds[0]}): {chosen}")
     if len(seeds) > 1:  # the choice with the other seeds: its validation spread, and the codecs the test reads
         rest = tune_codecs(U, X, fit, budgets, candidates=sorted(set(chosen.values())), seeds=seeds[1:], k=K,
-                           max_users=args.users, finetune=True, progress=progress,
+                           max_users=args.users, finetune=True, progress=progress, popularity_betas=(0.0,),
                            finetune_epochs=args.finetune_epochs, keep_fitted=True)  # fmt: skip
         again = merge_seeds(tune, rest, chosen)
     else:
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         per_seed = []
         for seed, codec, codes in again.fitted[spec]:
             per_seed.append(evaluate(lambda us, c=codec, z=codes: c.score(U[us], z), split, test_users, ref_test))
-        row = next(r for r in again.rows if r.spec == spec and r.budget == b)
+        row = next(r for r in again.rows if r.label == spec and r.budget == b)
         entry = {"reelpack": {"spec": spec, "choice": dict(vars(tune.choice(b))),
                               "validation": {**row.mean, **{k + "_std": v for k, v in row.std.items()},
                                              "finetune": row.finetune, "finetuned": row.finetuned},

@@ -16,12 +16,12 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """One small tune run: d=16, budgets 4 and 8, one seed, given candidates, no fine-tune."""
+    """One small tune run: d=16, budgets 4 and 8, one seed, given candidates, uniform fits only, no fine-tune."""
     tmp = tmp_path_factory.mktemp("tune")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("REELPACK_DATA", raising=False)
         r = runner.invoke(app, ["tune", "--dim", "16", "--epochs", "1", "--budget", "4,8", "--seeds", "1",
-                                "--max-users", "300", "--candidates", "pq4 rq4 sq4 sq8", "--no-finetune",
+                                "--max-users", "300", "--candidates", "pq4 rq4 sq4 sq8", "--no-finetune", "--popularity-betas", "0",
                                 "--out", str(tmp / "out"), "--cache-dir", str(tmp / "cache")])  # fmt: skip
     return r, tmp / "out" / "tune-d16.json"
 
@@ -44,6 +44,12 @@ def test_tune_impossible_budget_fails_before_training(tmp_path):
     assert r.exit_code == 2 and "exactly 65 bytes per item at d=16" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["tune", "--budget", "8,x", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "--budget" in r.output
+    r = runner.invoke(app, ["tune", "--popularity-betas", "0,x", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--popularity-betas" in r.output
+    r = runner.invoke(app, ["tune", "--popularity-betas", "9", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--popularity-betas" in r.output
+    r = runner.invoke(app, ["tune", "--candidates", "pq4@pop9", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "popularity exponent" in " ".join(r.output.split()) and "Traceback" not in r.output
     assert list(tmp_path.iterdir()) == []
 
 
@@ -100,3 +106,42 @@ def test_build_catalog_with_auto_spec(tuned, tmp_path):
     r = runner.invoke(app, args + ["--tune", str(tune_file)])
     assert r.exit_code == 0, r.output
     assert f"auto8 -> {chosen}" in r.output and f"codecs {chosen}" in r.output
+
+
+def _weighted(tune_file, tmp_path, beta=1.0):
+    """The tune result with its 4-byte choice marked as fitted with popularity weights of exponent ``beta``."""
+    doc = json.loads(tune_file.read_text())
+    doc["choices"]["4"]["popularity_beta"] = beta
+    path = tmp_path / "weighted-d16.json"
+    path.write_text(json.dumps(doc))
+    return path, doc["choices"]["4"]["spec"]
+
+
+def test_pack_fits_a_popularity_choice_with_the_item_counts(tuned, tmp_path):
+    from reelpack.codecs import make_codec
+    from reelpack.data import popularity_weights
+    from reelpack.format import PackReader
+
+    _, tune_file = tuned
+    weighted, chosen = _weighted(tune_file, tmp_path)
+    emb, out = _npy(tmp_path), tmp_path / "w.rpak"
+    args = ["pack", str(emb), "--codecs", "auto4 sq8", "--tune", str(weighted), "--out", str(out)]
+    r = runner.invoke(app, args)  # the choice needs the counts: a clear error, nothing written
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "popularity weights" in r.output and "--item-counts" in r.output and not out.exists()
+    counts = np.random.default_rng(3).integers(0, 50, 600)
+    np.save(tmp_path / "counts.npy", counts)
+    r = runner.invoke(app, args + ["--item-counts", str(tmp_path / "counts.npy")])
+    assert r.exit_code == 0, r.output
+    assert "fitted with popularity weights" in " ".join(r.output.split())
+    X = np.load(emb)
+    twin = make_codec(chosen).fit(X, seed=0, weights=popularity_weights(counts, 1.0))
+    with PackReader(out) as pack:
+        assert pack.codec(0).to_bytes() == twin.to_bytes()  # layer 0 fitted with the weights, sq8 uniformly
+        assert pack.metadata["popularity_beta"] == {chosen: 1.0}
+    for bad, match in ((counts[:10], "shape \\(600,\\)"), (counts.astype(np.float32), "integer array"),
+                       (-counts - 1, ">= 0")):  # fmt: skip
+        np.save(tmp_path / "bad.npy", bad)
+        r = runner.invoke(app, args[:-2] + ["--out", str(tmp_path / "bad.rpak"), "--item-counts", str(tmp_path / "bad.npy")])
+        assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "bad.rpak").exists()
+        assert __import__("re").search(match, " ".join(r.output.split())), r.output

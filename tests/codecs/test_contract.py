@@ -659,3 +659,20 @@ def test_onnx_export_ranks_like_codec_score(spec, fitted, contract_data):
     assert ids.shape == vals.shape == (len(queries), k)
     assert (np.abs(vals - expected) <= tol).all(), np.abs(vals - expected).max()
     assert (np.abs(np.take_along_axis(scores, ids, axis=1) - vals) <= tol).all()
+
+
+@spec_param
+def test_weighted_fit_keeps_the_contract(spec, contract_data):
+    """Every family takes row weights (training rows drawn in proportion to them): same seed, same fit; the codes
+    keep their width and decode; zero-weight rows are never trained on (weights of a sample equal to the sample)."""
+    train = contract_data["train"]
+    w = np.ones(len(train))
+    w[: len(train) // 2] = 3.0
+    a = make_codec(spec).fit(train, seed=0, weights=w)
+    b = make_codec(spec).fit(train, seed=0, weights=w)
+    assert a.to_bytes() == b.to_bytes()
+    codes = a.encode(contract_data["items"])
+    assert codes.shape == (len(contract_data["items"]), EXPECTED_BYTES[spec])
+    assert np.all(np.isfinite(a.decode(codes)))
+    with pytest.raises(DimensionMismatchError, match="weights has 3 values"):
+        make_codec(spec).fit(train, weights=np.ones(3))

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from reelpack.codecs import make_codec
-from reelpack.data import MIN_VALIDATION_USERS, synthetic_interactions, train_test_split, validation_split
+from reelpack.data import (
+    MIN_VALIDATION_USERS,
+    popularity_weights,
+    synthetic_interactions,
+    train_test_split,
+    validation_split,
+)
 from reelpack.errors import (
     CodecSpecError,
     DataNotFoundError,
@@ -26,8 +32,10 @@ from reelpack.models.tune import (
     CandidateFamily,
     CandidateRow,
     TuneResult,
+    candidate_label,
     candidate_specs,
     is_finetune_candidate,
+    parse_candidate,
     resolve_auto_spec,
     tune_codecs,
 )
@@ -136,11 +144,15 @@ def test_tune_chooses_per_budget(problem, result):
     assert sorted(result.choices) == [4, 8] and result.dim == D and result.seeds == [0, 1]
     for b in (4, 8):
         rows = result.rows_for(b)
-        assert [r.spec for r in rows] == candidate_specs(b, D)
+        # every candidate with each default popularity exponent (0: uniform, 1: weighted by fit interactions)
+        assert [r.label for r in rows] == [candidate_label(s, beta) for s in candidate_specs(b, D) for beta in (0, 1)]
+        assert [r.popularity_beta for r in rows] == [0.0, 1.0] * len(candidate_specs(b, D))
         ok = [r for r in rows if r.error is None]
         best = max(r.mean["rel_recall"] for r in ok)
         choice = result.choices[b]
-        assert choice.spec in {r.spec for r in ok} and choice.reason
+        assert choice.label in {r.label for r in ok} and choice.reason
+        chosen_row = next(r for r in ok if r.label == choice.label)
+        assert choice.spec == chosen_row.spec and choice.popularity_beta == chosen_row.popularity_beta
         if not choice.tie:
             assert choice.rel_recall == best
         for r in ok:
@@ -160,7 +172,8 @@ def test_json_round_trip_and_save_load(result, tmp_path):
     assert TuneResult.load(path).to_json() == result.to_json()
     assert [p.name for p in path.parent.iterdir()] == ["tune-d16.json"]  # no temporary file left
     doc = json.loads(path.read_text())
-    assert doc["format"] == "reelpack-tune" and doc["version"] == 1 and "created_at" in doc
+    assert doc["format"] == "reelpack-tune" and doc["version"] == 2 and "created_at" in doc
+    assert all("popularity_beta" in r for r in doc["rows"])
 
 
 def test_load_errors(result, tmp_path):
@@ -185,7 +198,8 @@ def test_load_errors(result, tmp_path):
 
 def test_given_candidates_join_the_budget_of_their_size(problem):
     p = problem
-    res = tune_codecs(p["users"], p["items"], p["val"], [4, 8], candidates=["pq4", "sq4", "sq8"], seeds=(0,), finetune=False)
+    res = tune_codecs(p["users"], p["items"], p["val"], [4, 8], candidates=["pq4", "sq4", "sq8"], seeds=(0,), finetune=False,
+                      popularity_betas=(0,))
     assert [r.spec for r in res.rows_for(4)] == ["pq4"] and [r.spec for r in res.rows_for(8)] == ["sq4"]
     assert res.skipped == [{"spec": "sq8", "bytes": 16, "reason": "16 bytes per item at d=16: no such budget"}]
     assert res.choices[4].spec == "pq4" and res.choices[4].reason == "the only candidate that could be fitted"
@@ -220,7 +234,8 @@ def test_tie_within_paired_standard_error_goes_to_ndcg():
 def test_finetune_kept_or_dropped_with_figures(problem):
     pytest.importorskip("torch")
     p = problem
-    res = tune_codecs(p["users"], p["items"], p["val"], [4], candidates=["qat-rq4", "pq4"], seeds=(0,), finetune_epochs=1)
+    res = tune_codecs(p["users"], p["items"], p["val"], [4], candidates=["qat-rq4", "pq4"], seeds=(0,), finetune_epochs=1,
+                      popularity_betas=(0,))
     row = res.rows_for(4)[0]
     assert row.spec == "qat-rq4" and row.finetune is not None
     assert row.finetune.startswith(("kept: fine-tuned rel R@50", "dropped: fine-tuned rel R@50", "skipped:")), row.finetune
@@ -243,7 +258,7 @@ def test_finetune_divergence_keeps_the_untouched_codec(problem, monkeypatch):
 
     monkeypatch.setattr(tune, "_finetune", diverge)
     monkeypatch.setattr(tune, "_softmax_finetune_available", lambda: True)
-    res = tune_codecs(p["users"], p["items"], p["val"], [4], candidates=["qat-rq4"], seeds=(0, 1))
+    res = tune_codecs(p["users"], p["items"], p["val"], [4], candidates=["qat-rq4"], seeds=(0, 1), popularity_betas=(0,))
     row = res.rows_for(4)[0]
     assert row.finetune.startswith("fine-tune diverged: kept untouched") and "nan" in row.finetune
     assert not row.finetuned and res.choices[4].spec == "qat-rq4"
@@ -271,3 +286,58 @@ def test_budget_choice_fields_round_trip():
     c = BudgetChoice(16, "rq16", 0.97, 0.9, tie=True, tied_with=["pq16"], reason="tie")
     doc = json.loads(json.dumps(c.__dict__))
     assert BudgetChoice(**doc) == c
+
+
+# ---- popularity-weighted fits ------------------------------------------------------------------------------
+def test_candidate_labels_parse_and_print():
+    assert candidate_label("rq8-n", 0.0) == "rq8-n" and candidate_label("rq8-n", 1.0) == "rq8-n@pop1"
+    assert candidate_label("pq4", 0.5) == "pq4@pop0.5"
+    assert parse_candidate("RQ8-N@pop1") == ("rq8-n", 1.0) and parse_candidate("pq4") == ("pq4", None)
+    assert parse_candidate(candidate_label("pq4", 0.5)) == ("pq4", 0.5)
+    for bad in ("pq4@pop", "pq4@x1", "pq4@pop9", "bogus@pop1", "pq4@pop-1"):
+        with pytest.raises(CodecSpecError):
+            parse_candidate(bad)
+
+
+def test_popularity_candidates_fit_with_the_weights_of_the_fit_part(problem):
+    """``spec@popB`` is fitted with popularity_weights(fit item counts, B): the kept codec equals such a fit; its
+    row, the choice and the JSON carry the exponent; plain specs get every exponent of popularity_betas."""
+    p = problem
+    res = tune_codecs(p["users"], p["items"], p["val"], [4], candidates=["pq4@pop1", "sq4"], seeds=(0,),
+                      finetune=False, keep_fitted=True, popularity_betas=(0, 0.5))  # fmt: skip
+    assert [r.label for r in res.rows_for(4)] == ["pq4@pop1"]
+    row = res.rows_for(4)[0]
+    assert row.popularity_beta == 1.0 and res.choices[4].label == "pq4@pop1"
+    assert res.choices[4].spec == "pq4" and res.choices[4].popularity_beta == 1.0
+    (seed, codec, codes), = res.fitted["pq4@pop1"]
+    twin = make_codec("pq4").fit(p["items"], seed=0, weights=popularity_weights(p["val"].item_counts, 1.0))
+    assert codec.to_bytes() == twin.to_bytes()
+    assert codec.to_bytes() != make_codec("pq4").fit(p["items"], seed=0).to_bytes()
+    again = TuneResult.from_json(res.to_json())
+    assert again.choices[4].popularity_beta == 1.0 and again.rows[0].label == "pq4@pop1"
+    plain = tune_codecs(p["users"], p["items"], p["val"], [4], candidates=["pq4"], seeds=(0,), finetune=False,
+                        popularity_betas=(1, 0))  # fmt: skip
+    assert [r.label for r in plain.rows_for(4)] == ["pq4", "pq4@pop1"]
+
+
+def test_bad_popularity_betas(problem):
+    p = problem
+    for bad in ((), (-1,), (5,), ("x",)):
+        with pytest.raises(InvalidInputError, match="popularity_betas"):
+            tune_codecs(p["users"], p["items"], p["val"], [4], candidates=["pq4"], seeds=(0,), popularity_betas=bad)
+
+
+def test_version_1_results_load_with_uniform_fits_and_bad_betas_are_refused(result, tmp_path):
+    doc = json.loads(result.to_json())
+    old = json.loads(result.to_json())
+    old["version"] = 1
+    for c in old["choices"].values():
+        del c["popularity_beta"]
+    for r in old["rows"]:
+        del r["popularity_beta"]
+    loaded = TuneResult.from_json(json.dumps(old))
+    assert all(c.popularity_beta == 0.0 for c in loaded.choices.values())
+    for bad in (-1, 99, "1", True):
+        doc["choices"]["4"]["popularity_beta"] = bad
+        with pytest.raises(SerializationError, match="popularity_beta"):
+            TuneResult.from_json(json.dumps(doc))

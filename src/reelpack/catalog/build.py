@@ -24,6 +24,7 @@ from reelpack.catalog.pipeline import (
     BuildOptions,
     ProgressFn,
     check_codecs_and_block,
+    check_fit_weights,
     check_seed,
     check_users,
     fit_codecs,
@@ -38,9 +39,11 @@ from reelpack.catalog.sources import (
     CatalogSource,
     NpySource,
     SyntheticSource,
+    load_npy_array,
 )
 from reelpack.catalog.store import CatalogStore, validate_catalog_name
-from reelpack.errors import InvalidInputError
+from reelpack.errors import DataNotFoundError, InvalidInputError
+from reelpack.util.ids import check_item_ids
 
 __all__ = [
     "build_catalog",
@@ -53,6 +56,7 @@ __all__ = [
     "SyntheticSource",
     "ArraySource",
     "fit_sample_rows",
+    "check_fit_weights",
     "fit_codecs",
     "encode_blocks",
     "write_packs",
@@ -63,6 +67,32 @@ __all__ = [
 def _check_store(store: object) -> None:
     if not isinstance(store, CatalogStore):
         raise InvalidInputError(f"store must be a CatalogStore, got {type(store).__name__}")
+
+
+def _id_sorted_weights(fit_weights: Any, n_codecs: int | None, order: np.ndarray | None,
+                       n: int) -> list[np.ndarray | None] | None:  # fmt: skip
+    """Check ``fit_weights`` (:func:`check_fit_weights`; given in the input row order) and put each into the id
+    order the build fits and encodes in: ``w[order]`` (``order``: int [n], the input row of each id-sorted row;
+    ``None`` when the input rows are already in id order). ``None`` when no codec is weighted."""
+    ws = check_fit_weights(fit_weights, n_codecs, n)
+    if ws is None or order is None:
+        return ws
+    return [None if w is None else np.ascontiguousarray(w[order]) for w in ws]
+
+
+def _npy_source_order(source: NpySource) -> np.ndarray | None:
+    """The input row of each id-sorted row of an :class:`NpySource`: int64 [n] (the stable argsort of its ids, as
+    :meth:`NpySource.prepare` sorts the rows), or ``None`` when it has no ids file (rows already in id order).
+
+    Raises:
+        DataNotFoundError: the ids file is missing. InvalidInputError and subclasses: bad ids.
+    """
+    if source.ids_path is None:
+        return None
+    if not source.ids_path.is_file():
+        raise DataNotFoundError(f"ids file not found: {source.ids_path}")
+    ids = check_item_ids(load_npy_array(source.ids_path, "ids"), what="ids", n=source.n)
+    return np.argsort(ids, kind="stable")
 
 
 def build_catalog(
@@ -87,6 +117,7 @@ def build_catalog(
     fit_sample: int | None = None,
     edge: bool = False,
     edge_nlist: int | None = None,
+    fit_weights: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """Build and publish the next version of ``catalog``; return its manifest entry.
 
@@ -115,13 +146,18 @@ def build_catalog(
             coarse clusters of the float32 vectors, ``sq8`` codes, ``seed``) as ``edge.rpec``; the service cuts
             device summaries from it (``GET .../edge-summary``). The entry's ``edge`` then describes it.
         edge_nlist: its coarse clusters (default ``min(1024, max(1, n // 64))``, at most n); needs ``edge``.
+        fit_weights: optional per-codec fit weights, one entry per codec (layer 0 first; with ``codecs=None`` per
+            codec that applies): ``None`` (uniform fit) or float [n] row weights, finite, >= 0, not all 0, in the
+            order of ``ids`` / ``vectors`` (e.g. :func:`reelpack.data.popularity_weights` of the items' training
+            interactions). They are sorted with the rows by id; each codec is fitted on the fit sample with the
+            weights of its rows (:func:`fit_codecs`). A weighted build starts a fresh chain (no delta).
 
     Returns:
         the new version entry of the manifest (see the module docstring).
 
     Raises:
-        InvalidInputError and subclasses (bad name, shapes, ids, NaN), CodecSpecError (bad codec spec),
-        StoreError (corrupt existing manifest, unwritable store). On any error no new version is published.
+        InvalidInputError and subclasses (bad name, shapes, ids, NaN, fit weights), CodecSpecError (bad codec
+        spec), StoreError (corrupt existing manifest, unwritable store). On any error no new version is published.
     """
     if fit_sample is None:
         fit_sample = DEFAULT_FIT_SAMPLE
@@ -132,6 +168,10 @@ def build_catalog(
     U, uids = check_users(users, user_ids, source.d)
     specs = check_codecs_and_block(codecs, items_per_block)  # rejects bad specs before any work
     seed = check_seed(seed)
+    weights = None
+    if fit_weights is not None:  # the same stable id order ArraySource sorts the rows in
+        order = np.argsort(check_item_ids(ids, what="ids", n=source.n), kind="stable")
+        weights = _id_sorted_weights(fit_weights, None if specs is None else len(specs), order, source.n)
     if not isinstance(edge, (bool, np.bool_)):
         raise InvalidInputError(f"edge must be a bool, got {edge!r}")
     if edge_nlist is not None and not edge:
@@ -142,7 +182,7 @@ def build_catalog(
     hnsw = {k: v for k, v in (("connectivity", connectivity), ("expansion_add", expansion_add),
                               ("expansion_search", expansion_search)) if v is not None}  # fmt: skip
     opts = BuildOptions(specs=specs, items_per_block=items_per_block, seed=seed, users=U, user_ids=uids, index=index,
-                        arrays=True, hnsw=hnsw, threads=threads, fit_sample=fit_sample, delta=True,
+                        arrays=True, hnsw=hnsw, threads=threads, fit_sample=fit_sample, fit_weights=weights, delta=True,
                         distortion_threshold=distortion_threshold, verify_deltas=verify_deltas,
                         edge_nlist=int(nlist) if edge else None, stages="once")  # fmt: skip
     return run_build(store, catalog, source, opts, InProcessExecutor(), progress=progress)
@@ -170,6 +210,7 @@ def build_catalog_sharded(
     progress: ProgressFn | None = None,
     threads: int = 1,
     stats: dict[str, Any] | None = None,
+    fit_weights: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """Build and publish the next version of ``catalog`` with shards encoded on Dask workers.
 
@@ -200,6 +241,11 @@ def build_catalog_sharded(
         stats: optional dict filled with timings (``cluster_s`` (start/connect), ``fit_s``, ``encode_s``, ``assemble_s``, ``publish_s``,
             ``total_s``), shard counts (``shards``, ``encoded``, ``rebuilt``, ``verified``), ``shard_bytes``,
             ``codecs_cached`` and per-worker peak RSS (``workers``: address -> kB).
+        fit_weights: optional per-codec fit weights as in ``build_catalog`` (one entry per codec: ``None`` or
+            float [n]), in the source's input order: the rows of an :class:`NpySource`'s ``.npy`` file (sorted here
+            with its ids file, as its rows are), ids ``0..n-1`` of a :class:`SyntheticSource`, and the id-sorted
+            rows (``source.ids()``) of an :class:`ArraySource`. The codec cache in the work folder is keyed by
+            their digest, so a weighted fit never reuses an unweighted one (or one with other weights).
 
     The Dask cluster starts (or is reached) first; then the whole build runs under the catalog lock, as
     ``build_catalog`` does.
@@ -227,9 +273,14 @@ def build_catalog_sharded(
     fit_sample_rows(1, seed, fit_sample)  # validates fit_sample
     specs = check_codecs_and_block(codecs, items_per_block)
     U, uids = check_users(users, user_ids, source.d)
+    weights = None
+    if fit_weights is not None:
+        order = _npy_source_order(source) if isinstance(source, NpySource) else None
+        weights = _id_sorted_weights(fit_weights, None if specs is None else len(specs), order, source.n)
     executor = DaskExecutor(scheduler, int(n_workers), float(connect_timeout))
     opts = BuildOptions(specs=specs, items_per_block=items_per_block, seed=seed, users=U, user_ids=uids, index=index,
                         arrays=arrays, threads=threads, fit_sample=int(fit_sample), shard_size=int(shard_size),
+                        fit_weights=weights,
                         work_dir=None if work_dir is None else Path(work_dir), keep_work=keep_work,
                         stages="counts")  # fmt: skip
     return run_build(store, catalog, source, opts, executor, progress=progress, stats=stats)

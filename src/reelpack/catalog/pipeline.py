@@ -5,8 +5,10 @@ Stages (``reelpack build-catalog``, with or without ``--scheduler``; docs/SCALE.
 1. **plan** (under the catalog lock): read the manifest, settle the codecs and items per block (the previous
    version's by default), decide whether the version continues the previous chain.
 2. **fit** (driver): every codec is fitted once on a seeded sample of the id-sorted catalog
-   (:func:`fit_sample_rows`; the whole catalog when it has at most ``fit_sample`` rows). With a work folder the
-   fitted codecs are cached there (``codecs.rps``), so a rerun does not re-fit.
+   (:func:`fit_sample_rows`; the whole catalog when it has at most ``fit_sample`` rows), optionally with per-row
+   fit weights (``BuildOptions.fit_weights``: the weights of the sampled rows, :func:`fit_codecs`). With a work
+   folder the fitted codecs are cached there (``codecs.rps``, keyed by the weights' digest too), so a rerun does
+   not re-fit.
 3. **encode** (executor): the id-sorted rows are cut into shards of whole blocks; the executor
    (:mod:`reelpack.catalog.executor`: this process, or Dask workers) runs :func:`~reelpack.catalog.shards.encode_shard`
    on each, block by block. In-process the encoded parts stay in memory; with a work folder they are written as
@@ -59,7 +61,7 @@ from reelpack.catalog.store import (
     staged_version,
     version_dir,
 )
-from reelpack.errors import CodecSpecError, InvalidInputError, StoreError
+from reelpack.errors import CodecSpecError, DimensionMismatchError, InvalidInputError, StoreError
 from reelpack.format.delta import sha256_file
 from reelpack.util.ids import check_item_ids
 from reelpack.util.validate import as_float_matrix
@@ -77,6 +79,7 @@ __all__ = [
     "check_users",
     "check_seed",
     "fit_sample_rows",
+    "check_fit_weights",
     "fit_codecs",
     "write_packs",
     "save_npy",
@@ -182,19 +185,89 @@ def _sample(source: CatalogSource | np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.concatenate([source.rows(int(s), int(s) + FIT_RUN) for s in starts])
 
 
+def check_fit_weights(weights: Sequence[Any] | None, n_codecs: int | None,
+                      n: int) -> list[np.ndarray | None] | None:  # fmt: skip
+    """Check per-codec fit weights: ``None``, or one entry per codec, each ``None`` (uniform fit) or float [n].
+
+    Args:
+        weights: ``None`` or a list/tuple aligned with the codecs (layer 0 first) of ``None`` or float [n] row
+            weights (finite, >= 0, not all 0), e.g. :func:`reelpack.data.popularity_weights`.
+        n_codecs: the number of codecs, or ``None`` when not known yet (the count is then not checked).
+        n: rows of the catalog.
+
+    Returns:
+        ``None`` when ``weights`` is ``None`` or holds only ``None`` (the unweighted fit); else a list of ``None``
+        or float64 [n] C-contiguous copies.
+
+    Raises:
+        InvalidInputError: not a list/tuple; an entry not 1-D, not finite, negative or all 0.
+        DimensionMismatchError: not one entry per codec, or an entry without ``n`` values.
+    """
+    if weights is None:
+        return None
+    if not isinstance(weights, (list, tuple)):
+        raise InvalidInputError(f"fit weights must be a list with one entry (None or float [n]) per codec, "
+                                f"got {type(weights).__name__}")  # fmt: skip
+    if n_codecs is not None and len(weights) != n_codecs:
+        raise DimensionMismatchError(f"fit weights hold {len(weights)} entries, one per codec expected ({n_codecs})")
+    out: list[np.ndarray | None] = []
+    for k, w in enumerate(weights):
+        if w is None:
+            out.append(None)
+            continue
+        try:
+            arr = np.array(w, dtype=np.float64, copy=True, order="C")
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"fit weights of codec {k} must be a float array [n]") from None
+        if arr.ndim != 1:
+            raise InvalidInputError(f"fit weights of codec {k} must be 1-D (one per item), got shape {arr.shape}")
+        if arr.shape[0] != n:
+            raise DimensionMismatchError(f"fit weights of codec {k} have {arr.shape[0]} values, the catalog has "
+                                         f"{n} items")  # fmt: skip
+        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+            raise InvalidInputError(f"fit weights of codec {k} must be finite and >= 0")
+        if not arr.sum() > 0:
+            raise InvalidInputError(f"fit weights of codec {k} must not be all 0")
+        out.append(arr)
+    return out if any(w is not None for w in out) else None
+
+
 def fit_codecs(specs: Sequence[str], source: CatalogSource | np.ndarray, seed: int,
-               fit_sample: int = DEFAULT_FIT_SAMPLE) -> list[Any]:  # fmt: skip
+               fit_sample: int = DEFAULT_FIT_SAMPLE,
+               weights: Sequence[Any] | None = None) -> list[Any]:  # fmt: skip
     """Fit one codec per spec on the :func:`fit_sample_rows` sample of ``source`` (id-sorted rows).
 
     Args:
         specs: codec factory strings, layer 0 first. source: a source, or the id-sorted vectors float32 [n, d].
         seed: seed of the sample and of every codec's fit.
+        fit_sample: rows of the sample (:func:`fit_sample_rows`).
+        weights: ``None`` (every codec fitted on the sample as is), or one entry per spec: ``None`` or float [n]
+            row weights in the source's (id-sorted) row order (:func:`check_fit_weights`). A weighted codec is
+            fitted with ``weights=w[rows]``, the weights of the sampled rows (:meth:`reelpack.codecs.Codec.fit`).
+
+    Returns:
+        the fitted codecs, one per spec.
+
+    Raises:
+        InvalidInputError: bad weights (see :func:`check_fit_weights`), or weights that are all 0 on the sample.
+        DimensionMismatchError: not one weight entry per spec, or an entry without ``n`` values.
     """
     from reelpack.codecs import make_codec
 
     n = source.shape[0] if isinstance(source, np.ndarray) else source.n
-    sample = _sample(source, fit_sample_rows(n, seed, fit_sample))
-    return [make_codec(s).fit(sample, seed=seed) for s in specs]
+    ws = check_fit_weights(weights, len(specs), n)
+    rows = fit_sample_rows(n, seed, fit_sample)
+    sample = _sample(source, rows)
+    if ws is None:
+        return [make_codec(s).fit(sample, seed=seed) for s in specs]
+    out = []
+    for s, w in zip(specs, ws):
+        w_rows = None if w is None else w[rows]
+        if w_rows is not None and not w_rows.sum() > 0:
+            raise InvalidInputError(f"the fit weights of {s} are all 0 on the {rows.size} sampled rows: give the "
+                                    f"items of the catalog positive weights")  # fmt: skip
+        out.append(make_codec(s).fit(sample, seed=seed, weights=w_rows))
+    return out
 
 
 # ================================================================================================
@@ -315,8 +388,11 @@ class BuildOptions:
         index: build the HNSW index (needs ``arrays``). arrays: store ``vectors.npy`` / ``ids.npy``.
         hnsw: ``connectivity``, ``expansion_add``, ``expansion_search`` of the index.
         threads: HNSW insertion threads. fit_sample: rows the codecs are fitted on. shard_size: rows per shard.
+        fit_weights: ``None`` (uniform fits) or, per codec (aligned with the codecs that apply), ``None`` or
+            float64 [n] row weights in the source's id-sorted row order (:func:`check_fit_weights`). A weighted
+            build always starts a fresh chain (its codecs are fitted with the weights, never reused).
         delta: continue the previous version's chain with deltas when codecs, dimension and items per block
-            match (needs the whole catalog in the driver: the single-process build).
+            match (needs the whole catalog in the driver: the single-process build) and no fit weights are given.
         distortion_threshold, verify_deltas: the delta rules (:func:`~reelpack.format.make_delta`).
         edge_nlist: build the edge catalog with this many clusters, or ``None`` for none.
         work_dir: folder of the shard files and codec cache (default ``<store>/<catalog>/.work``); the shards go
@@ -336,6 +412,7 @@ class BuildOptions:
     threads: int = 1
     fit_sample: int = DEFAULT_FIT_SAMPLE
     shard_size: int = DEFAULT_SHARD_SIZE
+    fit_weights: list[np.ndarray | None] | None = None
     delta: bool = False
     distortion_threshold: float = 0.1
     verify_deltas: bool = True
@@ -481,8 +558,8 @@ def run_build(
 
 def _settle(prev: dict[str, Any] | None, opts: BuildOptions, d: int) -> tuple[list[str], int, bool]:
     """The codecs and items per block of the new version (given, else the previous version's, else the defaults)
-    and whether it continues the previous version's chain (``opts.delta`` and the same codecs, items per block and
-    dimension)."""
+    and whether it continues the previous version's chain (``opts.delta``, no fit weights and the same codecs, items
+    per block and dimension)."""
     specs = opts.specs
     if specs is None:
         from reelpack.codecs import make_codec
@@ -490,8 +567,8 @@ def _settle(prev: dict[str, Any] | None, opts: BuildOptions, d: int) -> tuple[li
         specs = list(prev["codecs"]) if prev is not None else [make_codec(c).spec for c in DEFAULT_CODECS]
     ipb = int(opts.items_per_block) if opts.items_per_block is not None else (
         prev["items_per_block"] if prev is not None else DEFAULT_ITEMS_PER_BLOCK)  # fmt: skip
-    chain = (opts.delta and prev is not None and prev["codecs"] == specs and prev["items_per_block"] == ipb
-             and prev["dim"] == d)  # fmt: skip
+    chain = (opts.delta and opts.fit_weights is None and prev is not None and prev["codecs"] == specs
+             and prev["items_per_block"] == ipb and prev["dim"] == d)  # fmt: skip
     return specs, ipb, bool(chain)
 
 
@@ -530,14 +607,18 @@ def _encode(source: CatalogSource, specs: list[str], ipb: int, opts: BuildOption
     """
     ev("fit", 0, 1)
     t0 = time.perf_counter()
-    seed, fit_sample = opts.seed, int(opts.fit_sample)
+    seed, fit_sample, weights = opts.seed, int(opts.fit_sample), opts.fit_weights
 
     def fit() -> list[Any]:
-        return fit_codecs(specs, source, seed, fit_sample)
+        return fit_codecs(specs, source, seed, fit_sample, weights=weights)
 
     if work is not None:
-        fit_key = hashlib.sha256(json.dumps({"specs": specs, "seed": seed, "fit_sample": fit_sample, "run": FIT_RUN,
-                                             "source": source.identity()}, sort_keys=True).encode()).hexdigest()  # fmt: skip
+        key: dict[str, Any] = {"specs": specs, "seed": seed, "fit_sample": fit_sample, "run": FIT_RUN,
+                               "source": source.identity()}  # fmt: skip
+        if weights is not None:  # a weighted fit never reuses another fit (an unweighted key stays as it was)
+            key["weights"] = [None if w is None else hashlib.sha256(np.ascontiguousarray(w, np.float64)).hexdigest()
+                              for w in weights]  # fmt: skip
+        fit_key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         fitted, cached = cached_codecs(work, fit_key, fit)
     else:
         fitted, cached = fit(), False

@@ -22,6 +22,13 @@ from reelpack.errors import ReelpackError
 
 __all__ = ["serve_cmd", "build_catalog_cmd", "verify_store_cmd", "client_cmd", "edge_summary_cmd"]
 
+CATALOG_ITEM_COUNTS_HELP = (
+    "Training interactions per item .npy int [n] (the order of EMBEDDINGS' rows; ids 0..N-1 with --synthetic): "
+    "a codec that `reelpack tune` chose with popularity weights (--codecs autoN --tune FILE) is fitted with "
+    "them, as (count + 1) ** beta. Needed only then."
+)
+_ITEM_COUNTS_WHAT = "--item-counts COUNTS.npy (int [n])"
+
 
 @app.command("serve")
 def serve_cmd(
@@ -130,11 +137,13 @@ def build_catalog_cmd(
         Optional[Path], typer.Option("--tune", help="Tune result (OUT/tune-dD.json of `reelpack tune`) that "
                                      "--codecs autoN picks from: the codec chosen for N bytes per item.")
     ] = None,
+    item_counts: Annotated[Optional[Path], typer.Option("--item-counts", help=CATALOG_ITEM_COUNTS_HELP)] = None,
 ) -> None:
     """Publish the next version of a catalog in a store: packs, deltas from the previous version, HNSW index.
 
     With --scheduler the rows are encoded in shards on Dask workers (resumable) and the packs are streamed
-    from the shard files; such a build always starts a fresh chain (no delta)."""
+    from the shard files; such a build always starts a fresh chain (no delta), as does one whose codecs are
+    fitted with popularity weights (--item-counts)."""
     if scheduler is not None:
         need("scale", ("distributed",), "reelpack build-catalog --scheduler")
     if not no_index:
@@ -155,12 +164,17 @@ def build_catalog_cmd(
         validate_catalog_name,
     )
     from reelpack.catalog.synthetic import synthetic_items, synthetic_users
-    from reelpack.cli.tune import load_tune_for, resolve_auto_codecs
+    from reelpack.cli.pack import load_item_counts
+    from reelpack.cli.tune import auto_popularity_betas, load_tune_for, popularity_fit_weights, resolve_auto_codecs
     from reelpack.errors import InvalidInputError
 
     try:
         validate_catalog_name(catalog)
-        tuned = load_tune_for(parse_codecs(codecs), tune, "reelpack build-catalog") if codecs else None
+        given = parse_codecs(codecs) if codecs else ()
+        tuned = load_tune_for(given, tune, "reelpack build-catalog") if codecs else None
+        betas = auto_popularity_betas(given, tuned)  # per codec as given (autoN unresolved): 0 = uniform fit
+        if item_counts is None:
+            popularity_fit_weights(betas, None, _ITEM_COUNTS_WHAT)  # the typed error before any loading
         if scheduler is None and (work_dir is not None or keep_work):
             raise InvalidInputError("--work-dir and --keep-work need --scheduler")
         if scheduler is not None and edge:
@@ -194,6 +208,14 @@ def build_catalog_cmd(
             source = f"{embeddings.name} {shape[0]}x{shape[1]}"
         if tuned is not None:  # autoN: the codec `reelpack tune` chose at this dimension
             codecs = " ".join(resolve_auto_codecs(parse_codecs(codecs), tuned, dim if synthetic is not None else shape[1]))
+        fit_weights = None  # per codec None or float64 [n] in the input row order (the builders sort them by id)
+        if item_counts is not None:
+            counts = load_item_counts(item_counts, synthetic if synthetic is not None else shape[0])
+            weights = popularity_fit_weights(betas, counts, _ITEM_COUNTS_WHAT)
+            if any(w is not None for w in weights):
+                fit_weights = weights
+            else:
+                console.print("[yellow]--item-counts is not used: no codec was chosen with popularity weights[/]")
         how = "" if scheduler is None else f" on Dask ({scheduler}{', %d workers' % workers if scheduler == 'local' else ''})"
         console.print(f"building catalog {catalog!r} in {store} from {source}{how}")
         with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -207,7 +229,7 @@ def build_catalog_cmd(
                 entry = build_catalog(
                     CatalogStore(store), catalog, item_ids, X, codecs=codecs, users=U, user_ids=uids,
                     items_per_block=items_per_block, seed=seed, index=not no_index, progress=progress, threads=threads,
-                    edge=edge, edge_nlist=edge_nlist,
+                    edge=edge, edge_nlist=edge_nlist, fit_weights=fit_weights,
                 )  # fmt: skip
             else:
                 stats: dict = {}
@@ -216,6 +238,7 @@ def build_catalog_cmd(
                     items_per_block=items_per_block, seed=seed, index=not no_index, scheduler=scheduler,
                     n_workers=workers, shard_size=shard_size, work_dir=work_dir, keep_work=keep_work,
                     connect_timeout=connect_timeout, progress=progress, threads=threads, stats=stats,
+                    fit_weights=fit_weights,
                 )  # fmt: skip
         if scheduler is not None:
             console.print(f"shards: {stats['shards']} ({stats['encoded']} encoded, {stats['rebuilt']} rebuilt, "

@@ -68,8 +68,9 @@ def _pack_source(
     cache_dir: str | None,
     retrain: bool,
     seed: int,
-) -> tuple[Any, Any, str]:
-    """(vectors float32 [n, d], item ids int64 [n], description) from a .npy or from the embedding cache."""
+) -> tuple[Any, Any, str, Any]:
+    """(vectors float32 [n, d], item ids int64 [n], description, train interactions per item int64 [n] or None)
+    from a .npy (no counts) or from the embedding cache (the split's counts)."""
     import numpy as np
 
     from reelpack.errors import DimensionMismatchError, DTypeError, InvalidInputError
@@ -84,21 +85,48 @@ def _pack_source(
         X = as_float_matrix(raw_x, "embeddings")
         source = f"{embeddings.name} {X.shape[0]}x{X.shape[1]}"
         if ids is None:
-            return X, np.arange(X.shape[0], dtype=np.int64), source
+            return X, np.arange(X.shape[0], dtype=np.int64), source, None
         raw = load_npy(ids, "ids")
         if raw.dtype.kind not in "iu":
             raise DTypeError(f"ids must be an integer array, got dtype {raw.dtype}")
         if raw.shape != (X.shape[0],):
             raise DimensionMismatchError(f"ids must have shape ({X.shape[0]},) to match the embeddings, got {raw.shape}")
         # negative or >= 2**63 ids are named as given (a uint64 2**63 is not shown as its int64 wrap-around)
-        return X, check_item_ids(raw, what="ids", n=X.shape[0], unique=False), source
+        return X, check_item_ids(raw, what="ids", n=X.shape[0], unique=False), source, None
     if ids is not None:
         raise InvalidInputError("--ids needs an embeddings .npy (with --data the split's item ids are used)")
     if dim is not None:
         _check_dim(dim, "--dim is")
     split = load_split(data, seed)
     emb = two_tower_embeddings(split, 64 if dim is None else dim, epochs, cache_dir, retrain, seed)
-    return emb.item_emb, np.asarray(split.item_ids, np.int64), f"two-tower item embeddings d={emb.item_emb.shape[1]}"
+    return (emb.item_emb, np.asarray(split.item_ids, np.int64), f"two-tower item embeddings d={emb.item_emb.shape[1]}",
+            split.item_counts)
+
+
+def load_item_counts(path: Path, n: int) -> Any:
+    """Training interactions per item, int64 [n], from a .npy of non-negative integers (``--item-counts``).
+
+    Raises:
+        DTypeError: not an integer array. DimensionMismatchError: not ``n`` values. InvalidInputError: negative.
+    """
+    import numpy as np
+
+    from reelpack.errors import DimensionMismatchError, DTypeError, InvalidInputError
+
+    raw = load_npy(path, "item counts")
+    if raw.dtype.kind not in "iu":
+        raise DTypeError(f"--item-counts must be an integer array (interactions per item), got dtype {raw.dtype}")
+    if raw.shape != (n,):
+        raise DimensionMismatchError(f"--item-counts must have shape ({n},), one count per item, got {raw.shape}")
+    if raw.dtype.kind == "i" and raw.size and int(raw.min()) < 0:
+        raise InvalidInputError("--item-counts must be >= 0 (interactions per item)")
+    if raw.dtype.kind == "u" and raw.size and int(raw.max()) > 2**62:
+        raise InvalidInputError("--item-counts values must be below 2**62")
+    return raw.astype(np.int64)
+
+
+ITEM_COUNTS_HELP = ("Training interactions per item .npy int [n] (the embeddings' order): a codec that `reelpack "
+                    "tune` chose with popularity weights is fitted with them. With --data the split's counts are used.")
 
 
 def _check_dim(dim: int, what: str) -> None:
@@ -140,6 +168,7 @@ def pack(
         Optional[Path], typer.Option("--tune", help="Tune result (OUT/tune-dD.json of `reelpack tune`) that "
                                      "--codecs autoN picks from: the codec chosen for N bytes per item.")
     ] = None,
+    item_counts: Annotated[Optional[Path], typer.Option("--item-counts", help=ITEM_COUNTS_HELP)] = None,
 ) -> None:
     """Fit codecs on item embeddings and write a pack: layer 0 coarse, later layers refinement."""
     from datetime import datetime, timezone
@@ -150,9 +179,10 @@ def pack(
 
     try:
         specs = parse_codecs(codecs)
-        from reelpack.cli.tune import load_tune_for, resolve_auto_codecs
+        from reelpack.cli.tune import auto_popularity_betas, load_tune_for, popularity_fit_weights, resolve_auto_codecs
 
         tuned = load_tune_for(specs, tune, "reelpack pack")  # autoN: the codec `reelpack tune` chose
+        betas = auto_popularity_betas(specs, tuned)  # popularity exponent of each layer's fit (0: uniform)
         auto = None
         if tuned is not None:  # .npy embeddings: their dimension is checked against the tune result once loaded
             want_dim = tuned.dim if embeddings is not None else (64 if dim is None else dim)
@@ -163,18 +193,23 @@ def pack(
         if isinstance(items_per_block, bool) or not 1 <= items_per_block <= 1 << 20:
             raise typer.BadParameter(f"--items-per-block must be in 1..{1 << 20}, got {items_per_block}")
         check_out_path(out)  # before the fitting, which may take minutes
-        X, item_ids, source = _pack_source(embeddings, ids, data, dim, epochs, cache_dir, retrain, seed)
+        X, item_ids, source, counts = _pack_source(embeddings, ids, data, dim, epochs, cache_dir, retrain, seed)
+        if item_counts is not None:
+            counts = load_item_counts(item_counts, X.shape[0])
+        weights = popularity_fit_weights(betas, counts, "--item-counts COUNTS.npy (int [n]) or --data")
         if tuned is not None and X.shape[1] != tuned.dim:
             from reelpack.errors import DimensionMismatchError
 
             raise DimensionMismatchError(f"the tune result {tune} is for d={tuned.dim}, the embeddings have "
                                          f"d={X.shape[1]}; run `reelpack tune --dim {X.shape[1]}`")  # fmt: skip
         layers = []
-        for codec in built:
-            codec.fit(X, seed=seed)
+        for codec, w in zip(built, weights):
+            codec.fit(X, seed=seed, weights=w)
             layers.append((codec, codec.encode(X)))
         meta = {"created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "source": source,
                 "codecs": [c.spec for c in built], "seed": seed}  # fmt: skip
+        if any(betas):
+            meta["popularity_beta"] = {c.spec: b for c, b in zip(built, betas) if b > 0}
         if auto is not None:
             meta["auto_codecs"] = auto
         try:
@@ -338,7 +373,7 @@ def delta_make(
         check_out_path(out)
         if target is not None:
             check_out_path(target, "--target")
-        X, item_ids, _ = _pack_source(embeddings, ids, None, None, None, None, False, seed)
+        X, item_ids, _, _ = _pack_source(embeddings, ids, None, None, None, None, False, seed)
         if not (math.isfinite(threshold) and threshold >= 0):
             raise typer.BadParameter(f"--threshold must be a finite number >= 0, got {threshold}")
         try:

@@ -20,7 +20,8 @@ from rich.markup import escape
 from reelpack.cli.shared import DataOpt, app, console, fail, load_split, need, parse_codecs, two_tower_embeddings
 from reelpack.errors import ReelpackError
 
-__all__ = ["tune_cmd", "has_auto_spec", "load_tune_for", "resolve_auto_codecs", "tune_file_name"]
+__all__ = ["tune_cmd", "has_auto_spec", "load_tune_for", "resolve_auto_codecs", "auto_popularity_betas",
+           "popularity_fit_weights", "tune_file_name"]
 
 _AUTO = re.compile(r"auto[0-9]+")
 
@@ -41,6 +42,29 @@ def _parse_budgets(text: str) -> list[int]:
     return budgets
 
 
+def _as_pair(text: str) -> tuple[str, float]:
+    """A --candidates word as (spec, beta); a plain spec keeps beta 0 here (tune_codecs then tries every beta)."""
+    from reelpack.models.tune import parse_candidate
+
+    spec, beta = parse_candidate(text)
+    return spec, 0.0 if beta is None else beta
+
+
+def _parse_betas(text: str) -> list[float]:
+    parts = [p for p in re.split(r"[,;\s]+", text.strip()) if p]
+    try:
+        betas = [float(p) for p in parts]
+    except ValueError:
+        raise typer.BadParameter(f"--popularity-betas must be comma-separated numbers such as 0,1, got {text!r}") from None
+    from reelpack.data import MAX_POPULARITY_BETA
+
+    if not betas or any(not 0.0 <= b <= MAX_POPULARITY_BETA for b in betas):
+        raise typer.BadParameter(
+            f"--popularity-betas must be numbers in [0, {MAX_POPULARITY_BETA:g}] such as 0,1, got {text!r}"
+        )
+    return betas
+
+
 @app.command("tune")
 def tune_cmd(
     data: DataOpt = None,
@@ -57,8 +81,12 @@ def tune_cmd(
     candidates: Annotated[
         Optional[str],
         typer.Option(help="Specs to compare instead of every registered size match, e.g. 'pq8 rq8 sq4'; each joins "
-                     "the budget equal to its bytes per item."),  # fmt: skip
+                     "the budget equal to its bytes per item. 'rq8-n@pop1' fits with popularity exponent 1 only."),  # fmt: skip
     ] = None,
+    popularity_betas: Annotated[
+        str, typer.Option(help="Popularity exponents each candidate is fitted with: training rows drawn in proportion "
+                          "to (item's fit interactions + 1) ** beta; 0 is uniform. E.g. '0,1' or '0'.")  # fmt: skip
+    ] = "0,1",
     finetune_epochs: Annotated[int, typer.Option(help="Epochs of each fine-tune.")] = 3,
     epochs: Annotated[Optional[int], typer.Option(help="Override the two-tower training epochs.")] = None,
     cache_dir: Annotated[Optional[str], typer.Option(help="Embedding cache folder.")] = None,
@@ -72,16 +100,16 @@ def tune_cmd(
     need("train", ("torch",), "reelpack tune")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from reelpack.codecs import make_codec
     from reelpack.data import validation_split
     from reelpack.errors import InvalidInputError
-    from reelpack.models.tune import candidate_specs, tune_codecs
+    from reelpack.models.tune import candidate_label, candidate_specs, tune_codecs
 
     try:
         budgets = _parse_budgets(budget)
         if seeds < 1:
             raise typer.BadParameter(f"--seeds must be >= 1, got {seeds}")
-        given = [make_codec(s).spec for s in parse_codecs(candidates)] if candidates else None
+        given = [candidate_label(*_as_pair(s)) for s in parse_codecs(candidates)] if candidates else None
+        betas = _parse_betas(popularity_betas)
         if given is None:
             for b in budgets:  # NoCandidateError before minutes of training
                 candidate_specs(b, dim)
@@ -102,7 +130,7 @@ def tune_cmd(
             result = tune_codecs(
                 emb.user_emb, emb.item_emb, val, budgets, candidates=given, seeds=range(seed, seed + seeds),
                 max_users=max_users, finetune=not no_finetune, progress=progress, finetune_epochs=finetune_epochs,
-                threads=threads,
+                threads=threads, popularity_betas=betas,
             )  # fmt: skip
         result.provenance = {
             "embeddings": f"two-tower d={dim} trained on the fit part, {emb.config.to_dict()}",
@@ -135,18 +163,18 @@ def _print_result(result: Any) -> None:
         for col in ("", "codec", f"val rel R@{k}", "min / max", "rel NDCG@10", "fit s", "encode s", "fine-tune"):
             table.add_column(col, justify="left" if col in ("", "codec", "fine-tune") else "right")
         for r in rows:
-            mark = "[bold green]chosen[/]" if r.spec == choice.spec else ""
+            mark = "[bold green]chosen[/]" if r.label == choice.label else ""
             if r.error is not None:
-                table.add_row(mark, r.spec, "-", "-", "-", "-", "-", f"[red]{escape(r.error)}[/]")
+                table.add_row(mark, escape(r.label), "-", "-", "-", "-", "-", f"[red]{escape(r.error)}[/]")
                 continue
             table.add_row(
-                mark, r.spec, f"{r.mean['rel_recall']:.4f} ± {r.std['rel_recall']:.4f}",
+                mark, escape(r.label), f"{r.mean['rel_recall']:.4f} ± {r.std['rel_recall']:.4f}",
                 f"{r.min['rel_recall']:.4f} / {r.max['rel_recall']:.4f}", f"{r.mean['rel_ndcg']:.4f}",
                 f"{r.mean['fit_s']:.2f}", f"{r.mean['encode_s']:.3f}", escape(r.finetune or ""),
             )  # fmt: skip
         console.print(table)
         tie = "[bold yellow]TIE[/]: " if choice.tie else ""
-        console.print(f"  {tie}{escape(choice.reason)} -> [bold]{escape(choice.spec)}[/]")
+        console.print(f"  {tie}{escape(choice.reason)} -> [bold]{escape(choice.label)}[/]")
     for s in result.skipped:
         console.print(f"[yellow]skipped[/] {escape(s['spec'])}: {escape(s['reason'])}")
 
@@ -197,12 +225,47 @@ def resolve_auto_codecs(specs: Sequence[str], result: Any, dim: int) -> list[str
         c = result.choice(int(s.strip().lower()[4:]))
         note = ""
         if c.finetuned:  # the pack gets the codec as fitted, not the fine-tuned codebooks
-            rows = [r for r in result.rows_for(c.budget) if r.spec == c.spec]
+            rows = [r for r in result.rows_for(c.budget) if r.label == c.label]
             before = [e.get("untouched_rel_recall") for e in rows[0].per_seed] if rows else []
             if before and all(isinstance(x, (int, float)) for x in before):
                 note = f"; that is after fine-tuning, packed untouched it was {sum(before) / len(before):.4f}"
         tie = ", a tie" if c.tie else ""
+        if c.popularity_beta:
+            note += f"; fitted with popularity weights (item interactions + 1) ** {c.popularity_beta:g}"
         console.print(f"{escape(s)} -> [bold]{escape(spec)}[/] (validation rel R@{result.k} {c.rel_recall:.4f}{tie}, "
                       f"chosen on {escape(label)}{note})")  # fmt: skip
         out.append(spec)
     return out
+
+
+def auto_popularity_betas(specs: Sequence[str], result: Any) -> list[float]:
+    """The popularity exponent each spec of ``specs`` is fitted with: the tune choice's ``popularity_beta`` for an
+    ``autoN`` (0 when ``result`` is None or for any other spec). ``specs`` are those given to
+    :func:`resolve_auto_codecs`, in the same order."""
+    out = []
+    for s in specs:
+        if result is None or not _AUTO.fullmatch(s.strip().lower()):
+            out.append(0.0)
+        else:
+            out.append(float(result.choice(int(s.strip().lower()[4:])).popularity_beta))
+    return out
+
+
+def popularity_fit_weights(betas: Sequence[float], item_counts: Any, what: str) -> list[Any]:
+    """Per codec: ``None`` (uniform fit) or :func:`reelpack.data.popularity_weights` float64 [n] of ``item_counts``
+    for its exponent.
+
+    Raises:
+        InvalidInputError: a codec needs weights and ``item_counts`` is None (the message names ``what``, the option
+            that gives them).
+    """
+    from reelpack.data import popularity_weights
+    from reelpack.errors import InvalidInputError
+
+    if any(b > 0 for b in betas) and item_counts is None:
+        beta = next(b for b in betas if b > 0)
+        raise InvalidInputError(
+            f"the tune result chose a codec fitted with popularity weights (item interactions + 1) ** {beta:g} on "
+            f"validation; give the items' training interaction counts with {what}"
+        )
+    return [popularity_weights(item_counts, b) if b > 0 else None for b in betas]

@@ -32,9 +32,15 @@ import numpy as np
 from reelpack.util.validate import as_codes, as_float_matrix
 from reelpack.codecs.scanner import GenericScanner, Scanner
 from reelpack.kernels.dense import finite_scores
-from reelpack.errors import InvalidInputError, NotFittedError, SerializationError, UnsupportedOperationError
+from reelpack.errors import (
+    DimensionMismatchError,
+    InvalidInputError,
+    NotFittedError,
+    SerializationError,
+    UnsupportedOperationError,
+)
 
-__all__ = ["Codec", "pack_state", "unpack_state", "check_state", "STATE_MAGIC", "STATE_VERSION"]
+__all__ = ["Codec", "weighted_rows", "pack_state", "unpack_state", "check_state", "STATE_MAGIC", "STATE_VERSION"]
 
 STATE_MAGIC = b"RPCS"
 STATE_VERSION = 1
@@ -187,6 +193,36 @@ def _finite_scores(compute: Callable[[], np.ndarray]) -> np.ndarray:
     return finite_scores(scores)
 
 
+def weighted_rows(X: np.ndarray, weights: np.ndarray, seed: int) -> np.ndarray:
+    """``len(X)`` rows of ``X`` float [n, d] drawn with replacement, row ``i`` with probability proportional to
+    ``weights[i]`` (float [n], finite, >= 0, not all 0); seeded: the same inputs give the same rows.
+
+    The training set of a weighted :meth:`Codec.fit`: k-means and least-squares steps on these rows minimise the
+    ``weights``-weighted error of ``X`` in expectation.
+
+    Raises:
+        InvalidInputError: ``weights`` is not a 1-D array of finite values >= 0 with a positive sum.
+        DimensionMismatchError: ``len(weights) != len(X)``.
+    """
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInputError("weights must be a float array of one value per training row") from None
+    if w.ndim != 1:
+        raise InvalidInputError(f"weights must be 1-D (one value per training row), got shape {w.shape}")
+    if w.shape[0] != X.shape[0]:
+        raise DimensionMismatchError(f"weights has {w.shape[0]} values, X has {X.shape[0]} rows")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise InvalidInputError("weights must be finite and >= 0")
+    with np.errstate(over="ignore"):
+        total = float(w.sum())
+    if not total > 0 or not math.isfinite(total):
+        raise InvalidInputError("weights must have a positive, finite sum (not all 0)")
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x5EED])
+    rows = rng.choice(X.shape[0], size=X.shape[0], replace=True, p=w / total)
+    return np.ascontiguousarray(X[np.sort(rows)])
+
+
 class Codec(ABC):
     """A fixed-rate vector codec: fit, encode, decode, score, bytes per vector.
 
@@ -233,17 +269,28 @@ class Codec(ABC):
         return f"{type(self).__name__}({self.spec!r}, {state})"
 
     # ---- public API -----------------------------------------------------------------------------
-    def fit(self, X: np.ndarray, seed: int = 0) -> Codec:
+    def fit(self, X: np.ndarray, seed: int = 0, *, weights: np.ndarray | None = None) -> Codec:
         """Learn the codec's parameters from training vectors.
 
         Args:
             X: float array [n, d] (cast to float32); finite values.
             seed: seed for every random choice (k-means init, rotations, hashes).
+            weights: optional float [n] row weights, finite, >= 0, not all 0 (for example item popularity,
+                :func:`reelpack.data.popularity_weights`): the codec is trained on ``n`` rows drawn from ``X``
+                with replacement, row ``i`` with probability ``weights[i] / sum(weights)`` (seeded by ``seed``,
+                :func:`weighted_rows`), so its error is spent where the weight is. Codes, state and scores do
+                not change; every family accepts it.
 
         Returns:
             ``self``, fitted.
+
+        Raises:
+            InvalidInputError: bad ``weights`` (negative, not finite, all zero).
+            DimensionMismatchError: ``weights`` is not one value per row of ``X``.
         """
         X = self._check_item_magnitude(as_float_matrix(X, "X"))
+        if weights is not None:
+            X = weighted_rows(X, weights, int(seed))
         self._check_fit_input(X)
         self._fit(X, int(seed))
         self.dim = int(X.shape[1])

@@ -11,6 +11,8 @@ from reelpack.data.interactions import (
     train_test_split,
     validation_split,
     MIN_VALIDATION_USERS,
+    MAX_POPULARITY_BETA,
+    popularity_weights,
 )
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "validation_split",
     "check_validation_split",
     "MIN_VALIDATION_USERS",
+    "MAX_POPULARITY_BETA",
+    "popularity_weights",
 ]
 
 from reelpack.data.metadata import ItemMetadata, replay_synthetic_latents, synthetic_item_metadata  # noqa: E402

@@ -449,3 +449,33 @@ def check_validation_split(val_split: object, split: Split | None = None, *, ref
             "split, or holds test items); carve it with reelpack.data.validation_split(split, fraction, seed)"
         )
     return val_split
+
+
+#: largest popularity exponent :func:`popularity_weights` accepts (beyond it one item takes nearly all the weight)
+MAX_POPULARITY_BETA = 4.0
+
+
+def popularity_weights(item_counts: np.ndarray, beta: float = 1.0) -> np.ndarray:
+    """Codec training weights from item popularity: ``(item_counts + 1) ** beta``, float64 [n_items].
+
+    ``item_counts`` is int [n_items] training interactions per item (:attr:`Split.item_counts`: on a validation
+    split the fit part only, so the weights never see validation or test items). ``beta = 0`` gives uniform
+    weights; ``beta = 1`` weights an item by its interactions (+1, so unseen items keep a little weight). Passed to
+    :meth:`reelpack.codecs.Codec.fit` (``weights=``), the codec spends its error where users' positives are:
+    ``reelpack tune`` chooses ``beta`` on validation with the codec.
+
+    Raises:
+        InvalidInputError: counts not 1-D, negative or not finite; ``beta`` outside [0, MAX_POPULARITY_BETA].
+    """
+    try:
+        b = float(beta)
+        counts = np.asarray(item_counts, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInputError("item_counts must be an integer array and beta a number") from None
+    if not 0.0 <= b <= MAX_POPULARITY_BETA:
+        raise InvalidInputError(f"popularity beta must lie in [0, {MAX_POPULARITY_BETA}], got {beta}")
+    if counts.ndim != 1 or counts.size == 0:
+        raise InvalidInputError(f"item_counts must be a non-empty 1-D array, got shape {counts.shape}")
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise InvalidInputError("item_counts must be finite and >= 0")
+    return (counts + 1.0) ** b

@@ -11,6 +11,12 @@ ranks the catalog for the *validation* users (fit items excluded, positives = va
 * ``qat-...`` candidates are also fine-tuned (:func:`reelpack.models.qat.finetune_codebooks`, softmax
   objective on the fit interactions); the fine-tuned codebooks are kept only when their mean validation
   rel Recall@K beats the untouched ones (both figures are recorded);
+* every candidate is also fitted with popularity weights (``popularity_betas``, default
+  :data:`DEFAULT_POPULARITY_BETAS`): training rows drawn in proportion to ``(item_counts + 1) ** beta`` of the fit
+  interactions (:func:`reelpack.data.popularity_weights`, :meth:`reelpack.codecs.Codec.fit` ``weights=``), which
+  spends the codec's error where the users' positives are. Such a candidate is labelled ``"rq8-n@pop1"``
+  (:func:`candidate_label`); its row and the choice carry ``popularity_beta``, and ``pack`` / ``build-catalog``
+  fit the chosen codec with the same weights;
 * the choice is the highest mean rel Recall@K. Candidates within one paired standard error of the best
   (standard error of the per-user Recall@K differences on the same users, averaged over seeds, divided by
   float32 Recall@K) are a tie: the one with the higher rel NDCG@10 wins, then the faster to encode, and the
@@ -45,7 +51,13 @@ from reelpack.codecs import make_codec
 from reelpack.codecs.base import Codec
 from reelpack.codecs.rabitq import FACTOR_BYTES as RABITQ_FACTOR_BYTES
 from reelpack.codecs.rabitq import MAX_BITS as RABITQ_MAX_BITS
-from reelpack.data.interactions import MIN_VALIDATION_USERS, Split, check_validation_split
+from reelpack.data.interactions import (
+    MAX_POPULARITY_BETA,
+    MIN_VALIDATION_USERS,
+    Split,
+    check_validation_split,
+    popularity_weights,
+)
 from reelpack.errors import (
     CodecSpecError,
     DataNotFoundError,
@@ -75,12 +87,20 @@ __all__ = [
     "validation_users",
     "resolve_auto_spec",
     "parse_auto_spec",
+    "candidate_label",
+    "parse_candidate",
+    "DEFAULT_POPULARITY_BETAS",
     "TUNE_FORMAT",
     "TUNE_VERSION",
 ]
 
 TUNE_FORMAT = "reelpack-tune"
-TUNE_VERSION = 1
+TUNE_VERSION = 2
+#: versions :meth:`TuneResult.from_json` reads (1: written before popularity-weighted fits; its beta is 0)
+TUNE_READ_VERSIONS = (1, 2)
+#: popularity exponents :func:`tune_codecs` fits every candidate with by default (0: uniform training rows)
+DEFAULT_POPULARITY_BETAS = (0.0, 1.0)
+_CANDIDATE = re.compile(r"(?P<spec>[^@]+)@pop(?P<beta>[0-9]+(\.[0-9]+)?)")
 NDCG_CUTOFF = 10
 _AUTO = re.compile(r"auto(?P<b>[0-9]{1,6})")
 
@@ -194,6 +214,45 @@ def candidate_specs(budget: int, dim: int) -> list[str]:
     return specs
 
 
+def candidate_label(spec: str, popularity_beta: float = 0.0) -> str:
+    """A candidate's name: ``spec`` for a uniform fit, ``"spec@popB"`` for one with popularity weights of exponent
+    ``B`` (``candidate_label("rq8-n", 1.0) == "rq8-n@pop1"``)."""
+    return spec if float(popularity_beta) == 0.0 else f"{spec}@pop{float(popularity_beta):g}"
+
+
+def parse_candidate(text: str) -> tuple[str, float | None]:
+    """``(canonical spec, beta)`` of a candidate name: ``"rq8-n@pop1"`` -> ``("rq8-n", 1.0)``; a plain spec gives
+    ``beta = None`` (fitted with every exponent of ``popularity_betas``).
+
+    Raises:
+        CodecSpecError: a bad spec, or a ``@pop`` exponent outside [0, MAX_POPULARITY_BETA].
+    """
+    if not isinstance(text, str):
+        raise CodecSpecError(f"candidate must be a string, got {type(text).__name__}")
+    t = text.strip().lower()
+    m = _CANDIDATE.fullmatch(t)
+    if m is None:
+        if "@" in t:
+            raise CodecSpecError(f"{text!r}: a candidate is a codec spec, or spec@popB with B the popularity exponent "
+                                 f"in [0, {MAX_POPULARITY_BETA:g}] (e.g. rq8-n@pop1)")  # fmt: skip
+        return make_codec(t).spec, None
+    beta = float(m.group("beta"))
+    if not 0.0 <= beta <= MAX_POPULARITY_BETA:
+        raise CodecSpecError(f"{text!r}: the popularity exponent must lie in [0, {MAX_POPULARITY_BETA:g}]")
+    return make_codec(m.group("spec")).spec, beta
+
+
+def _check_betas(betas: Sequence[float]) -> list[float]:
+    try:
+        out = sorted({float(b) for b in betas})
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"popularity_betas must be numbers, got {betas!r}") from None
+    if not out or any(not 0.0 <= b <= MAX_POPULARITY_BETA for b in out):
+        raise InvalidInputError(f"popularity_betas must be at least one number in [0, {MAX_POPULARITY_BETA:g}], "
+                                f"got {list(betas)!r}")  # fmt: skip
+    return out
+
+
 def is_finetune_candidate(spec: str) -> bool:
     """True for ``"qat-..."`` specs: :func:`tune_codecs` also fine-tunes their codebooks."""
     return make_codec(spec).family == "qat"
@@ -221,6 +280,8 @@ class CandidateRow:
             ``"fine-tune diverged: kept untouched ..."`` or ``"skipped: ..."`` with the figures.
         finetuned: True when the figures above are those of the fine-tuned codebooks.
         error: why the candidate could not be fitted (its figures are then empty and it is not chosen).
+        popularity_beta: the codec was fitted with :func:`reelpack.data.popularity_weights` of this exponent
+            (0: uniform training rows).
     """
 
     spec: str
@@ -234,6 +295,12 @@ class CandidateRow:
     finetune: str | None = None
     finetuned: bool = False
     error: str | None = None
+    popularity_beta: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """The candidate's name: the spec, ``@popB`` added for a popularity-weighted fit (:func:`candidate_label`)."""
+        return candidate_label(self.spec, self.popularity_beta)
 
     def summarise(self) -> None:
         """Fill ``mean`` / ``std`` / ``min`` / ``max`` from ``per_seed``."""
@@ -257,10 +324,12 @@ class BudgetChoice:
         rel_recall, rel_ndcg: its mean validation figures (relative to float32).
         finetuned: the figures are those of fine-tuned codebooks (``pack`` fits the codec untouched).
         tie: other candidates lie within one paired standard error of the best rel Recall.
-        tied_with: those candidates' specs.
-        runner_up: the second-best spec by rel Recall (None with one candidate).
+        tied_with: those candidates' labels (:func:`candidate_label`).
+        runner_up: the second-best candidate's label by rel Recall (None with one candidate).
         paired_se: the paired standard error (rel scale) between the best and the runner-up.
         reason: one sentence saying how the choice was made.
+        popularity_beta: fit the codec with ``weights=popularity_weights(item_counts, popularity_beta)`` (0:
+            uniform), as it was fitted on validation.
     """
 
     budget: int
@@ -273,6 +342,12 @@ class BudgetChoice:
     runner_up: str | None = None
     paired_se: float | None = None
     reason: str = ""
+    popularity_beta: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """The chosen candidate's name (:func:`candidate_label`)."""
+        return candidate_label(self.spec, self.popularity_beta)
 
 
 def _finite_or_none(x: Any) -> Any:
@@ -375,7 +450,7 @@ class TuneResult:
             raise SerializationError(f"tune result is not JSON: {str(exc)[:200]}") from None
         if not isinstance(doc, dict) or doc.get("format") != TUNE_FORMAT:
             raise SerializationError(f"not a reelpack tune result (expected \"format\": \"{TUNE_FORMAT}\")")
-        if doc.get("version") != TUNE_VERSION:
+        if doc.get("version") not in TUNE_READ_VERSIONS:
             raise SerializationError(
                 f"tune result version {doc.get('version')!r} is not supported (this reader knows {TUNE_VERSION}); "
                 "run `reelpack tune` again"
@@ -388,8 +463,11 @@ class TuneResult:
                 choice = BudgetChoice(**_check_keys(c, BudgetChoice, "choice"))
                 if str(choice.budget) != key or not isinstance(choice.spec, str):
                     raise SerializationError(f"tune result choice {key!r} is inconsistent")
+                choice.popularity_beta = _beta_field(choice.popularity_beta, f"choice {key!r}")
                 choices[int(choice.budget)] = choice
             rows = [CandidateRow(**_check_keys(r, CandidateRow, "row")) for r in _field(doc, "rows", list)]
+            for r in rows:
+                r.popularity_beta = _beta_field(r.popularity_beta, f"row {r.spec!r}")
             return cls(
                 dim=dim,
                 k=_int_field(doc, "k"),
@@ -440,6 +518,12 @@ def _field(doc: dict, name: str, kind: type) -> Any:
     if name not in doc or not isinstance(doc[name], kind):
         raise SerializationError(f"tune result field {name!r} is missing or not a {kind.__name__}")
     return doc[name]
+
+
+def _beta_field(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_POPULARITY_BETA:
+        raise SerializationError(f"tune result {what} popularity_beta must be a number in [0, {MAX_POPULARITY_BETA}]")
+    return float(value)
 
 
 def _int_field(doc: dict, name: str) -> int:
@@ -501,6 +585,7 @@ def tune_codecs(
     min_users: int = MIN_VALIDATION_USERS,
     batch_size: int = 256,
     keep_fitted: bool = False,
+    popularity_betas: Sequence[float] = DEFAULT_POPULARITY_BETAS,
 ) -> TuneResult:
     """Fit, score and choose a codec per byte budget on a validation split (see the module docstring).
 
@@ -511,7 +596,8 @@ def tune_codecs(
             (excluded when ranking), ``test_*`` the validation items.
         budgets: bytes per item, each a positive integer.
         candidates: specs to compare instead of :func:`candidate_specs`; each joins the budget equal to its
-            fitted ``bytes_per_vector`` (others are listed in ``skipped``).
+            fitted ``bytes_per_vector`` (others are listed in ``skipped``). A plain spec is fitted with every
+            exponent of ``popularity_betas``; ``"spec@popB"`` (:func:`parse_candidate`) with exponent B only.
         seeds: codec fitting seeds (the spread is over them).
         k: Recall cut-off (NDCG is at 10).
         max_users: evaluate a seeded sample of this many validation users.
@@ -521,9 +607,12 @@ def tune_codecs(
         threads: torch threads of the fine-tune.
         min_users: fewest validation users the choice accepts (:data:`MIN_VALIDATION_USERS`).
         batch_size: users scored at once (memory: ``batch_size * n_items`` float32).
-        keep_fitted: keep every fitted codec and its item codes in ``TuneResult.fitted`` (``spec -> [(seed,
-            codec, codes uint8 [n_items, budget]), ...]``, the fine-tuned ones where fine-tuning was kept), so a
-            report can score them on the test split without fitting again. Not saved with the result.
+        keep_fitted: keep every fitted codec and its item codes in ``TuneResult.fitted`` (``label -> [(seed,
+            codec, codes uint8 [n_items, budget]), ...]``, keyed by :func:`candidate_label`, the fine-tuned ones
+            where fine-tuning was kept), so a report can score them on the test split without fitting again. Not
+            saved with the result.
+        popularity_betas: exponents of the popularity weights each candidate is fitted with (0: uniform rows;
+            :func:`reelpack.data.popularity_weights` of ``val_split.item_counts``, the fit part's interactions).
 
     Returns:
         :class:`TuneResult`.
@@ -561,22 +650,38 @@ def tune_codecs(
             f"k={k} and NDCG@{NDCG_CUTOFF} need at least that many items; the catalog has {val_split.n_items}"
         )
     finetune_epochs = _check_positive(finetune_epochs, "finetune_epochs")
+    betas = _check_betas(popularity_betas)
     users = validation_users(val_split, max_users, min_users)
 
     # ---- candidates per budget (user candidates: by their fitted width) -------------------------------
     first_fits: dict[str, tuple[Codec, float]] = {}  # spec -> (codec fitted with seeds[0], seconds)
     skipped: list[dict[str, Any]] = []
+    given_betas: dict[str, set[float]] = {}  # spec -> the exponents named with @popB
     if candidates is None:
         per_budget = {b: candidate_specs(b, dim) for b in budgets}
     else:
-        per_budget = _assign_candidates(candidates, budgets, dim, item_emb, seeds[0], first_fits, skipped)
+        if isinstance(candidates, str):
+            raise InvalidInputError("candidates must be a list of specs, not one string")
+        plain: list[str] = []
+        for c in candidates:
+            spec, beta = parse_candidate(c)
+            if beta is None:
+                given_betas.setdefault(spec, set()).update(betas)
+            else:
+                given_betas.setdefault(spec, set()).add(beta)
+            if spec not in plain:
+                plain.append(spec)
+        per_budget = _assign_candidates(plain, budgets, dim, item_emb, seeds[0], first_fits, skipped)
+    pairs = {b: [(s, beta) for s in specs for beta in sorted(given_betas.get(s, betas))] for b, specs in per_budget.items()}
+    weights = {beta: popularity_weights(val_split.item_counts, beta) for beta in
+               {beta for got in pairs.values() for _, beta in got if beta > 0}}  # fmt: skip
 
     ks = tuple(sorted({NDCG_CUTOFF, k}))
     reference = _evaluate(dense_score_fn(user_emb, item_emb), val_split, users, ks, k, batch_size)
     ref = {"recall": reference.metrics[f"recall@{k}"], "ndcg": reference.metrics[f"ndcg@{NDCG_CUTOFF}"]}
     fine = {s for specs in per_budget.values() for s in specs if finetune and is_finetune_candidate(s)}
     ready = bool(fine) and _softmax_finetune_available()
-    steps = sum(len(seeds) * (2 if s in fine else 1) for specs in per_budget.values() for s in specs)
+    steps = sum(len(seeds) * (2 if s in fine else 1) for got in pairs.values() for s, _ in got)
     run = _Run(user_emb, item_emb, val_split, users, ks, k, batch_size, ref,
                positives=val_split.train_pairs() if ready else None, finetune_ready=ready,
                finetune_epochs=finetune_epochs, threads=threads, progress=progress, total=steps,
@@ -587,11 +692,13 @@ def tune_codecs(
     for budget in budgets:
         per_user: dict[str, np.ndarray] = {}
         budget_rows: list[CandidateRow] = []
-        for spec in per_budget[budget]:
-            row, users_recall = run.candidate(spec, budget, seeds, spec in fine, first_fits.pop(spec, None))
+        for spec, beta in pairs[budget]:
+            row, users_recall = run.candidate(spec, budget, seeds, spec in fine,
+                                              first_fits.pop(spec, None) if beta == 0 else None,
+                                              beta, weights.get(beta))  # fmt: skip
             budget_rows.append(row)
             if users_recall is not None:
-                per_user[spec] = users_recall
+                per_user[row.label] = users_recall
         rows.extend(budget_rows)
         choices[budget] = _choose(budget, budget_rows, per_user, ref["recall"], k)
 
@@ -658,9 +765,12 @@ class _Run:
                 "recall": r, "ndcg": n}, ev.per_user  # fmt: skip
 
     def candidate(self, spec: str, budget: int, seeds: list[int], finetune: bool,
-                  first_fit: tuple[Codec, float] | None) -> tuple[CandidateRow, np.ndarray | None]:  # fmt: skip
-        """The row of ``spec`` over ``seeds`` and its per-user Recall@k averaged over them (None if it failed)."""
-        row = CandidateRow(spec=spec, budget=budget, seeds=list(seeds))
+                  first_fit: tuple[Codec, float] | None, beta: float = 0.0,
+                  weights: np.ndarray | None = None) -> tuple[CandidateRow, np.ndarray | None]:  # fmt: skip
+        """The row of ``spec`` (fitted with ``weights``, the popularity weights of exponent ``beta``) over ``seeds``
+        and its per-user Recall@k averaged over them (None if it failed)."""
+        row = CandidateRow(spec=spec, budget=budget, seeds=list(seeds), popularity_beta=float(beta))
+        name = row.label
         untouched: list[np.ndarray] = []
         tuned: list[np.ndarray] = []
         fitted_untouched: list[tuple[int, Codec, np.ndarray]] = []
@@ -675,14 +785,14 @@ class _Run:
                     codec, fit_s = first_fit
                 else:
                     t0 = time.perf_counter()
-                    codec = make_codec(spec).fit(self.item_emb, seed=seed)
+                    codec = make_codec(spec).fit(self.item_emb, seed=seed, weights=weights)
                     fit_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 codes = codec.encode(self.item_emb)
                 encode_s = time.perf_counter() - t0
             except ReelpackError as exc:
                 row.error, row.per_seed = f"fit failed (seed {seed}): {exc}", []
-                self.step(f"{spec} (failed)")
+                self.step(f"{name} (failed)")
                 return row, None
             if codec.bytes_per_vector != budget:
                 raise CodecSpecError(
@@ -694,7 +804,7 @@ class _Run:
             kept_untouched = (seed, codec, codes)
             kept_tuned = None
             entry: dict[str, float] = {"seed": seed, **figures, "fit_s": fit_s, "encode_s": encode_s}
-            self.step(f"{spec} seed {seed}")
+            self.step(f"{name} seed {seed}")
             if finetune:
                 entry["untouched_rel_recall"], entry["untouched_rel_ndcg"] = entry["rel_recall"], entry["rel_ndcg"]
                 if status is None:
@@ -709,7 +819,7 @@ class _Run:
                         entry.update({f"finetuned_{key}": value for key, value in f.items()})
                     except TrainingError as exc:  # TrainingDivergedError included
                         status, tuned = f"fine-tune diverged: kept untouched ({exc})", []
-                self.step(f"{spec} seed {seed} fine-tune")
+                self.step(f"{name} seed {seed} fine-tune")
             row.per_seed.append(entry)
             if self.keep_fitted:
                 fitted_untouched.append(kept_untouched)
@@ -729,7 +839,7 @@ class _Run:
         row.finetune = status if finetune else None
         row.summarise()
         if self.keep_fitted:
-            self.fitted[spec] = fitted_tuned if row.finetuned and len(fitted_tuned) == len(seeds) else fitted_untouched
+            self.fitted[name] = fitted_tuned if row.finetuned and len(fitted_tuned) == len(seeds) else fitted_untouched
         return row, np.mean(chosen, axis=0)
 
 
@@ -832,34 +942,36 @@ def _choose(budget: int, rows: list[CandidateRow], per_user: dict[str, np.ndarra
             k: int) -> BudgetChoice:  # fmt: skip
     ok = [r for r in rows if r.error is None and math.isfinite(r.mean.get("rel_recall", float("nan")))]
     if not ok:
-        why = "; ".join(f"{r.spec}: {r.error}" for r in rows if r.error) or "no finite figures"
+        why = "; ".join(f"{r.label}: {r.error}" for r in rows if r.error) or "no finite figures"
         raise NoCandidateError(f"every candidate for {budget} bytes failed: {why}")
     ok.sort(key=lambda r: -r.mean["rel_recall"])
     best = ok[0]
     if len(ok) == 1:
         return BudgetChoice(budget, best.spec, best.mean["rel_recall"], best.mean["rel_ndcg"], best.finetuned,
-                            reason="the only candidate that could be fitted")  # fmt: skip
+                            reason="the only candidate that could be fitted",
+                            popularity_beta=best.popularity_beta)  # fmt: skip
     scale = ref_recall if ref_recall else float("nan")
 
     def paired_se(other: CandidateRow) -> float:
-        diff = per_user[best.spec] - per_user[other.spec]
+        diff = per_user[best.label] - per_user[other.label]
         return float(diff.std(ddof=1) / math.sqrt(diff.size)) / scale if diff.size > 1 else float("inf")
 
     se_runner = paired_se(ok[1])
-    gaps = {r.spec: best.mean["rel_recall"] - r.mean["rel_recall"] for r in ok[1:]}
-    tied = [r for r in ok[1:] if gaps[r.spec] == 0.0 or gaps[r.spec] < paired_se(r)]  # equal figures tie too
+    gaps = {r.label: best.mean["rel_recall"] - r.mean["rel_recall"] for r in ok[1:]}
+    tied = [r for r in ok[1:] if gaps[r.label] == 0.0 or gaps[r.label] < paired_se(r)]  # equal figures tie too
     if not tied:
         return BudgetChoice(budget, best.spec, best.mean["rel_recall"], best.mean["rel_ndcg"], best.finetuned,
-                            runner_up=ok[1].spec, paired_se=se_runner,
-                            reason=f"highest mean validation rel R@{k}; {ok[1].spec} is "
+                            runner_up=ok[1].label, paired_se=se_runner, popularity_beta=best.popularity_beta,
+                            reason=f"highest mean validation rel R@{k}; {ok[1].label} is "
                                    f"{best.mean['rel_recall'] - ok[1].mean['rel_recall']:.4f} below "
                                    f"(paired SE {se_runner:.4f})")  # fmt: skip
     group = [best] + tied
     winner = min(group, key=lambda r: (-r.mean["ndcg"], r.mean["encode_s"]))  # same users: NDCG orders as rel NDCG
-    names = "; ".join(r.spec for r in group)
+    names = "; ".join(r.label for r in group)
     return BudgetChoice(
         budget, winner.spec, winner.mean["rel_recall"], winner.mean["rel_ndcg"], winner.finetuned, tie=True,
-        tied_with=[r.spec for r in group if r is not winner], runner_up=ok[1].spec, paired_se=se_runner,
+        tied_with=[r.label for r in group if r is not winner], runner_up=ok[1].label, paired_se=se_runner,
+        popularity_beta=winner.popularity_beta,
         reason=f"tie on validation rel R@{k} within one paired SE ({names}); chosen by rel NDCG@{NDCG_CUTOFF}, "
                f"then encode time",
     )  # fmt: skip
