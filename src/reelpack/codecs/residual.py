@@ -523,14 +523,13 @@ class ResidualCodec(Codec):
             )
 
     def _fit(self, X: np.ndarray, seed: int) -> None:
-        n, d = X.shape
+        n = X.shape[0]
         s_sample, s_faiss, s_calib = sub_seeds(seed, 3)
         rng = np.random.default_rng(s_sample)
         sample = X if n <= MAX_TRAIN_SAMPLE else X[np.sort(rng.choice(n, MAX_TRAIN_SAMPLE, replace=False))]
         if self.project is not None:
             self.mean, self.projection = _pca_basis(sample, self.project)
             sample = self._to_subspace(sample)
-            d = self.project
         if self.refine:
             self.codebooks = self._fit_refined(np.ascontiguousarray(sample, np.float32), s_faiss)
             self._faiss_rq = None
