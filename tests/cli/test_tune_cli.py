@@ -145,3 +145,19 @@ def test_pack_fits_a_popularity_choice_with_the_item_counts(tuned, tmp_path):
         r = runner.invoke(app, args[:-2] + ["--out", str(tmp_path / "bad.rpak"), "--item-counts", str(tmp_path / "bad.npy")])
         assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "bad.rpak").exists()
         assert __import__("re").search(match, " ".join(r.output.split())), r.output
+
+
+def test_tune_with_a_popularity_candidate(tuned, tmp_path):
+    """`spec@popB` candidates are fitted with popularity weights; the table names them and says what they are."""
+    _, path = tuned
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("REELPACK_DATA", raising=False)
+        r = runner.invoke(app, ["tune", "--dim", "16", "--epochs", "1", "--budget", "4", "--seeds", "1",
+                                "--max-users", "300", "--candidates", "pq4 pq4@pop1", "--popularity-betas", "0",
+                                "--no-finetune", "--out", str(tmp_path),
+                                "--cache-dir", str(path.parent.parent / "cache")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.output.split())
+    assert "pq4@pop1" in flat and "spec@popB: fitted on rows drawn in proportion" in flat
+    doc = json.loads((tmp_path / "tune-d16.json").read_text())
+    assert [(row["spec"], row["popularity_beta"]) for row in doc["rows"]] == [("pq4", 0.0), ("pq4", 1.0)]

@@ -175,6 +175,9 @@ def _print_result(result: Any) -> None:
         console.print(table)
         tie = "[bold yellow]TIE[/]: " if choice.tie else ""
         console.print(f"  {tie}{escape(choice.reason)} -> [bold]{escape(choice.label)}[/]")
+    if any(r.popularity_beta for r in result.rows):
+        console.print("  spec@popB: fitted on rows drawn in proportion to (item's fit interactions + 1) ** B; "
+                      "pack and build-catalog fit it the same way (--item-counts)")  # fmt: skip
     for s in result.skipped:
         console.print(f"[yellow]skipped[/] {escape(s['spec'])}: {escape(s['reason'])}")
 
