@@ -10,7 +10,7 @@ without ``--tune`` says to run ``reelpack tune``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -31,15 +31,21 @@ def tune_file_name(dim: int) -> str:
     return f"tune-d{dim}.json"
 
 
-def _parse_budgets(text: str) -> list[int]:
+def _parse_numbers(text: str, kind: type, option: str, example: str, ok: Callable[[Any], bool], what: str) -> list:
+    """Comma/space-separated numbers of ``option`` as ``kind``; typer.BadParameter when one does not parse or one
+    fails ``ok`` (``what`` says what they must be)."""
     parts = [p for p in re.split(r"[,;\s]+", text.strip()) if p]
     try:
-        budgets = [int(p) for p in parts]
+        values = [kind(p) for p in parts]
     except ValueError:
-        raise typer.BadParameter(f"--budget must be comma-separated bytes per item such as 8,16,32, got {text!r}") from None
-    if not budgets or any(b < 1 for b in budgets):
-        raise typer.BadParameter(f"--budget must be positive bytes per item such as 8,16,32, got {text!r}")
-    return budgets
+        raise typer.BadParameter(f"{option} must be comma-separated {what} such as {example}, got {text!r}") from None
+    if not values or not all(ok(v) for v in values):
+        raise typer.BadParameter(f"{option} must be {what} such as {example}, got {text!r}")
+    return values
+
+
+def _parse_budgets(text: str) -> list[int]:
+    return _parse_numbers(text, int, "--budget", "8,16,32", lambda b: b >= 1, "positive bytes per item")
 
 
 def _as_pair(text: str) -> tuple[str, float]:
@@ -51,18 +57,10 @@ def _as_pair(text: str) -> tuple[str, float]:
 
 
 def _parse_betas(text: str) -> list[float]:
-    parts = [p for p in re.split(r"[,;\s]+", text.strip()) if p]
-    try:
-        betas = [float(p) for p in parts]
-    except ValueError:
-        raise typer.BadParameter(f"--popularity-betas must be comma-separated numbers such as 0,1, got {text!r}") from None
     from reelpack.data import MAX_POPULARITY_BETA
 
-    if not betas or any(not 0.0 <= b <= MAX_POPULARITY_BETA for b in betas):
-        raise typer.BadParameter(
-            f"--popularity-betas must be numbers in [0, {MAX_POPULARITY_BETA:g}] such as 0,1, got {text!r}"
-        )
-    return betas
+    return _parse_numbers(text, float, "--popularity-betas", "0,1", lambda b: 0.0 <= b <= MAX_POPULARITY_BETA,
+                          f"numbers in [0, {MAX_POPULARITY_BETA:g}]")  # fmt: skip
 
 
 @app.command("tune")
