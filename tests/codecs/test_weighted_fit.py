@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from reelpack.codecs import make_codec
-from reelpack.codecs.base import weighted_rows
+from reelpack.codecs.base import check_weights, weighted_rows
 from reelpack.data import MAX_POPULARITY_BETA, popularity_weights
 from reelpack.errors import DimensionMismatchError, InvalidInputError
 
@@ -76,3 +76,15 @@ def test_popularity_weights():
             popularity_weights(bad, 1.0)
     with pytest.raises(InvalidInputError):
         popularity_weights(["x"], 1.0)
+
+
+def test_check_weights_names_the_weights_and_copies():
+    src = np.arange(1, 4, dtype=np.int32)
+    w = check_weights(src, 3)
+    assert w.dtype == np.float64 and w.flags.c_contiguous and np.array_equal(w, [1.0, 2.0, 3.0])
+    w[0] = 9.0
+    assert src[0] == 1  # a copy
+    with pytest.raises(DimensionMismatchError, match="layer weights has 2 values, the catalog has 3 rows"):
+        check_weights(np.ones(2), 3, "layer weights", "the catalog")
+    with pytest.raises(InvalidInputError, match="layer weights must have a positive, finite sum"):
+        check_weights(np.zeros(3), 3, "layer weights")

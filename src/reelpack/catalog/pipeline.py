@@ -61,6 +61,7 @@ from reelpack.catalog.store import (
     staged_version,
     version_dir,
 )
+from reelpack.codecs.base import check_weights
 from reelpack.errors import CodecSpecError, DimensionMismatchError, InvalidInputError, StoreError
 from reelpack.format.delta import sha256_file
 from reelpack.util.ids import check_item_ids
@@ -210,25 +211,8 @@ def check_fit_weights(weights: Sequence[Any] | None, n_codecs: int | None,
                                 f"got {type(weights).__name__}")  # fmt: skip
     if n_codecs is not None and len(weights) != n_codecs:
         raise DimensionMismatchError(f"fit weights hold {len(weights)} entries, one per codec expected ({n_codecs})")
-    out: list[np.ndarray | None] = []
-    for k, w in enumerate(weights):
-        if w is None:
-            out.append(None)
-            continue
-        try:
-            arr = np.array(w, dtype=np.float64, copy=True, order="C")
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"fit weights of codec {k} must be a float array [n]") from None
-        if arr.ndim != 1:
-            raise InvalidInputError(f"fit weights of codec {k} must be 1-D (one per item), got shape {arr.shape}")
-        if arr.shape[0] != n:
-            raise DimensionMismatchError(f"fit weights of codec {k} have {arr.shape[0]} values, the catalog has "
-                                         f"{n} items")  # fmt: skip
-        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-            raise InvalidInputError(f"fit weights of codec {k} must be finite and >= 0")
-        if not arr.sum() > 0:
-            raise InvalidInputError(f"fit weights of codec {k} must not be all 0")
-        out.append(arr)
+    out = [None if w is None else check_weights(w, n, f"fit weights of codec {k}", "the catalog")
+           for k, w in enumerate(weights)]  # fmt: skip
     return out if any(w is not None for w in out) else None
 
 

@@ -48,14 +48,6 @@ def _parse_budgets(text: str) -> list[int]:
     return _parse_numbers(text, int, "--budget", "8,16,32", lambda b: b >= 1, "positive bytes per item")
 
 
-def _as_pair(text: str) -> tuple[str, float]:
-    """A --candidates word as (spec, beta); a plain spec keeps beta 0 here (tune_codecs then tries every beta)."""
-    from reelpack.models.tune import parse_candidate
-
-    spec, beta = parse_candidate(text)
-    return spec, 0.0 if beta is None else beta
-
-
 def _parse_betas(text: str) -> list[float]:
     from reelpack.data import MAX_POPULARITY_BETA
 
@@ -100,13 +92,15 @@ def tune_cmd(
 
     from reelpack.data import validation_split
     from reelpack.errors import InvalidInputError
-    from reelpack.models.tune import candidate_label, candidate_specs, tune_codecs
+    from reelpack.models.tune import candidate_specs, parse_candidate, tune_codecs
 
     try:
         budgets = _parse_budgets(budget)
         if seeds < 1:
             raise typer.BadParameter(f"--seeds must be >= 1, got {seeds}")
-        given = [candidate_label(*_as_pair(s)) for s in parse_codecs(candidates)] if candidates else None
+        given = parse_codecs(candidates) if candidates else None
+        for word in given or ():  # a bad spec or @pop exponent fails here, before minutes of training
+            parse_candidate(word)
         betas = _parse_betas(popularity_betas)
         if given is None:
             for b in budgets:  # NoCandidateError before minutes of training

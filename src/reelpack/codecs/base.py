@@ -40,7 +40,7 @@ from reelpack.errors import (
     UnsupportedOperationError,
 )
 
-__all__ = ["Codec", "weighted_rows", "pack_state", "unpack_state", "check_state", "STATE_MAGIC", "STATE_VERSION"]
+__all__ = ["Codec", "check_weights", "weighted_rows", "pack_state", "unpack_state", "check_state", "STATE_MAGIC", "STATE_VERSION"]
 
 STATE_MAGIC = b"RPCS"
 STATE_VERSION = 1
@@ -193,6 +193,31 @@ def _finite_scores(compute: Callable[[], np.ndarray]) -> np.ndarray:
     return finite_scores(scores)
 
 
+def check_weights(weights: Any, n: int, what: str = "weights", rows: str = "X") -> np.ndarray:
+    """``weights`` as a float64 [n] C-contiguous copy, checked: 1-D, one value per row, finite, >= 0, a positive
+    finite sum. ``what`` names the weights and ``rows`` their rows in the messages.
+
+    Raises:
+        InvalidInputError: not a 1-D float array of finite values >= 0 with a positive, finite sum.
+        DimensionMismatchError: not ``n`` values.
+    """
+    try:
+        w = np.array(weights, dtype=np.float64, copy=True, order="C")
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{what} must be a float array of one value per row") from None
+    if w.ndim != 1:
+        raise InvalidInputError(f"{what} must be 1-D (one value per row), got shape {w.shape}")
+    if w.shape[0] != n:
+        raise DimensionMismatchError(f"{what} has {w.shape[0]} values, {rows} has {n} rows")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise InvalidInputError(f"{what} must be finite and >= 0")
+    with np.errstate(over="ignore"):
+        total = float(w.sum())
+    if not total > 0 or not math.isfinite(total):
+        raise InvalidInputError(f"{what} must have a positive, finite sum (not all 0)")
+    return w
+
+
 def weighted_rows(X: np.ndarray, weights: np.ndarray, seed: int) -> np.ndarray:
     """``len(X)`` rows of ``X`` float [n, d] drawn with replacement, row ``i`` with probability proportional to
     ``weights[i]`` (float [n], finite, >= 0, not all 0); seeded: the same inputs give the same rows.
@@ -201,25 +226,11 @@ def weighted_rows(X: np.ndarray, weights: np.ndarray, seed: int) -> np.ndarray:
     ``weights``-weighted error of ``X`` in expectation.
 
     Raises:
-        InvalidInputError: ``weights`` is not a 1-D array of finite values >= 0 with a positive sum.
-        DimensionMismatchError: ``len(weights) != len(X)``.
+        InvalidInputError, DimensionMismatchError: bad ``weights`` (:func:`check_weights`).
     """
-    try:
-        w = np.asarray(weights, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InvalidInputError("weights must be a float array of one value per training row") from None
-    if w.ndim != 1:
-        raise InvalidInputError(f"weights must be 1-D (one value per training row), got shape {w.shape}")
-    if w.shape[0] != X.shape[0]:
-        raise DimensionMismatchError(f"weights has {w.shape[0]} values, X has {X.shape[0]} rows")
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise InvalidInputError("weights must be finite and >= 0")
-    with np.errstate(over="ignore"):
-        total = float(w.sum())
-    if not total > 0 or not math.isfinite(total):
-        raise InvalidInputError("weights must have a positive, finite sum (not all 0)")
+    w = check_weights(weights, X.shape[0])
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x5EED])
-    rows = rng.choice(X.shape[0], size=X.shape[0], replace=True, p=w / total)
+    rows = rng.choice(X.shape[0], size=X.shape[0], replace=True, p=w / w.sum())
     return np.ascontiguousarray(X[np.sort(rows)])
 
 
