@@ -140,6 +140,48 @@ def test_build_catalog_with_weights_decodes_and_sorts_weights_with_the_rows(tmp_
     assert [v["version"] for v in st.read_manifest("c")["versions"]] == [1, 2, 3]
 
 
+def test_fit_info_is_recorded_and_checked(tmp_path):
+    n, d = 600, 8
+    X, labels = _clustered(n=n, d=d, seed=8)
+    ids = np.arange(n, dtype=np.int64)
+    w = np.where(labels == 0, 10.0, 1.0)
+    kw = dict(codecs="pq4", items_per_block=100, index=False)
+    st = CatalogStore(tmp_path / "s")
+    info = {"popularity_beta": {"pq4": 1.5}, "note": ["a", 1]}
+    e = build_catalog(st, "c", ids, X, fit_weights=[w], fit_info=info, **kw)
+    assert e["fit_weights"] == info and st.read_manifest("c")["versions"][0]["fit_weights"] == info
+    with PackReader(st.file("c", 1, "pack")) as r:
+        assert r.metadata["popularity_beta"] == {"pq4": 1.5} and r.metadata["catalog_version"] == 1
+    assert build_catalog(st, "c", ids, X, fit_weights=[w], **kw)["fit_weights"] == {}  # weighted, undescribed
+    assert build_catalog(st, "c", ids, X, **kw)["fit_weights"] is None  # uniform
+
+    bad = [
+        ({"a": 1}, None, "give fit_weights"),
+        ([1], [w], "dict with string keys"),
+        ({1: 2}, [w], "dict with string keys"),
+        ({"catalog": "x"}, [w], "catalog"),
+        ({"reference_mse": 1}, [w], "reference_mse"),
+        ({"x": float("nan")}, [w], "JSON"),
+        ({"x": object()}, [w], "JSON"),
+        ({"x": "y" * 70000}, [w], "at most"),
+    ]
+    for fit_info, fw, msg in bad:
+        with pytest.raises(InvalidInputError, match=msg):
+            build_catalog(st, "c", ids, X, fit_weights=fw, fit_info=fit_info, **kw)
+    assert len(st.read_manifest("c")["versions"]) == 3  # rejected builds publish nothing
+
+    pytest.importorskip("distributed")
+    from reelpack.catalog.sources import ArraySource
+
+    sharded = CatalogStore(tmp_path / "sh")
+    e = build_catalog_sharded(sharded, "c", ArraySource(ids, X), scheduler="threads", n_workers=1,
+                              fit_weights=[w], fit_info=info, **kw)  # fmt: skip
+    assert e["fit_weights"] == info
+    with pytest.raises(InvalidInputError, match="give fit_weights"):
+        build_catalog_sharded(sharded, "c", ArraySource(ids, X), scheduler="threads", n_workers=1, fit_info=info,
+                              **kw)  # fmt: skip
+
+
 def test_sharded_build_with_weights_equals_the_single_process_build(tmp_path):
     pytest.importorskip("distributed")
     n, d = 1000, 16

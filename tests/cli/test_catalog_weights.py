@@ -65,6 +65,14 @@ def test_auto_codec_with_popularity_beta_needs_item_counts(tmp_path, counts):
     assert weighted[0] != plain[0]  # layer 0 fitted with the popularity weights
     assert weighted[1] == plain[1]  # sq8 given by name: uniform fit, as before
 
+    # what the weights were is recorded: the manifest entry and both packs' metadata
+    entry = CatalogStore(store).read_manifest("c")["versions"][0]
+    assert entry["fit_weights"] == {"popularity_beta": {"pq4": 1.0}}
+    assert CatalogStore(plain_store).read_manifest("c")["versions"][0]["fit_weights"] is None
+    for kind in ("pack", "layer0"):
+        with PackReader(CatalogStore(store).file("c", 1, kind)) as r:
+            assert r.metadata["popularity_beta"] == {"pq4": 1.0} and r.metadata["catalog"] == "c"
+
 
 def test_sharded_build_uses_the_same_weights(tmp_path, counts):
     pytest.importorskip("distributed")

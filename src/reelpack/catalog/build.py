@@ -24,6 +24,7 @@ from reelpack.catalog.pipeline import (
     BuildOptions,
     ProgressFn,
     check_codecs_and_block,
+    check_fit_info,
     check_fit_weights,
     check_seed,
     check_users,
@@ -57,6 +58,7 @@ __all__ = [
     "ArraySource",
     "fit_sample_rows",
     "check_fit_weights",
+    "check_fit_info",
     "fit_codecs",
     "encode_blocks",
     "write_packs",
@@ -118,6 +120,7 @@ def build_catalog(
     edge: bool = False,
     edge_nlist: int | None = None,
     fit_weights: Sequence[np.ndarray | None] | None = None,
+    fit_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build and publish the next version of ``catalog``; return its manifest entry.
 
@@ -151,6 +154,9 @@ def build_catalog(
             order of ``ids`` / ``vectors`` (e.g. :func:`reelpack.data.popularity_weights` of the items' training
             interactions). They are sorted with the rows by id; each codec is fitted on the fit sample with the
             weights of its rows (:func:`fit_codecs`). A weighted build starts a fresh chain (no delta).
+        fit_info: optional JSON description of ``fit_weights`` (e.g. ``{"popularity_beta": {"rq8-n": 1.0}}``;
+            :func:`check_fit_info`): the entry's ``fit_weights`` (``{}`` when weighted without it, ``null`` when
+            unweighted) and merged into both packs' metadata.
 
     Returns:
         the new version entry of the manifest (see the module docstring).
@@ -172,6 +178,7 @@ def build_catalog(
     if fit_weights is not None:  # the same stable id order ArraySource sorts the rows in
         order = np.argsort(check_item_ids(ids, what="ids", n=source.n), kind="stable")
         weights = _id_sorted_weights(fit_weights, None if specs is None else len(specs), order, source.n)
+    info = check_fit_info(fit_info, weights is not None)
     if not isinstance(edge, (bool, np.bool_)):
         raise InvalidInputError(f"edge must be a bool, got {edge!r}")
     if edge_nlist is not None and not edge:
@@ -182,8 +189,9 @@ def build_catalog(
     hnsw = {k: v for k, v in (("connectivity", connectivity), ("expansion_add", expansion_add),
                               ("expansion_search", expansion_search)) if v is not None}  # fmt: skip
     opts = BuildOptions(specs=specs, items_per_block=items_per_block, seed=seed, users=U, user_ids=uids, index=index,
-                        arrays=True, hnsw=hnsw, threads=threads, fit_sample=fit_sample, fit_weights=weights, delta=True,
-                        distortion_threshold=distortion_threshold, verify_deltas=verify_deltas,
+                        arrays=True, hnsw=hnsw, threads=threads, fit_sample=fit_sample, fit_weights=weights,
+                        fit_info=info, delta=True, distortion_threshold=distortion_threshold,
+                        verify_deltas=verify_deltas,
                         edge_nlist=int(nlist) if edge else None, stages="once")  # fmt: skip
     return run_build(store, catalog, source, opts, InProcessExecutor(), progress=progress)
 
@@ -211,6 +219,7 @@ def build_catalog_sharded(
     threads: int = 1,
     stats: dict[str, Any] | None = None,
     fit_weights: Sequence[np.ndarray | None] | None = None,
+    fit_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build and publish the next version of ``catalog`` with shards encoded on Dask workers.
 
@@ -246,6 +255,7 @@ def build_catalog_sharded(
             with its ids file, as its rows are), ids ``0..n-1`` of a :class:`SyntheticSource`, and the id-sorted
             rows (``source.ids()``) of an :class:`ArraySource`. The codec cache in the work folder is keyed by
             their digest, so a weighted fit never reuses an unweighted one (or one with other weights).
+        fit_info: optional JSON description of ``fit_weights``, as in ``build_catalog``.
 
     The Dask cluster starts (or is reached) first; then the whole build runs under the catalog lock, as
     ``build_catalog`` does.
@@ -277,10 +287,11 @@ def build_catalog_sharded(
     if fit_weights is not None:
         order = _npy_source_order(source) if isinstance(source, NpySource) else None
         weights = _id_sorted_weights(fit_weights, None if specs is None else len(specs), order, source.n)
+    info = check_fit_info(fit_info, weights is not None)
     executor = DaskExecutor(scheduler, int(n_workers), float(connect_timeout))
     opts = BuildOptions(specs=specs, items_per_block=items_per_block, seed=seed, users=U, user_ids=uids, index=index,
                         arrays=arrays, threads=threads, fit_sample=int(fit_sample), shard_size=int(shard_size),
-                        fit_weights=weights,
+                        fit_weights=weights, fit_info=info,
                         work_dir=None if work_dir is None else Path(work_dir), keep_work=keep_work,
                         stages="counts")  # fmt: skip
     return run_build(store, catalog, source, opts, executor, progress=progress, stats=stats)

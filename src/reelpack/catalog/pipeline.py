@@ -81,6 +81,7 @@ __all__ = [
     "check_seed",
     "fit_sample_rows",
     "check_fit_weights",
+    "check_fit_info",
     "fit_codecs",
     "write_packs",
     "save_npy",
@@ -214,6 +215,46 @@ def check_fit_weights(weights: Sequence[Any] | None, n_codecs: int | None,
     out = [None if w is None else check_weights(w, n, f"fit weights of codec {k}", "the catalog")
            for k, w in enumerate(weights)]  # fmt: skip
     return out if any(w is not None for w in out) else None
+
+
+#: pack metadata keys a build writes itself; ``fit_info`` may not use them
+_BUILD_META_KEYS = ("catalog", "catalog_version", "reference_mse")
+#: the largest ``fit_info``, as compact JSON
+MAX_FIT_INFO_BYTES = 65536
+
+
+def check_fit_info(fit_info: Any, weighted: bool) -> dict[str, Any] | None:
+    """Check ``fit_info``, a JSON description of a build's fit weights (what they are, e.g.
+    ``{"popularity_beta": {"rq8-n": 1.0}}``), recorded in the manifest entry (``fit_weights``) and merged into both
+    packs' metadata.
+
+    Args:
+        fit_info: ``None`` or a dict with string keys, JSON-serialisable, at most :data:`MAX_FIT_INFO_BYTES` as JSON,
+            without the keys a build writes itself (``catalog``, ``catalog_version``, ``reference_mse``).
+        weighted: whether the build has fit weights (``fit_info`` describes them, so it needs them).
+
+    Returns:
+        a JSON round-tripped copy, or ``None``.
+
+    Raises:
+        InvalidInputError: any of the above broken.
+    """
+    if fit_info is None:
+        return None
+    if not weighted:
+        raise InvalidInputError("fit_info describes fit weights: give fit_weights too")
+    if not isinstance(fit_info, dict) or not all(isinstance(k, str) for k in fit_info):
+        raise InvalidInputError(f"fit_info must be a dict with string keys, got {type(fit_info).__name__}")
+    clash = sorted(set(fit_info) & set(_BUILD_META_KEYS))
+    if clash:
+        raise InvalidInputError(f"fit_info may not use the keys the build writes itself: {', '.join(clash)}")
+    try:
+        text = json.dumps(fit_info, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"fit_info must be JSON (finite numbers, strings, lists, dicts): {exc}") from None
+    if len(text.encode()) > MAX_FIT_INFO_BYTES:
+        raise InvalidInputError(f"fit_info is {len(text.encode())} bytes as JSON, at most {MAX_FIT_INFO_BYTES}")
+    return json.loads(text)
 
 
 def fit_codecs(specs: Sequence[str], source: CatalogSource | np.ndarray, seed: int,
@@ -375,6 +416,8 @@ class BuildOptions:
         fit_weights: ``None`` (uniform fits) or, per codec (aligned with the codecs that apply), ``None`` or
             float64 [n] row weights in the source's id-sorted row order (:func:`check_fit_weights`). A weighted
             build always starts a fresh chain (its codecs are fitted with the weights, never reused).
+        fit_info: ``None`` or what the fit weights are, as JSON (:func:`check_fit_info`): the manifest entry's
+            ``fit_weights`` and merged into both packs' metadata. A weighted build without it records ``{}``.
         delta: continue the previous version's chain with deltas when codecs, dimension and items per block
             match (needs the whole catalog in the driver: the single-process build) and no fit weights are given.
         distortion_threshold, verify_deltas: the delta rules (:func:`~reelpack.format.make_delta`).
@@ -397,6 +440,7 @@ class BuildOptions:
     fit_sample: int = DEFAULT_FIT_SAMPLE
     shard_size: int = DEFAULT_SHARD_SIZE
     fit_weights: list[np.ndarray | None] | None = None
+    fit_info: dict[str, Any] | None = None
     delta: bool = False
     distortion_threshold: float = 0.1
     verify_deltas: bool = True
@@ -484,7 +528,7 @@ def run_build(
                     raise StoreError(f"cannot create the work folder {work}: {exc.strerror or exc}") from None
             source.prepare(work)
             ids = source.ids()
-            meta = {"catalog": catalog, "catalog_version": version}
+            meta = {**(opts.fit_info or {}), "catalog": catalog, "catalog_version": version}
             with staged_version(cat_dir, catalog, version) as stage:
                 staging = stage.staging
                 files: dict[str, Path] = {"pack": staging / "pack.rpk", "layer0": staging / "layer0.rpk"}
@@ -530,6 +574,7 @@ def run_build(
                     "seed": opts.seed,
                     "codecs_reused": reused,
                     "edge": edge_info,
+                    "fit_weights": None if opts.fit_weights is None else dict(opts.fit_info or {}),
                 }
                 stage.publish(files, entry, prev_manifest)
     if use_files and not opts.keep_work:

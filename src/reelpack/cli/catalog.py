@@ -209,11 +209,16 @@ def build_catalog_cmd(
         if tuned is not None:  # autoN: the codec `reelpack tune` chose at this dimension
             codecs = " ".join(resolve_auto_codecs(parse_codecs(codecs), tuned, dim if synthetic is not None else shape[1]))
         fit_weights = None  # per codec None or float64 [n] in the input row order (the builders sort them by id)
+        fit_info = None  # what the weights are, recorded in the manifest entry and the packs' metadata
         if item_counts is not None:
             counts = load_item_counts(item_counts, synthetic if synthetic is not None else shape[0])
             weights = popularity_fit_weights(betas, counts, _ITEM_COUNTS_WHAT)
             if any(w is not None for w in weights):
                 fit_weights = weights
+                from reelpack.codecs import make_codec
+
+                fit_info = {"popularity_beta": {make_codec(c).spec: b for c, b in zip(parse_codecs(codecs), betas)
+                                                if b > 0}}  # fmt: skip
             else:
                 console.print("[yellow]--item-counts is not used: no codec was chosen with popularity weights[/]")
         how = "" if scheduler is None else f" on Dask ({scheduler}{', %d workers' % workers if scheduler == 'local' else ''})"
@@ -229,7 +234,7 @@ def build_catalog_cmd(
                 entry = build_catalog(
                     CatalogStore(store), catalog, item_ids, X, codecs=codecs, users=U, user_ids=uids,
                     items_per_block=items_per_block, seed=seed, index=not no_index, progress=progress, threads=threads,
-                    edge=edge, edge_nlist=edge_nlist, fit_weights=fit_weights,
+                    edge=edge, edge_nlist=edge_nlist, fit_weights=fit_weights, fit_info=fit_info,
                 )  # fmt: skip
             else:
                 stats: dict = {}
@@ -238,7 +243,7 @@ def build_catalog_cmd(
                     items_per_block=items_per_block, seed=seed, index=not no_index, scheduler=scheduler,
                     n_workers=workers, shard_size=shard_size, work_dir=work_dir, keep_work=keep_work,
                     connect_timeout=connect_timeout, progress=progress, threads=threads, stats=stats,
-                    fit_weights=fit_weights,
+                    fit_weights=fit_weights, fit_info=fit_info,
                 )  # fmt: skip
         if scheduler is not None:
             console.print(f"shards: {stats['shards']} ({stats['encoded']} encoded, {stats['rebuilt']} rebuilt, "
