@@ -88,3 +88,43 @@ def test_check_weights_names_the_weights_and_copies():
         check_weights(np.ones(2), 3, "layer weights", "the catalog")
     with pytest.raises(InvalidInputError, match="layer weights must have a positive, finite sum"):
         check_weights(np.zeros(3), 3, "layer weights")
+
+
+# ------------------------------------------------------------------------------------------ BLAS threads
+def _unit(X: np.ndarray) -> np.ndarray:
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_fit_runs_under_one_blas_thread(monkeypatch):
+    """LAPACK's eigh / solve sum in a thread-count-dependent order, so every fit runs with one BLAS thread."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from reelpack.codecs.residual import ResidualCodec
+
+    seen: list[list[int]] = []
+    real_fit = ResidualCodec._fit
+
+    def spy(self, X, seed):
+        seen.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
+        return real_fit(self, X, seed)
+
+    monkeypatch.setattr(ResidualCodec, "_fit", spy)
+    X = _unit(np.random.default_rng(0).standard_normal((600, 32)))
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        make_codec("rq2-p16-n").fit(X, seed=0)
+        after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert seen and seen[0] and all(t == 1 for t in seen[0])
+    assert after == before  # the caller's setting is restored afterwards
+
+
+def test_fit_bytes_do_not_depend_on_blas_threads():
+    from threadpoolctl import threadpool_limits
+
+    X = _unit(np.random.default_rng(1).standard_normal((2000, 96)))
+    w = np.random.default_rng(2).integers(1, 50, 2000).astype(np.float64)
+    out = []
+    for t in (1, 2):
+        with threadpool_limits(limits=t, user_api="blas"):
+            out.append(make_codec("rq4-r-p48-n").fit(X, seed=3, weights=w).to_bytes())
+    assert out[0] == out[1]

@@ -25,9 +25,11 @@ import math
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from reelpack.util.validate import as_codes, as_float_matrix
 from reelpack.codecs.scanner import GenericScanner, Scanner
@@ -40,7 +42,7 @@ from reelpack.errors import (
     UnsupportedOperationError,
 )
 
-__all__ = ["Codec", "check_weights", "weighted_rows", "pack_state", "unpack_state", "check_state", "STATE_MAGIC", "STATE_VERSION"]
+__all__ = ["Codec", "check_weights", "weighted_rows", "one_blas_thread", "pack_state", "unpack_state", "check_state", "STATE_MAGIC", "STATE_VERSION"]
 
 STATE_MAGIC = b"RPCS"
 STATE_VERSION = 1
@@ -218,6 +220,16 @@ def check_weights(weights: Any, n: int, what: str = "weights", rows: str = "X") 
     return w
 
 
+def one_blas_thread() -> AbstractContextManager[Any]:
+    """Limit every loaded BLAS / LAPACK library to one thread (``threadpoolctl``) for the duration.
+
+    :meth:`Codec.fit` runs under it, so a fit gives the same bytes whatever the process's BLAS threading
+    (``OMP_NUM_THREADS``, a Dask worker's settings): LAPACK's ``eigh`` and ``solve`` sum in an order that depends on
+    the thread count, and a 1e-13 change in a PCA basis (``rq -pD``) sends k-means to other codebooks.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def weighted_rows(X: np.ndarray, weights: np.ndarray, seed: int) -> np.ndarray:
     """``len(X)`` rows of ``X`` float [n, d] drawn with replacement, row ``i`` with probability proportional to
     ``weights[i]`` (float [n], finite, >= 0, not all 0); seeded: the same inputs give the same rows.
@@ -303,7 +315,8 @@ class Codec(ABC):
         if weights is not None:
             X = weighted_rows(X, weights, int(seed))
         self._check_fit_input(X)
-        self._fit(X, int(seed))
+        with one_blas_thread():
+            self._fit(X, int(seed))
         self.dim = int(X.shape[1])
         return self
 
