@@ -304,6 +304,9 @@ class Codec(ABC):
                 :func:`weighted_rows`), so its error is spent where the weight is. Codes, state and scores do
                 not change; every family accepts it.
 
+        The fit runs with one BLAS thread (:func:`one_blas_thread`): the same ``X``, ``seed`` and ``weights`` give
+        the same bytes whatever the process's thread settings.
+
         Returns:
             ``self``, fitted.
 
