@@ -90,7 +90,6 @@ from reelpack.codecs.pq import (
     MAX_M,
     OPQ_MAX_SAMPLE,
     OPQProductQuantizer,
-    _blas_single_thread,
     _train_pq,
     pq_assign,
 )
@@ -350,19 +349,18 @@ class AnisotropicPQ(Codec):
         scale = float(norms.mean())
         self.norm_scale = float(np.float32(scale)) if scale > 0 else 1.0
         self.rotation = None
-        with _blas_single_thread():
-            if self.rotate:
-                opq = OPQProductQuantizer(m)
-                opq._fit(sample, seed)
-                self.rotation = opq.rotation
-                sample = np.ascontiguousarray(sample @ self.rotation.T)  # type: ignore[union-attr]
-                cents = opq.centroids
-            else:
-                cents = _train_pq(sample, m, KSUB, sub_seeds(seed, m), KMEANS_NITER)
-            codes = pq_assign(sample, cents)
-            for _ in range(self.iters):
-                codes = _assign(sample, cents, self.threshold, self.norm_scale, codes, APQ_SWEEPS)
-                cents = _update_codebooks(sample, cents, codes, self.threshold, self.norm_scale)
+        if self.rotate:
+            opq = OPQProductQuantizer(m)
+            opq._fit(sample, seed)
+            self.rotation = opq.rotation
+            sample = np.ascontiguousarray(sample @ self.rotation.T)  # type: ignore[union-attr]
+            cents = opq.centroids
+        else:
+            cents = _train_pq(sample, m, KSUB, sub_seeds(seed, m), KMEANS_NITER)
+        codes = pq_assign(sample, cents)
+        for _ in range(self.iters):
+            codes = _assign(sample, cents, self.threshold, self.norm_scale, codes, APQ_SWEEPS)
+            cents = _update_codebooks(sample, cents, codes, self.threshold, self.norm_scale)
         self.centroids = np.ascontiguousarray(cents, np.float32)
 
     def scanner(self, codes: np.ndarray, *, exact: bool = True, query_bits: int = 8,

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import faiss
@@ -121,21 +121,6 @@ def _faiss_kmeans_settings() -> Iterator[None]:
     finally:
         faiss.cvar.distance_compute_blas_threshold = threshold
         faiss.omp_set_num_threads(threads)
-
-
-def _blas_single_thread() -> AbstractContextManager[Any]:
-    """Limit BLAS pools to one thread while numpy GEMMs alternate with faiss k-means.
-
-    Idle OpenBLAS (pthreads) workers of numpy spin for a while after each call and
-    starve faiss's OpenMP threads (and vice versa): OPQ training ran 3x slower on
-    2 cores without this. Uses ``threadpoolctl`` when installed (as scikit-learn's
-    KMeans does), else does nothing.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional
-        return nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _kmeans(x: np.ndarray, k: int, niter: int, seed: int, init: np.ndarray | None = None) -> np.ndarray:
@@ -331,14 +316,13 @@ class OPQProductQuantizer(ProductQuantizer):
         sample = X if n <= OPQ_MAX_SAMPLE else X[np.sort(rng.choice(n, OPQ_MAX_SAMPLE, replace=False))]
         R = orthogonal_rows(d, d, sub_seeds(seed, 2)[1])
         cents = None
-        with _blas_single_thread():
-            for it in range(self.outer_iters):
-                Y = sample @ R.T
-                seeds = sub_seeds(seed + 7919 * (it + 1), m)
-                niter = OPQ_NITER_FIRST if cents is None else OPQ_NITER_INNER
-                cents = _train_pq(Y, m, ksub, seeds, niter, init=cents)
-                Yhat = pq_decode(cents, pq_assign(Y, cents))
-                R = _procrustes(sample, Yhat)
+        for it in range(self.outer_iters):
+            Y = sample @ R.T
+            seeds = sub_seeds(seed + 7919 * (it + 1), m)
+            niter = OPQ_NITER_FIRST if cents is None else OPQ_NITER_INNER
+            cents = _train_pq(Y, m, ksub, seeds, niter, init=cents)
+            Yhat = pq_decode(cents, pq_assign(Y, cents))
+            R = _procrustes(sample, Yhat)
         self.rotation = R
         self.centroids = _train_pq(X @ R.T, m, ksub, sub_seeds(seed, m), KMEANS_NITER, init=cents)
 
