@@ -252,8 +252,9 @@ def check_fit_info(fit_info: Any, weighted: bool) -> dict[str, Any] | None:
         text = json.dumps(fit_info, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"fit_info must be JSON (finite numbers, strings, lists, dicts): {exc}") from None
-    if len(text.encode()) > MAX_FIT_INFO_BYTES:
-        raise InvalidInputError(f"fit_info is {len(text.encode())} bytes as JSON, at most {MAX_FIT_INFO_BYTES}")
+    size = len(text.encode())
+    if size > MAX_FIT_INFO_BYTES:
+        raise InvalidInputError(f"fit_info is {size} bytes as JSON, at most {MAX_FIT_INFO_BYTES}")
     return json.loads(text)
 
 
