@@ -165,7 +165,13 @@ def build_catalog_cmd(
     )
     from reelpack.catalog.synthetic import synthetic_items, synthetic_users
     from reelpack.cli.pack import load_item_counts
-    from reelpack.cli.tune import auto_popularity_betas, load_tune_for, popularity_fit_weights, resolve_auto_codecs
+    from reelpack.cli.tune import (
+        auto_popularity_betas,
+        load_tune_for,
+        popularity_beta_meta,
+        popularity_fit_weights,
+        resolve_auto_codecs,
+    )
     from reelpack.errors import InvalidInputError
 
     try:
@@ -215,10 +221,7 @@ def build_catalog_cmd(
             weights = popularity_fit_weights(betas, counts, _ITEM_COUNTS_WHAT)
             if any(w is not None for w in weights):
                 fit_weights = weights
-                from reelpack.codecs import make_codec
-
-                fit_info = {"popularity_beta": {make_codec(c).spec: b for c, b in zip(parse_codecs(codecs), betas)
-                                                if b > 0}}  # fmt: skip
+                fit_info = {"popularity_beta": popularity_beta_meta(parse_codecs(codecs), betas)}
             else:
                 console.print("[yellow]--item-counts is not used: no codec was chosen with popularity weights[/]")
         how = "" if scheduler is None else f" on Dask ({scheduler}{', %d workers' % workers if scheduler == 'local' else ''})"

@@ -179,7 +179,13 @@ def pack(
 
     try:
         specs = parse_codecs(codecs)
-        from reelpack.cli.tune import auto_popularity_betas, load_tune_for, popularity_fit_weights, resolve_auto_codecs
+        from reelpack.cli.tune import (
+            auto_popularity_betas,
+            load_tune_for,
+            popularity_beta_meta,
+            popularity_fit_weights,
+            resolve_auto_codecs,
+        )
 
         tuned = load_tune_for(specs, tune, "reelpack pack")  # autoN: the codec `reelpack tune` chose
         betas = auto_popularity_betas(specs, tuned)  # popularity exponent of each layer's fit (0: uniform)
@@ -209,7 +215,7 @@ def pack(
         meta = {"created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "source": source,
                 "codecs": [c.spec for c in built], "seed": seed}  # fmt: skip
         if any(betas):
-            meta["popularity_beta"] = {c.spec: b for c, b in zip(built, betas) if b > 0}
+            meta["popularity_beta"] = popularity_beta_meta([c.spec for c in built], betas)
         if auto is not None:
             meta["auto_codecs"] = auto
         try:

@@ -21,7 +21,7 @@ from reelpack.cli.shared import DataOpt, app, console, fail, load_split, need, p
 from reelpack.errors import ReelpackError
 
 __all__ = ["tune_cmd", "has_auto_spec", "load_tune_for", "resolve_auto_codecs", "auto_popularity_betas",
-           "popularity_fit_weights", "tune_file_name"]
+           "popularity_fit_weights", "popularity_beta_meta", "tune_file_name"]
 
 _AUTO = re.compile(r"auto[0-9]+")
 
@@ -244,6 +244,14 @@ def auto_popularity_betas(specs: Sequence[str], result: Any) -> list[float]:
         else:
             out.append(float(result.choice(int(s.strip().lower()[4:])).popularity_beta))
     return out
+
+
+def popularity_beta_meta(specs: Sequence[str], betas: Sequence[float]) -> dict[str, float]:
+    """``{canonical spec: beta}`` of the codecs fitted with popularity weights (``beta > 0``), as ``pack`` and
+    ``build-catalog`` record them (``popularity_beta`` in the pack metadata and the catalog manifest)."""
+    from reelpack.codecs import make_codec
+
+    return {make_codec(s).spec: float(b) for s, b in zip(specs, betas) if b > 0}
 
 
 def popularity_fit_weights(betas: Sequence[float], item_counts: Any, what: str) -> list[Any]:
