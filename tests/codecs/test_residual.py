@@ -383,6 +383,34 @@ def test_refinement_lowers_the_training_error(data):
     assert first > mse(refined, data["items"])
 
 
+@pytest.mark.parametrize("spec", ["rq2", "rq2-r"])
+def test_fit_uses_every_row_up_to_the_sample_cap(spec, data, monkeypatch):
+    """Rows up to MAX_TRAIN_SAMPLE are all trained on (the codec encodes the items it is fitted on); larger
+    inputs give a seeded sample of exactly the cap, the same rows for the same seed."""
+    import reelpack.codecs.residual as residual
+
+    seen: list[np.ndarray] = []
+    real = residual._train_greedy
+
+    def spy(X, n_codebooks, seed):
+        seen.append(np.array(X, copy=True))
+        return real(X, n_codebooks, seed)
+
+    monkeypatch.setattr(residual, "_train_greedy", spy)
+    X = data["train"]
+    monkeypatch.setattr(residual, "MAX_TRAIN_SAMPLE", X.shape[0])
+    make_codec(spec).fit(X, seed=0)
+    assert seen[0].shape[0] == X.shape[0]
+    np.testing.assert_array_equal(np.sort(seen[0], axis=0), np.sort(X, axis=0))
+    seen.clear()
+    monkeypatch.setattr(residual, "MAX_TRAIN_SAMPLE", 500)
+    make_codec(spec).fit(X, seed=3)
+    make_codec(spec).fit(X, seed=3)
+    assert seen[0].shape[0] == 500
+    assert len(seen) == 2  # one stage: one greedy training per fit
+    np.testing.assert_array_equal(seen[0], seen[1])
+
+
 @pytest.mark.parametrize("spec", ["rq4+4-r", "rq6-p8", "rq3+3-r-p10"])
 def test_refined_and_projected_scores_equal_decode_dot(spec, data):
     c = make_codec(spec).fit(data["train"], seed=2)
