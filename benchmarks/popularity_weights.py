@@ -32,11 +32,9 @@ import numpy as np
 
 from reelpack.codecs import make_codec
 from reelpack.codecs.base import weighted_rows
-from reelpack.data import load_interactions, popularity_weights, train_test_split, validation_split
+from reelpack.data import popularity_weights
 from reelpack.metrics.ranking import dense_score_fn, evaluate_scores
-from reelpack.models import TwoTowerConfig
-from reelpack.models.cache import load_or_train
-from reelpack.models.tune import validation_users
+from validation_protocol import load_validation_protocol  # benchmarks/, beside this script
 
 FAISS_MAX_TRAIN = 65536
 
@@ -79,11 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     betas = [float(b) for b in args.betas.split(",")]
     t_start = time.time()
-    fit = validation_split(train_test_split(load_interactions(args.data), 0.2, 0), 0.1, 0)
-    emb, _ = load_or_train(fit, TwoTowerConfig(dim=args.dim, num_threads=1), progress=False, evaluate=False)
-    U, X = emb.user_emb, emb.item_emb
-    users = validation_users(fit, args.users)
-    ref, _ = evaluate_scores(dense_score_fn(U, X), fit, users, ks=(10, 50))
+    proto = load_validation_protocol(args.data, args.dim, args.users)
+    fit, U, X, users, ref = proto.fit, proto.U, proto.X, proto.users, proto.ref
     counts = fit.item_counts.astype(np.float64)
     rows = []
     for beta in betas:

@@ -26,12 +26,9 @@ import numpy as np
 
 from reelpack.bench.latency import median_seconds
 from reelpack.codecs import make_codec
-from reelpack.data import load_interactions, train_test_split, validation_split
 from reelpack.metrics.ranking import dense_score_fn, evaluate_scores
 from reelpack.metrics.ratedistortion import gaussian_distortion_bound, pca_variances
-from reelpack.models import TwoTowerConfig
-from reelpack.models.cache import load_or_train
-from reelpack.models.tune import validation_users
+from validation_protocol import load_validation_protocol  # benchmarks/, beside this script
 
 DECODE_ITEMS = 100_000
 
@@ -48,12 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/quantiser-study")
     args = ap.parse_args(argv)
     faiss.omp_set_num_threads(1)
-    inter = load_interactions(args.data)
-    fit = validation_split(train_test_split(inter, 0.2, 0), 0.1, 0)
-    emb, _ = load_or_train(fit, TwoTowerConfig(dim=args.dim, num_threads=1), progress=False, evaluate=False)
-    U, X = emb.user_emb, emb.item_emb
-    users = validation_users(fit, args.users)
-    ref, _ = evaluate_scores(dense_score_fn(U, X), fit, users, ks=(10, 50))
+    proto = load_validation_protocol(args.data, args.dim, args.users)
+    fit, U, X, users, ref = proto.fit, proto.U, proto.X, proto.users, proto.ref
     variances = pca_variances(X)
     rng = np.random.default_rng(0)
     decode_rows = rng.integers(0, len(X), DECODE_ITEMS)

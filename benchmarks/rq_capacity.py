@@ -41,11 +41,9 @@ import numpy as np
 
 import reelpack.codecs.residual as residual
 from reelpack.codecs import make_codec
-from reelpack.data import load_interactions, popularity_weights, train_test_split, validation_split
-from reelpack.metrics.ranking import dense_score_fn, evaluate_scores
-from reelpack.models import TwoTowerConfig
-from reelpack.models.cache import load_or_train
-from reelpack.models.tune import validation_users
+from reelpack.data import popularity_weights
+from reelpack.metrics.ranking import evaluate_scores
+from validation_protocol import load_validation_protocol  # benchmarks/, beside this script
 
 ICM_PASSES = 4
 
@@ -121,11 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if not spec.startswith("rq") or "-n" not in spec:
         raise SystemExit(f"--spec must be an rq -n codec (the ICM variant polishes cosines), got {args.spec!r}")
     t0 = time.time()
-    fit = validation_split(train_test_split(load_interactions(args.data), 0.2, 0), 0.1, 0)
-    emb, _ = load_or_train(fit, TwoTowerConfig(dim=args.dim, num_threads=1), progress=False, evaluate=False)
-    U, X = emb.user_emb, emb.item_emb
-    users = validation_users(fit, args.users)
-    ref, _ = evaluate_scores(dense_score_fn(U, X), fit, users, ks=(10, 50))
+    proto = load_validation_protocol(args.data, args.dim, args.users)
+    fit, U, X, users, ref = proto.fit, proto.U, proto.X, proto.users, proto.ref
     weights = popularity_weights(fit.item_counts, float(beta)) if beta else None
     print(f"d={args.dim}: {X.shape[0]} items, {len(users)} validation users, {args.spec}", file=sys.stderr)
     defaults = (residual.MAX_TRAIN_SAMPLE, residual.REFINE_ROUNDS, residual.REFINE_BEAM_SIZE)
