@@ -7,7 +7,8 @@ Protocol (amazon-book by default):
 2. two-tower embeddings trained on the fit part (train minus validation) at ``--dim``;
 3. reelpack's candidates at each budget (:func:`reelpack.models.tune.candidate_specs`, fine-tuning of
    ``qat-`` candidates kept only where it wins on validation; each also fitted with the popularity weights of
-   ``--popularity-betas``, from the fit part's interactions) are fitted with each codec seed and scored on
+   ``--popularity-betas``, from the fit part's interactions, and of ``--exposure-betas``, from the float32
+   top-1000 of the users' vectors) are fitted with each codec seed and scored on
    the validation users; :func:`reelpack.models.tune.tune_codecs` chooses one per budget;
 4. faiss's codecs at the same budgets (PQ, OPQ, RQ, LSQ, SQ, RaBitQ: every factory whose ``sa_code_size``
    equals the budget) are fitted with the same seeds and scored on the same validation users;
@@ -153,11 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-faiss", default="", help="faiss factories to skip (space-separated), e.g. for time")
     ap.add_argument("--popularity-betas", default="0,1",
                     help="popularity exponents every reelpack candidate is fitted with (reelpack.data.popularity_weights)")
+    ap.add_argument("--exposure-betas", default="",
+                    help="exposure exponents every reelpack candidate is also fitted with (reelpack.data.exposure_weights; "
+                         "none by default); a candidate spec@expoB names one")
     ap.add_argument("--out", default="results/validation-sweep")
     args = ap.parse_args(argv)
     budgets = [int(b) for b in args.budgets.split(",")]
     seeds = list(range(args.seeds))
     betas = [float(x) for x in args.popularity_betas.split(",")]
+    expo_betas = [float(x) for x in args.exposure_betas.split(",") if x.strip()]
     faiss.omp_set_num_threads(1)
     t_start = time.time()
     inter = load_interactions(args.data)
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tune = tune_codecs(U, X, fit, budgets, candidates=cands, seeds=seeds[:1], k=K, max_users=args.users,
                        finetune=True, progress=progress, finetune_epochs=args.finetune_epochs, keep_fitted=True,
-                       popularity_betas=betas)  # fmt: skip
+                       popularity_betas=betas, exposure_betas=expo_betas)  # fmt: skip
     chosen = {b: tune.choice(b).label for b in budgets}  # "rq8-n" or, popularity-weighted, "rq8-n@pop1"
     log(f"chosen on validation (seed {seeds[0]}): {chosen}")
     if len(seeds) > 1:  # the choice with the other seeds: its validation spread, and the codecs the test reads

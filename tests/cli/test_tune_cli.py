@@ -50,6 +50,10 @@ def test_tune_impossible_budget_fails_before_training(tmp_path):
     assert r.exit_code == 2 and "--popularity-betas" in r.output
     r = runner.invoke(app, ["tune", "--candidates", "pq4@pop9", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "popularity exponent" in " ".join(r.output.split()) and "Traceback" not in r.output
+    r = runner.invoke(app, ["tune", "--candidates", "pq4@expo9", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "exposure exponent" in " ".join(r.output.split()) and "Traceback" not in r.output
+    r = runner.invoke(app, ["tune", "--exposure-betas", "1,x", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--exposure-betas" in r.output
     assert list(tmp_path.iterdir()) == []
 
 
@@ -161,3 +165,20 @@ def test_tune_with_a_popularity_candidate(tuned, tmp_path):
     assert "pq4@pop1" in flat and "spec@popB: fitted on rows drawn in proportion" in flat
     doc = json.loads((tmp_path / "tune-d16.json").read_text())
     assert [(row["spec"], row["popularity_beta"]) for row in doc["rows"]] == [("pq4", 0.0), ("pq4", 1.0)]
+
+
+def test_tune_with_an_exposure_candidate(tuned, tmp_path):
+    """--exposure-betas fits every candidate with exposure weights too; the table names them and says what they are."""
+    _, path = tuned
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("REELPACK_DATA", raising=False)
+        r = runner.invoke(app, ["tune", "--dim", "16", "--epochs", "1", "--budget", "4", "--seeds", "1",
+                                "--max-users", "300", "--candidates", "pq4", "--popularity-betas", "0",
+                                "--exposure-betas", "1", "--no-finetune", "--out", str(tmp_path),
+                                "--cache-dir", str(path.parent.parent / "cache")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.output.split())
+    assert "pq4@expo1" in flat and "spec@expoB: fitted on rows drawn in proportion" in flat
+    doc = json.loads((tmp_path / "tune-d16.json").read_text())
+    assert [(row["spec"], row["exposure_beta"]) for row in doc["rows"]] == [("pq4", 0.0), ("pq4", 1.0)]
+    assert doc["exposure_k"] == 1000

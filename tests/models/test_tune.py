@@ -9,7 +9,9 @@ import pytest
 
 from reelpack.codecs import make_codec
 from reelpack.data import (
+    DEFAULT_EXPOSURE_K,
     MIN_VALIDATION_USERS,
+    exposure_weights,
     popularity_weights,
     synthetic_interactions,
     train_test_split,
@@ -36,6 +38,7 @@ from reelpack.models.tune import (
     candidate_specs,
     is_finetune_candidate,
     parse_candidate,
+    parse_weighted_candidate,
     resolve_auto_spec,
     tune_codecs,
 )
@@ -172,7 +175,7 @@ def test_json_round_trip_and_save_load(result, tmp_path):
     assert TuneResult.load(path).to_json() == result.to_json()
     assert [p.name for p in path.parent.iterdir()] == ["tune-d16.json"]  # no temporary file left
     doc = json.loads(path.read_text())
-    assert doc["format"] == "reelpack-tune" and doc["version"] == 2 and "created_at" in doc
+    assert doc["format"] == "reelpack-tune" and doc["version"] == 3 and "created_at" in doc
     assert all("popularity_beta" in r for r in doc["rows"])
 
 
@@ -341,3 +344,58 @@ def test_version_1_results_load_with_uniform_fits_and_bad_betas_are_refused(resu
         doc["choices"]["4"]["popularity_beta"] = bad
         with pytest.raises(SerializationError, match="popularity_beta"):
             TuneResult.from_json(json.dumps(doc))
+
+
+def test_exposure_candidates_fit_with_the_exposure_weights_of_the_embeddings(problem):
+    """``spec@expoB`` is fitted with exposure_weights(users, items, exposure_k, B); its row, the choice and the JSON
+    carry the exponent and K; plain specs get every exponent of exposure_betas beside popularity_betas'."""
+    p = problem
+    res = tune_codecs(p["users"], p["items"], p["val"], [4], candidates=["pq4@expo1"], seeds=(0,), finetune=False,
+                      keep_fitted=True, exposure_k=20)  # fmt: skip
+    row = res.rows_for(4)[0]
+    assert row.label == "pq4@expo1" and row.exposure_beta == 1.0 and row.popularity_beta == 0.0
+    assert res.choices[4].label == "pq4@expo1" and res.choices[4].exposure_beta == 1.0 and res.exposure_k == 20
+    (_, codec, _), = res.fitted["pq4@expo1"]
+    twin = make_codec("pq4").fit(p["items"], seed=0, weights=exposure_weights(p["users"], p["items"], 20, 1.0))
+    assert codec.to_bytes() == twin.to_bytes()
+    again = TuneResult.from_json(res.to_json())
+    assert again.choices[4].label == "pq4@expo1" and again.exposure_k == 20
+    plain = tune_codecs(p["users"], p["items"], p["val"], [4], candidates=["pq4"], seeds=(0,), finetune=False,
+                        popularity_betas=(0,), exposure_betas=(1, 0.5))  # fmt: skip
+    assert [r.label for r in plain.rows_for(4)] == ["pq4", "pq4@expo0.5", "pq4@expo1"]
+
+
+def test_exposure_labels_parse_and_bad_exposure_arguments_are_refused(problem, result):
+    assert candidate_label("rq8-n", 0, 1.0) == "rq8-n@expo1"
+    assert parse_weighted_candidate("RQ8-N@expo0.5") == ("rq8-n", ("expo", 0.5))
+    assert parse_weighted_candidate("rq8-n@pop1") == ("rq8-n", ("pop", 1.0))
+    assert parse_weighted_candidate("rq8-n@expo0") == ("rq8-n", ("pop", 0.0))  # exponent 0: the uniform fit
+    assert parse_weighted_candidate("pq4") == ("pq4", None)
+    with pytest.raises(CodecSpecError, match="parse_weighted_candidate"):
+        parse_candidate("pq4@expo1")
+    with pytest.raises(CodecSpecError, match="exposure exponent"):
+        parse_weighted_candidate("pq4@expo9")
+    p = problem
+    for kw, match in (({"exposure_betas": (-1,)}, "exposure_betas"), ({"exposure_betas": ("x",)}, "exposure_betas"),
+                      ({"exposure_k": 0}, "exposure_k"), ({"exposure_k": True}, "exposure_k")):  # fmt: skip
+        with pytest.raises(InvalidInputError, match=match):
+            tune_codecs(p["users"], p["items"], p["val"], [4], candidates=["pq4"], seeds=(0,), **kw)
+    doc = json.loads(result.to_json())
+    doc["choices"]["4"]["exposure_beta"] = 1.0
+    doc["choices"]["4"]["popularity_beta"] = 1.0
+    with pytest.raises(SerializationError, match="both"):
+        TuneResult.from_json(json.dumps(doc))
+    doc = json.loads(result.to_json())
+    for bad in (0, -3, "5", True):
+        doc["exposure_k"] = bad
+        with pytest.raises(SerializationError, match="exposure_k"):
+            TuneResult.from_json(json.dumps(doc))
+    old = json.loads(result.to_json())
+    old["version"] = 2
+    del old["exposure_k"]
+    for c in old["choices"].values():
+        del c["exposure_beta"]
+    for r in old["rows"]:
+        del r["exposure_beta"]
+    loaded = TuneResult.from_json(json.dumps(old))
+    assert all(c.exposure_beta == 0.0 for c in loaded.choices.values()) and loaded.exposure_k == DEFAULT_EXPOSURE_K

@@ -28,6 +28,7 @@ CATALOG_ITEM_COUNTS_HELP = (
     "them, as (count + 1) ** beta. Needed only then."
 )
 _ITEM_COUNTS_WHAT = "--item-counts COUNTS.npy (int [n])"
+_USERS_WHAT = "--users USERS.npy (float [n_users, d])"
 
 
 @app.command("serve")
@@ -166,9 +167,10 @@ def build_catalog_cmd(
     from reelpack.catalog.synthetic import synthetic_items, synthetic_users
     from reelpack.cli.pack import load_item_counts
     from reelpack.cli.tune import (
+        auto_exposure_betas,
         auto_popularity_betas,
+        fit_weights_for,
         load_tune_for,
-        popularity_beta_meta,
         popularity_fit_weights,
         resolve_auto_codecs,
     )
@@ -179,8 +181,12 @@ def build_catalog_cmd(
         given = parse_codecs(codecs) if codecs else ()
         tuned = load_tune_for(given, tune, "reelpack build-catalog") if codecs else None
         betas = auto_popularity_betas(given, tuned)  # per codec as given (autoN unresolved): 0 = uniform fit
+        expo_betas = auto_exposure_betas(given, tuned)  # per codec: exposure exponent (0: none)
         if item_counts is None:
             popularity_fit_weights(betas, None, _ITEM_COUNTS_WHAT)  # the typed error before any loading
+        if any(expo_betas) and users is None and synthetic is None:
+            fit_weights_for(given, [0.0] * len(given), expo_betas, None, None, None, tuned.exposure_k, "",
+                            _USERS_WHAT)  # the typed error before any loading  # fmt: skip
         if scheduler is None and (work_dir is not None or keep_work):
             raise InvalidInputError("--work-dir and --keep-work need --scheduler")
         if scheduler is not None and edge:
@@ -206,6 +212,7 @@ def build_catalog_cmd(
             else:
                 src = NpySource(embeddings, ids)
                 shape = (src.n, src.d)
+                X = None  # the shards read the rows
             U = uids = None
             if users is not None:
                 uids, U = load_embeddings(users, user_ids)
@@ -216,13 +223,18 @@ def build_catalog_cmd(
             codecs = " ".join(resolve_auto_codecs(parse_codecs(codecs), tuned, dim if synthetic is not None else shape[1]))
         fit_weights = None  # per codec None or float64 [n] in the input row order (the builders sort them by id)
         fit_info = None  # what the weights are, recorded in the manifest entry and the packs' metadata
-        if item_counts is not None:
-            counts = load_item_counts(item_counts, synthetic if synthetic is not None else shape[0])
-            weights = popularity_fit_weights(betas, counts, _ITEM_COUNTS_WHAT)
+        if item_counts is not None or any(expo_betas):
+            counts = (load_item_counts(item_counts, synthetic if synthetic is not None else shape[0])
+                      if item_counts is not None else None)  # fmt: skip
+            if any(expo_betas) and X is None:
+                raise InvalidInputError("a codec fitted with exposure weights (@expo) needs the single-process build: "
+                                        "omit --scheduler")  # fmt: skip
+            weights, fit_info = fit_weights_for(parse_codecs(codecs), betas, expo_betas, counts, U, X,
+                                                tuned.exposure_k if tuned is not None else 1, _ITEM_COUNTS_WHAT,
+                                                _USERS_WHAT)  # fmt: skip
             if any(w is not None for w in weights):
                 fit_weights = weights
-                fit_info = {"popularity_beta": popularity_beta_meta(parse_codecs(codecs), betas)}
-            else:
+            if item_counts is not None and not any(betas):
                 console.print("[yellow]--item-counts is not used: no codec was chosen with popularity weights[/]")
         how = "" if scheduler is None else f" on Dask ({scheduler}{', %d workers' % workers if scheduler == 'local' else ''})"
         console.print(f"building catalog {catalog!r} in {store} from {source}{how}")

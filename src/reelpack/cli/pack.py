@@ -68,9 +68,10 @@ def _pack_source(
     cache_dir: str | None,
     retrain: bool,
     seed: int,
-) -> tuple[Any, Any, str, Any]:
-    """(vectors float32 [n, d], item ids int64 [n], description, train interactions per item int64 [n] or None)
-    from a .npy (no counts) or from the embedding cache (the split's counts)."""
+) -> tuple[Any, Any, str, Any, Any]:
+    """(vectors float32 [n, d], item ids int64 [n], description, train interactions per item int64 [n] or None,
+    user vectors float32 [n_users, d] or None) from a .npy (no counts, no users) or from the embedding cache (the
+    split's counts, the user tower)."""
     import numpy as np
 
     from reelpack.errors import DimensionMismatchError, DTypeError, InvalidInputError
@@ -85,14 +86,14 @@ def _pack_source(
         X = as_float_matrix(raw_x, "embeddings")
         source = f"{embeddings.name} {X.shape[0]}x{X.shape[1]}"
         if ids is None:
-            return X, np.arange(X.shape[0], dtype=np.int64), source, None
+            return X, np.arange(X.shape[0], dtype=np.int64), source, None, None
         raw = load_npy(ids, "ids")
         if raw.dtype.kind not in "iu":
             raise DTypeError(f"ids must be an integer array, got dtype {raw.dtype}")
         if raw.shape != (X.shape[0],):
             raise DimensionMismatchError(f"ids must have shape ({X.shape[0]},) to match the embeddings, got {raw.shape}")
         # negative or >= 2**63 ids are named as given (a uint64 2**63 is not shown as its int64 wrap-around)
-        return X, check_item_ids(raw, what="ids", n=X.shape[0], unique=False), source, None
+        return X, check_item_ids(raw, what="ids", n=X.shape[0], unique=False), source, None, None
     if ids is not None:
         raise InvalidInputError("--ids needs an embeddings .npy (with --data the split's item ids are used)")
     if dim is not None:
@@ -100,7 +101,7 @@ def _pack_source(
     split = load_split(data, seed)
     emb = two_tower_embeddings(split, 64 if dim is None else dim, epochs, cache_dir, retrain, seed)
     return (emb.item_emb, np.asarray(split.item_ids, np.int64), f"two-tower item embeddings d={emb.item_emb.shape[1]}",
-            split.item_counts)
+            split.item_counts, emb.user_emb)
 
 
 def load_item_counts(path: Path, n: int) -> Any:
@@ -125,8 +126,22 @@ def load_item_counts(path: Path, n: int) -> Any:
     return raw.astype(np.int64)
 
 
+USERS_HELP = ("User (query) vectors .npy float [n_users, d]: a codec that `reelpack tune` chose with exposure "
+              "weights (@expoB) is fitted with them. With --data the user tower is used.")
 ITEM_COUNTS_HELP = ("Training interactions per item .npy int [n] (the embeddings' order): a codec that `reelpack "
                     "tune` chose with popularity weights is fitted with them. With --data the split's counts are used.")
+
+
+def load_user_vectors(path: Path, dim: int) -> Any:
+    """User (query) vectors float32 [n_users, dim] from a .npy (``--users``).
+
+    Raises:
+        DataNotFoundError, InvalidInputError: the file is missing or not a .npy; DTypeError,
+        DimensionMismatchError, EmptyInputError, NonFiniteError: not a finite float matrix of width ``dim``.
+    """
+    from reelpack.util.validate import as_float_matrix
+
+    return as_float_matrix(load_npy(path, "users"), "users", dim=dim)
 
 
 def _check_dim(dim: int, what: str) -> None:
@@ -169,6 +184,7 @@ def pack(
                                      "--codecs autoN picks from: the codec chosen for N bytes per item.")
     ] = None,
     item_counts: Annotated[Optional[Path], typer.Option("--item-counts", help=ITEM_COUNTS_HELP)] = None,
+    users: Annotated[Optional[Path], typer.Option("--users", help=USERS_HELP)] = None,
 ) -> None:
     """Fit codecs on item embeddings and write a pack: layer 0 coarse, later layers refinement."""
     from datetime import datetime, timezone
@@ -180,15 +196,16 @@ def pack(
     try:
         specs = parse_codecs(codecs)
         from reelpack.cli.tune import (
+            auto_exposure_betas,
             auto_popularity_betas,
+            fit_weights_for,
             load_tune_for,
-            popularity_beta_meta,
-            popularity_fit_weights,
             resolve_auto_codecs,
         )
 
         tuned = load_tune_for(specs, tune, "reelpack pack")  # autoN: the codec `reelpack tune` chose
         betas = auto_popularity_betas(specs, tuned)  # popularity exponent of each layer's fit (0: uniform)
+        expo_betas = auto_exposure_betas(specs, tuned)  # exposure exponent of each layer's fit (0: none)
         auto = None
         if tuned is not None:  # .npy embeddings: their dimension is checked against the tune result once loaded
             want_dim = tuned.dim if embeddings is not None else (64 if dim is None else dim)
@@ -199,23 +216,28 @@ def pack(
         if isinstance(items_per_block, bool) or not 1 <= items_per_block <= 1 << 20:
             raise typer.BadParameter(f"--items-per-block must be in 1..{1 << 20}, got {items_per_block}")
         check_out_path(out)  # before the fitting, which may take minutes
-        X, item_ids, source, counts = _pack_source(embeddings, ids, data, dim, epochs, cache_dir, retrain, seed)
+        X, item_ids, source, counts, U = _pack_source(embeddings, ids, data, dim, epochs, cache_dir, retrain, seed)
         if item_counts is not None:
             counts = load_item_counts(item_counts, X.shape[0])
-        weights = popularity_fit_weights(betas, counts, "--item-counts COUNTS.npy (int [n]) or --data")
+        if users is not None:
+            U = load_user_vectors(users, X.shape[1])
         if tuned is not None and X.shape[1] != tuned.dim:
             from reelpack.errors import DimensionMismatchError
 
             raise DimensionMismatchError(f"the tune result {tune} is for d={tuned.dim}, the embeddings have "
                                          f"d={X.shape[1]}; run `reelpack tune --dim {X.shape[1]}`")  # fmt: skip
+        weights, fit_info = fit_weights_for(
+            [c.spec for c in built], betas, expo_betas, counts, U, X, tuned.exposure_k if tuned is not None else 1,
+            "--item-counts COUNTS.npy (int [n]) or --data", "--users USERS.npy (float [n_users, d]) or --data",
+        )  # fmt: skip
         layers = []
         for codec, w in zip(built, weights):
             codec.fit(X, seed=seed, weights=w)
             layers.append((codec, codec.encode(X)))
         meta = {"created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "source": source,
                 "codecs": [c.spec for c in built], "seed": seed}  # fmt: skip
-        if any(betas):
-            meta["popularity_beta"] = popularity_beta_meta([c.spec for c in built], betas)
+        if fit_info is not None:  # {"popularity_beta": {spec: beta}} and / or {"exposure_beta": ..., "exposure_k": K}
+            meta.update(fit_info)
         if auto is not None:
             meta["auto_codecs"] = auto
         try:
@@ -379,7 +401,7 @@ def delta_make(
         check_out_path(out)
         if target is not None:
             check_out_path(target, "--target")
-        X, item_ids, _, _ = _pack_source(embeddings, ids, None, None, None, None, False, seed)
+        X, item_ids, _, _, _ = _pack_source(embeddings, ids, None, None, None, None, False, seed)
         if not (math.isfinite(threshold) and threshold >= 0):
             raise typer.BadParameter(f"--threshold must be a finite number >= 0, got {threshold}")
         try:

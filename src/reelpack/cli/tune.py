@@ -21,7 +21,8 @@ from reelpack.cli.shared import DataOpt, app, console, fail, load_split, need, p
 from reelpack.errors import ReelpackError
 
 __all__ = ["tune_cmd", "has_auto_spec", "load_tune_for", "resolve_auto_codecs", "auto_popularity_betas",
-           "popularity_fit_weights", "popularity_beta_meta", "tune_file_name"]
+           "auto_exposure_betas", "popularity_fit_weights", "popularity_beta_meta", "fit_weights_for",
+           "tune_file_name"]
 
 _AUTO = re.compile(r"auto[0-9]+")
 
@@ -48,10 +49,10 @@ def _parse_budgets(text: str) -> list[int]:
     return _parse_numbers(text, int, "--budget", "8,16,32", lambda b: b >= 1, "positive bytes per item")
 
 
-def _parse_betas(text: str) -> list[float]:
+def _parse_betas(text: str, option: str = "--popularity-betas") -> list[float]:
     from reelpack.data import MAX_POPULARITY_BETA
 
-    return _parse_numbers(text, float, "--popularity-betas", "0,1", lambda b: 0.0 <= b <= MAX_POPULARITY_BETA,
+    return _parse_numbers(text, float, option, "0,1", lambda b: 0.0 <= b <= MAX_POPULARITY_BETA,
                           f"numbers in [0, {MAX_POPULARITY_BETA:g}]")  # fmt: skip
 
 
@@ -71,12 +72,18 @@ def tune_cmd(
     candidates: Annotated[
         Optional[str],
         typer.Option(help="Specs to compare instead of every registered size match, e.g. 'pq8 rq8 sq4'; each joins "
-                     "the budget equal to its bytes per item. 'rq8-n@pop1' fits with popularity exponent 1 only."),  # fmt: skip
+                     "the budget equal to its bytes per item. 'rq8-n@pop1' fits with popularity exponent 1 only, "
+                     "'rq8-n@expo1' with exposure exponent 1 only."),  # fmt: skip
     ] = None,
     popularity_betas: Annotated[
         str, typer.Option(help="Popularity exponents each candidate is fitted with: training rows drawn in proportion "
                           "to (item's fit interactions + 1) ** beta; 0 is uniform. E.g. '0,1' or '0'.")  # fmt: skip
     ] = "0,1",
+    exposure_betas: Annotated[
+        str, typer.Option(help="Exposure exponents each candidate is also fitted with: training rows drawn in "
+                          "proportion to (users whose float32 top-1000 holds the item + 1) ** beta, from the "
+                          "embeddings alone; pack and build-catalog then need the user vectors. Empty: none.")  # fmt: skip
+    ] = "",
     finetune_epochs: Annotated[int, typer.Option(help="Epochs of each fine-tune.")] = 3,
     epochs: Annotated[Optional[int], typer.Option(help="Override the two-tower training epochs.")] = None,
     cache_dir: Annotated[Optional[str], typer.Option(help="Embedding cache folder.")] = None,
@@ -92,16 +99,17 @@ def tune_cmd(
 
     from reelpack.data import validation_split
     from reelpack.errors import InvalidInputError
-    from reelpack.models.tune import candidate_specs, parse_candidate, tune_codecs
+    from reelpack.models.tune import candidate_specs, parse_weighted_candidate, tune_codecs
 
     try:
         budgets = _parse_budgets(budget)
         if seeds < 1:
             raise typer.BadParameter(f"--seeds must be >= 1, got {seeds}")
         given = parse_codecs(candidates) if candidates else None
-        for word in given or ():  # a bad spec or @pop exponent fails here, before minutes of training
-            parse_candidate(word)
+        for word in given or ():  # a bad spec or @pop / @expo exponent fails here, before minutes of training
+            parse_weighted_candidate(word)
         betas = _parse_betas(popularity_betas)
+        expo_betas = _parse_betas(exposure_betas, "--exposure-betas") if exposure_betas.strip() else []
         if given is None:
             for b in budgets:  # NoCandidateError before minutes of training
                 candidate_specs(b, dim)
@@ -122,7 +130,7 @@ def tune_cmd(
             result = tune_codecs(
                 emb.user_emb, emb.item_emb, val, budgets, candidates=given, seeds=range(seed, seed + seeds),
                 max_users=max_users, finetune=not no_finetune, progress=progress, finetune_epochs=finetune_epochs,
-                threads=threads, popularity_betas=betas,
+                threads=threads, popularity_betas=betas, exposure_betas=expo_betas,
             )  # fmt: skip
         result.provenance = {
             "embeddings": f"two-tower d={dim} trained on the fit part, {emb.config.to_dict()}",
@@ -170,6 +178,9 @@ def _print_result(result: Any) -> None:
     if any(r.popularity_beta for r in result.rows):
         console.print("  spec@popB: fitted on rows drawn in proportion to (item's fit interactions + 1) ** B; "
                       "pack and build-catalog fit it the same way (--item-counts)")  # fmt: skip
+    if any(r.exposure_beta for r in result.rows):
+        console.print(f"  spec@expoB: fitted on rows drawn in proportion to (users whose float32 top-{result.exposure_k} "
+                      "holds the item + 1) ** B; pack and build-catalog fit it the same way (--users)")  # fmt: skip
     for s in result.skipped:
         console.print(f"[yellow]skipped[/] {escape(s['spec'])}: {escape(s['reason'])}")
 
@@ -227,6 +238,8 @@ def resolve_auto_codecs(specs: Sequence[str], result: Any, dim: int) -> list[str
         tie = ", a tie" if c.tie else ""
         if c.popularity_beta:
             note += f"; fitted with popularity weights (item interactions + 1) ** {c.popularity_beta:g}"
+        if c.exposure_beta:
+            note += f"; fitted with exposure weights (top-{result.exposure_k} exposure + 1) ** {c.exposure_beta:g}"
         console.print(f"{escape(s)} -> [bold]{escape(spec)}[/] (validation rel R@{result.k} {c.rel_recall:.4f}{tie}, "
                       f"chosen on {escape(label)}{note})")  # fmt: skip
         out.append(spec)
@@ -244,6 +257,52 @@ def auto_popularity_betas(specs: Sequence[str], result: Any) -> list[float]:
         else:
             out.append(float(result.choice(int(s.strip().lower()[4:])).popularity_beta))
     return out
+
+
+def auto_exposure_betas(specs: Sequence[str], result: Any) -> list[float]:
+    """The exposure exponent each spec of ``specs`` is fitted with: the tune choice's ``exposure_beta`` for an
+    ``autoN`` (0 when ``result`` is None or for any other spec), in the order of ``specs``."""
+    out = []
+    for s in specs:
+        if result is None or not _AUTO.fullmatch(s.strip().lower()):
+            out.append(0.0)
+        else:
+            out.append(float(result.choice(int(s.strip().lower()[4:])).exposure_beta))
+    return out
+
+
+def fit_weights_for(specs: Sequence[str], pop_betas: Sequence[float], expo_betas: Sequence[float], item_counts: Any,
+                    user_emb: Any, item_emb: Any, exposure_k: int, counts_what: str,
+                    users_what: str) -> tuple[list[Any], dict[str, Any] | None]:  # fmt: skip
+    """Per codec the fit weights (None: uniform; popularity weights of ``item_counts``, or exposure weights of
+    ``user_emb`` float [n_users, d] and ``item_emb`` float [n, d] with top-``exposure_k``), and what they are as
+    pack metadata / the catalog manifest records them (None when every fit is uniform): ``{"popularity_beta":
+    {spec: beta}}`` and / or ``{"exposure_beta": {spec: beta}, "exposure_k": K}``.
+
+    Raises:
+        InvalidInputError: a codec needs item counts or user vectors that were not given (the message names
+            ``counts_what`` or ``users_what``, the option that gives them).
+    """
+    from reelpack.data import exposure_counts
+    from reelpack.errors import InvalidInputError
+
+    weights = popularity_fit_weights(pop_betas, item_counts, counts_what)
+    if any(b > 0 for b in expo_betas):
+        if user_emb is None:
+            beta = next(b for b in expo_betas if b > 0)
+            raise InvalidInputError(
+                f"the tune result chose a codec fitted with exposure weights (users whose float32 top-{exposure_k} "
+                f"holds the item + 1) ** {beta:g} on validation; give the user vectors with {users_what}"
+            )
+        counts = exposure_counts(user_emb, item_emb, exposure_k).astype("float64")
+        weights = [(counts + 1.0) ** e if e > 0 else w for w, e in zip(weights, expo_betas)]
+    info: dict[str, Any] = {}
+    if any(b > 0 for b in pop_betas):
+        info["popularity_beta"] = popularity_beta_meta(specs, pop_betas)
+    if any(b > 0 for b in expo_betas):
+        info["exposure_beta"] = popularity_beta_meta(specs, expo_betas)
+        info["exposure_k"] = int(exposure_k)
+    return weights, (info or None)
 
 
 def popularity_beta_meta(specs: Sequence[str], betas: Sequence[float]) -> dict[str, float]:

@@ -30,6 +30,10 @@ __all__ = [
     "popularity_weights",
 ]
 
+from reelpack.data.exposure import DEFAULT_EXPOSURE_K, exposure_counts, exposure_weights  # noqa: E402
+
+__all__ += ["DEFAULT_EXPOSURE_K", "exposure_counts", "exposure_weights"]
+
 from reelpack.data.metadata import ItemMetadata, replay_synthetic_latents, synthetic_item_metadata  # noqa: E402
 
 __all__ += ["ItemMetadata", "synthetic_item_metadata", "replay_synthetic_latents"]

@@ -17,6 +17,11 @@ ranks the catalog for the *validation* users (fit items excluded, positives = va
   spends the codec's error where the users' positives are. Such a candidate is labelled ``"rq8-n@pop1"``
   (:func:`candidate_label`); its row and the choice carry ``popularity_beta``, and ``pack`` / ``build-catalog``
   fit the chosen codec with the same weights;
+* with ``exposure_betas`` (``reelpack tune --exposure-betas 1``), also with exposure weights: rows drawn in
+  proportion to ``(exposure + 1) ** beta``, where an item's exposure is the number of users whose float32 top
+  ``exposure_k`` holds it (:func:`reelpack.data.exposure_weights`, from the embeddings only). Such a candidate is
+  labelled ``"rq8-n@expo1"`` and carries ``exposure_beta``; ``pack`` and ``build-catalog`` need the user vectors
+  to fit it the same way;
 * the choice is the highest mean rel Recall@K. Candidates within one paired standard error of the best
   (standard error of the per-user Recall@K differences on the same users, averaged over seeds, divided by
   float32 Recall@K) are a tie: the one with the higher rel NDCG@10 wins, then the faster to encode, and the
@@ -51,6 +56,7 @@ from reelpack.codecs import make_codec
 from reelpack.codecs.base import Codec
 from reelpack.codecs.rabitq import FACTOR_BYTES as RABITQ_FACTOR_BYTES
 from reelpack.codecs.rabitq import MAX_BITS as RABITQ_MAX_BITS
+from reelpack.data.exposure import DEFAULT_EXPOSURE_K, exposure_counts
 from reelpack.data.interactions import (
     MAX_POPULARITY_BETA,
     MIN_VALIDATION_USERS,
@@ -89,18 +95,26 @@ __all__ = [
     "parse_auto_spec",
     "candidate_label",
     "parse_candidate",
+    "parse_weighted_candidate",
     "DEFAULT_POPULARITY_BETAS",
+    "DEFAULT_EXPOSURE_BETAS",
     "TUNE_FORMAT",
     "TUNE_VERSION",
 ]
 
 TUNE_FORMAT = "reelpack-tune"
-TUNE_VERSION = 2
-#: versions :meth:`TuneResult.from_json` reads (1: written before popularity-weighted fits; its beta is 0)
-TUNE_READ_VERSIONS = (1, 2)
+TUNE_VERSION = 3
+#: versions :meth:`TuneResult.from_json` reads (1: written before popularity-weighted fits, its beta is 0; 2: before
+#: exposure-weighted fits, its exposure beta is 0)
+TUNE_READ_VERSIONS = (1, 2, 3)
 #: popularity exponents :func:`tune_codecs` fits every candidate with by default (0: uniform training rows)
 DEFAULT_POPULARITY_BETAS = (0.0, 1.0)
-_CANDIDATE = re.compile(r"(?P<spec>[^@]+)@pop(?P<beta>[0-9]+(\.[0-9]+)?)")
+#: exposure exponents :func:`tune_codecs` also fits every candidate with by default (none: opt in)
+DEFAULT_EXPOSURE_BETAS: tuple[float, ...] = ()
+_CANDIDATE = re.compile(r"(?P<spec>[^@]+)@(?P<kind>pop|expo)(?P<beta>[0-9]+(\.[0-9]+)?)")
+#: a candidate's fit weighting: ("pop", beta) popularity weights, ("expo", beta) exposure weights; beta 0: uniform
+Weighting = tuple[str, float]
+_UNIFORM: Weighting = ("pop", 0.0)
 NDCG_CUTOFF = 10
 _AUTO = re.compile(r"auto(?P<b>[0-9]{1,6})")
 
@@ -215,18 +229,38 @@ def candidate_specs(budget: int, dim: int) -> list[str]:
     return specs
 
 
-def candidate_label(spec: str, popularity_beta: float = 0.0) -> str:
+def candidate_label(spec: str, popularity_beta: float = 0.0, exposure_beta: float = 0.0) -> str:
     """A candidate's name: ``spec`` for a uniform fit, ``"spec@popB"`` for one with popularity weights of exponent
-    ``B`` (``candidate_label("rq8-n", 1.0) == "rq8-n@pop1"``)."""
+    ``B`` (``candidate_label("rq8-n", 1.0) == "rq8-n@pop1"``), ``"spec@expoB"`` for exposure weights
+    (``candidate_label("rq8-n", 0, 1.0) == "rq8-n@expo1"``)."""
+    if float(exposure_beta) != 0.0:
+        return f"{spec}@expo{float(exposure_beta):g}"
     return spec if float(popularity_beta) == 0.0 else f"{spec}@pop{float(popularity_beta):g}"
 
 
 def parse_candidate(text: str) -> tuple[str, float | None]:
     """``(canonical spec, beta)`` of a candidate name: ``"rq8-n@pop1"`` -> ``("rq8-n", 1.0)``; a plain spec gives
-    ``beta = None`` (fitted with every exponent of ``popularity_betas``).
+    ``beta = None`` (fitted with every exponent of ``popularity_betas``). For exposure-weighted names
+    (``"rq8-n@expo1"``) use :func:`parse_weighted_candidate`.
 
     Raises:
-        CodecSpecError: a bad spec, or a ``@pop`` exponent outside [0, MAX_POPULARITY_BETA].
+        CodecSpecError: a bad spec, a ``@pop`` exponent outside [0, MAX_POPULARITY_BETA], or an ``@expo`` name.
+    """
+    spec, weighting = parse_weighted_candidate(text)
+    if weighting is None:
+        return spec, None
+    if weighting[0] != "pop":
+        raise CodecSpecError(f"{text!r} is exposure-weighted: read it with parse_weighted_candidate")
+    return spec, weighting[1]
+
+
+def parse_weighted_candidate(text: str) -> tuple[str, Weighting | None]:
+    """``(canonical spec, weighting)`` of a candidate name: ``"rq8-n@pop1"`` -> ``("rq8-n", ("pop", 1.0))``,
+    ``"rq8-n@expo0.5"`` -> ``("rq8-n", ("expo", 0.5))``; a plain spec gives ``None`` (fitted with every exponent of
+    ``popularity_betas`` and ``exposure_betas``).
+
+    Raises:
+        CodecSpecError: a bad spec, or an exponent outside [0, MAX_POPULARITY_BETA].
     """
     if not isinstance(text, str):
         raise CodecSpecError(f"candidate must be a string, got {type(text).__name__}")
@@ -234,23 +268,30 @@ def parse_candidate(text: str) -> tuple[str, float | None]:
     m = _CANDIDATE.fullmatch(t)
     if m is None:
         if "@" in t:
-            raise CodecSpecError(f"{text!r}: a candidate is a codec spec, or spec@popB with B the popularity exponent "
-                                 f"in [0, {MAX_POPULARITY_BETA:g}] (e.g. rq8-n@pop1)")  # fmt: skip
+            raise CodecSpecError(f"{text!r}: a candidate is a codec spec, or spec@popB / spec@expoB with B the "
+                                 f"popularity or exposure exponent in [0, {MAX_POPULARITY_BETA:g}] (e.g. rq8-n@pop1)")  # fmt: skip
         return make_codec(t).spec, None
     beta = float(m.group("beta"))
     if not 0.0 <= beta <= MAX_POPULARITY_BETA:
-        raise CodecSpecError(f"{text!r}: the popularity exponent must lie in [0, {MAX_POPULARITY_BETA:g}]")
-    return make_codec(m.group("spec")).spec, beta
+        what = "popularity" if m.group("kind") == "pop" else "exposure"
+        raise CodecSpecError(f"{text!r}: the {what} exponent must lie in [0, {MAX_POPULARITY_BETA:g}]")
+    kind = m.group("kind") if beta > 0 else "pop"  # any exponent 0 is the uniform fit
+    return make_codec(m.group("spec")).spec, (kind, beta)
 
 
-def _check_betas(betas: Sequence[float]) -> list[float]:
+def _weighting_order(w: Weighting) -> tuple[bool, float]:
+    """Candidates' order: uniform and popularity weights by exponent, then exposure weights by exponent."""
+    return (w[0] == "expo", w[1])
+
+
+def _check_betas(betas: Sequence[float], name: str = "popularity_betas", allow_empty: bool = False) -> list[float]:
     try:
         out = sorted({float(b) for b in betas})
     except (TypeError, ValueError):
-        raise InvalidInputError(f"popularity_betas must be numbers, got {betas!r}") from None
-    if not out or any(not 0.0 <= b <= MAX_POPULARITY_BETA for b in out):
-        raise InvalidInputError(f"popularity_betas must be at least one number in [0, {MAX_POPULARITY_BETA:g}], "
-                                f"got {list(betas)!r}")  # fmt: skip
+        raise InvalidInputError(f"{name} must be numbers, got {betas!r}") from None
+    if (not out and not allow_empty) or any(not 0.0 <= b <= MAX_POPULARITY_BETA for b in out):
+        raise InvalidInputError(f"{name} must be {'' if allow_empty else 'at least one number '}in "
+                                f"[0, {MAX_POPULARITY_BETA:g}], got {list(betas)!r}")  # fmt: skip
     return out
 
 
@@ -283,6 +324,8 @@ class CandidateRow:
         error: why the candidate could not be fitted (its figures are then empty and it is not chosen).
         popularity_beta: the codec was fitted with :func:`reelpack.data.popularity_weights` of this exponent
             (0: uniform training rows).
+        exposure_beta: the codec was fitted with :func:`reelpack.data.exposure_weights` of this exponent (0: not
+            exposure-weighted; never both).
     """
 
     spec: str
@@ -297,11 +340,12 @@ class CandidateRow:
     finetuned: bool = False
     error: str | None = None
     popularity_beta: float = 0.0
+    exposure_beta: float = 0.0
 
     @property
     def label(self) -> str:
-        """The candidate's name: the spec, ``@popB`` added for a popularity-weighted fit (:func:`candidate_label`)."""
-        return candidate_label(self.spec, self.popularity_beta)
+        """The candidate's name: the spec, ``@popB`` / ``@expoB`` added for a weighted fit (:func:`candidate_label`)."""
+        return candidate_label(self.spec, self.popularity_beta, self.exposure_beta)
 
     def summarise(self) -> None:
         """Fill ``mean`` / ``std`` / ``min`` / ``max`` from ``per_seed``."""
@@ -331,6 +375,8 @@ class BudgetChoice:
         reason: one sentence saying how the choice was made.
         popularity_beta: fit the codec with ``weights=popularity_weights(item_counts, popularity_beta)`` (0:
             uniform), as it was fitted on validation.
+        exposure_beta: fit the codec with ``weights=exposure_weights(user_emb, item_emb, exposure_k, exposure_beta)``
+            (0: not exposure-weighted; :attr:`TuneResult.exposure_k`).
     """
 
     budget: int
@@ -344,11 +390,12 @@ class BudgetChoice:
     paired_se: float | None = None
     reason: str = ""
     popularity_beta: float = 0.0
+    exposure_beta: float = 0.0
 
     @property
     def label(self) -> str:
         """The chosen candidate's name (:func:`candidate_label`)."""
-        return candidate_label(self.spec, self.popularity_beta)
+        return candidate_label(self.spec, self.popularity_beta, self.exposure_beta)
 
 
 def _finite_or_none(x: Any) -> Any:
@@ -381,6 +428,7 @@ class TuneResult:
         skipped: given candidates that match no budget: ``{"spec", "bytes", "reason"}``.
         created_at: UTC date, ISO 8601.
         provenance: free JSON-able notes (the embedding model, the command).
+        exposure_k: the top-K of :func:`reelpack.data.exposure_weights` for ``@expo`` candidates.
         fitted: with ``keep_fitted=True`` only (never saved): ``spec -> [(seed, codec, codes), ...]``.
     """
 
@@ -398,6 +446,7 @@ class TuneResult:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     created_at: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    exposure_k: int = DEFAULT_EXPOSURE_K
     fitted: dict[str, list[tuple[int, Codec, np.ndarray]]] = field(default_factory=dict, repr=False, compare=False)
 
     def choice(self, budget: int) -> BudgetChoice:
@@ -435,6 +484,7 @@ class TuneResult:
             "rows": [asdict(r) for r in self.rows],
             "skipped": self.skipped,
             "provenance": self.provenance,
+            "exposure_k": self.exposure_k,
         }
         return json.dumps(_finite_or_none(doc), indent=1, allow_nan=False)
 
@@ -465,10 +515,14 @@ class TuneResult:
                 if str(choice.budget) != key or not isinstance(choice.spec, str):
                     raise SerializationError(f"tune result choice {key!r} is inconsistent")
                 choice.popularity_beta = _beta_field(choice.popularity_beta, f"choice {key!r}")
+                choice.exposure_beta = _beta_field(choice.exposure_beta, f"choice {key!r}", "exposure_beta")
+                _one_weighting(choice.popularity_beta, choice.exposure_beta, f"choice {key!r}")
                 choices[int(choice.budget)] = choice
             rows = [CandidateRow(**_check_keys(r, CandidateRow, "row")) for r in _field(doc, "rows", list)]
             for r in rows:
                 r.popularity_beta = _beta_field(r.popularity_beta, f"row {r.spec!r}")
+                r.exposure_beta = _beta_field(r.exposure_beta, f"row {r.spec!r}", "exposure_beta")
+                _one_weighting(r.popularity_beta, r.exposure_beta, f"row {r.spec!r}")
             return cls(
                 dim=dim,
                 k=_int_field(doc, "k"),
@@ -484,6 +538,7 @@ class TuneResult:
                 skipped=_field(doc, "skipped", list),
                 created_at=str(doc.get("created_at", "")),
                 provenance=_field(doc, "provenance", dict),
+                exposure_k=_exposure_k_field(doc),
             )
         except SerializationError:
             raise
@@ -521,10 +576,24 @@ def _field(doc: dict, name: str, kind: type) -> Any:
     return doc[name]
 
 
-def _beta_field(value: Any, what: str) -> float:
+def _beta_field(value: Any, what: str, name: str = "popularity_beta") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_POPULARITY_BETA:
-        raise SerializationError(f"tune result {what} popularity_beta must be a number in [0, {MAX_POPULARITY_BETA}]")
+        raise SerializationError(f"tune result {what} {name} must be a number in [0, {MAX_POPULARITY_BETA}]")
     return float(value)
+
+
+def _exposure_k_field(doc: dict) -> int:
+    if "exposure_k" not in doc:
+        return DEFAULT_EXPOSURE_K
+    v = _int_field(doc, "exposure_k")
+    if v < 1:
+        raise SerializationError(f"tune result field 'exposure_k' must be a positive integer, got {v}")
+    return v
+
+
+def _one_weighting(popularity_beta: float, exposure_beta: float, what: str) -> None:
+    if popularity_beta > 0 and exposure_beta > 0:
+        raise SerializationError(f"tune result {what} has both popularity_beta and exposure_beta; a fit has one")
 
 
 def _int_field(doc: dict, name: str) -> int:
@@ -587,6 +656,8 @@ def tune_codecs(
     batch_size: int = 256,
     keep_fitted: bool = False,
     popularity_betas: Sequence[float] = DEFAULT_POPULARITY_BETAS,
+    exposure_betas: Sequence[float] = DEFAULT_EXPOSURE_BETAS,
+    exposure_k: int = DEFAULT_EXPOSURE_K,
 ) -> TuneResult:
     """Fit, score and choose a codec per byte budget on a validation split (see the module docstring).
 
@@ -598,7 +669,8 @@ def tune_codecs(
         budgets: bytes per item, each a positive integer.
         candidates: specs to compare instead of :func:`candidate_specs`; each joins the budget equal to its
             fitted ``bytes_per_vector`` (others are listed in ``skipped``). A plain spec is fitted with every
-            exponent of ``popularity_betas``; ``"spec@popB"`` (:func:`parse_candidate`) with exponent B only.
+            exponent of ``popularity_betas`` and ``exposure_betas``; ``"spec@popB"`` / ``"spec@expoB"``
+            (:func:`parse_weighted_candidate`) with that weighting only.
         seeds: codec fitting seeds (the spread is over them).
         k: Recall cut-off (NDCG is at 10).
         max_users: evaluate a seeded sample of this many validation users.
@@ -614,6 +686,10 @@ def tune_codecs(
             saved with the result.
         popularity_betas: exponents of the popularity weights each candidate is fitted with (0: uniform rows;
             :func:`reelpack.data.popularity_weights` of ``val_split.item_counts``, the fit part's interactions).
+        exposure_betas: exponents of the exposure weights each candidate is also fitted with (none by default;
+            :func:`reelpack.data.exposure_weights` of ``user_emb`` and ``item_emb`` with top-``exposure_k``; 0 is
+            the uniform fit, already among ``popularity_betas``' when 0 is there).
+        exposure_k: the top-K that counts as exposure (:data:`reelpack.data.DEFAULT_EXPOSURE_K`).
 
     Returns:
         :class:`TuneResult`.
@@ -652,12 +728,18 @@ def tune_codecs(
         )
     finetune_epochs = _check_positive(finetune_epochs, "finetune_epochs")
     betas = _check_betas(popularity_betas)
+    expo_betas = _check_betas(exposure_betas, "exposure_betas", allow_empty=True)
+    if isinstance(exposure_k, bool) or not isinstance(exposure_k, (int, np.integer)) or exposure_k < 1:
+        raise InvalidInputError(f"exposure_k must be a positive integer, got {exposure_k!r}")
+    plain_weightings: list[Weighting] = sorted({("pop", b) for b in betas}
+                                               | {("expo", b) if b > 0 else _UNIFORM for b in expo_betas},
+                                               key=_weighting_order)  # fmt: skip
     users = validation_users(val_split, max_users, min_users)
 
     # ---- candidates per budget (user candidates: by their fitted width) -------------------------------
     first_fits: dict[str, tuple[Codec, float]] = {}  # spec -> (codec fitted with seeds[0], seconds)
     skipped: list[dict[str, Any]] = []
-    given_betas: dict[str, set[float]] = {}  # spec -> the exponents named with @popB
+    given: dict[str, set[Weighting]] = {}  # spec -> the weightings named with @popB / @expoB
     if candidates is None:
         per_budget = {b: candidate_specs(b, dim) for b in budgets}
     else:
@@ -665,17 +747,19 @@ def tune_codecs(
             raise InvalidInputError("candidates must be a list of specs, not one string")
         plain: list[str] = []
         for c in candidates:
-            spec, beta = parse_candidate(c)
-            if beta is None:
-                given_betas.setdefault(spec, set()).update(betas)
+            spec, weighting = parse_weighted_candidate(c)
+            if weighting is None:
+                given.setdefault(spec, set()).update(plain_weightings)
             else:
-                given_betas.setdefault(spec, set()).add(beta)
+                given.setdefault(spec, set()).add(weighting)
             if spec not in plain:
                 plain.append(spec)
         per_budget = _assign_candidates(plain, budgets, dim, item_emb, seeds[0], first_fits, skipped)
-    pairs = {b: [(s, beta) for s in specs for beta in sorted(given_betas.get(s, betas))] for b, specs in per_budget.items()}
-    weights = {beta: popularity_weights(val_split.item_counts, beta) for beta in
-               {beta for got in pairs.values() for _, beta in got if beta > 0}}  # fmt: skip
+    pairs = {b: [(s, w) for s in specs for w in sorted(given.get(s, plain_weightings), key=_weighting_order)] for b, specs in per_budget.items()}
+    wanted = {w for got in pairs.values() for _, w in got if w[1] > 0}
+    exposure = exposure_counts(user_emb, item_emb, exposure_k) if any(w[0] == "expo" for w in wanted) else None
+    weights = {w: popularity_weights(val_split.item_counts, w[1]) if w[0] == "pop"
+               else (exposure.astype(np.float64) + 1.0) ** w[1] for w in wanted}  # type: ignore[union-attr]  # fmt: skip
 
     ks = tuple(sorted({NDCG_CUTOFF, k}))
     reference = _evaluate(dense_score_fn(user_emb, item_emb), val_split, users, ks, k, batch_size)
@@ -693,10 +777,10 @@ def tune_codecs(
     for budget in budgets:
         per_user: dict[str, np.ndarray] = {}
         budget_rows: list[CandidateRow] = []
-        for spec, beta in pairs[budget]:
+        for spec, weighting in pairs[budget]:
             row, users_recall = run.candidate(spec, budget, seeds, spec in fine,
-                                              first_fits.pop(spec, None) if beta == 0 else None,
-                                              beta, weights.get(beta))  # fmt: skip
+                                              first_fits.pop(spec, None) if weighting[1] == 0 else None,
+                                              weighting, weights.get(weighting))  # fmt: skip
             budget_rows.append(row)
             if users_recall is not None:
                 per_user[row.label] = users_recall
@@ -725,6 +809,7 @@ def tune_codecs(
         finetune=bool(finetune),
         skipped=skipped,
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        exposure_k=int(exposure_k),
         fitted=run.fitted,
     )
 
@@ -766,11 +851,14 @@ class _Run:
                 "recall": r, "ndcg": n}, ev.per_user  # fmt: skip
 
     def candidate(self, spec: str, budget: int, seeds: list[int], finetune: bool,
-                  first_fit: tuple[Codec, float] | None, beta: float = 0.0,
+                  first_fit: tuple[Codec, float] | None, weighting: Weighting = _UNIFORM,
                   weights: np.ndarray | None = None) -> tuple[CandidateRow, np.ndarray | None]:  # fmt: skip
-        """The row of ``spec`` (fitted with ``weights``, the popularity weights of exponent ``beta``) over ``seeds``
-        and its per-user Recall@k averaged over them (None if it failed)."""
-        row = CandidateRow(spec=spec, budget=budget, seeds=list(seeds), popularity_beta=float(beta))
+        """The row of ``spec`` (fitted with ``weights``, the popularity or exposure weights of ``weighting``) over
+        ``seeds`` and its per-user Recall@k averaged over them (None if it failed)."""
+        kind, beta = weighting
+        row = CandidateRow(spec=spec, budget=budget, seeds=list(seeds),
+                           popularity_beta=float(beta) if kind == "pop" else 0.0,
+                           exposure_beta=float(beta) if kind == "expo" else 0.0)  # fmt: skip
         name = row.label
         untouched: list[np.ndarray] = []
         tuned: list[np.ndarray] = []
@@ -950,7 +1038,7 @@ def _choose(budget: int, rows: list[CandidateRow], per_user: dict[str, np.ndarra
     if len(ok) == 1:
         return BudgetChoice(budget, best.spec, best.mean["rel_recall"], best.mean["rel_ndcg"], best.finetuned,
                             reason="the only candidate that could be fitted",
-                            popularity_beta=best.popularity_beta)  # fmt: skip
+                            popularity_beta=best.popularity_beta, exposure_beta=best.exposure_beta)  # fmt: skip
     scale = ref_recall if ref_recall else float("nan")
 
     def paired_se(other: CandidateRow) -> float:
@@ -963,6 +1051,7 @@ def _choose(budget: int, rows: list[CandidateRow], per_user: dict[str, np.ndarra
     if not tied:
         return BudgetChoice(budget, best.spec, best.mean["rel_recall"], best.mean["rel_ndcg"], best.finetuned,
                             runner_up=ok[1].label, paired_se=se_runner, popularity_beta=best.popularity_beta,
+                            exposure_beta=best.exposure_beta,
                             reason=f"highest mean validation rel R@{k}; {ok[1].label} is "
                                    f"{best.mean['rel_recall'] - ok[1].mean['rel_recall']:.4f} below "
                                    f"(paired SE {se_runner:.4f})")  # fmt: skip
@@ -972,7 +1061,7 @@ def _choose(budget: int, rows: list[CandidateRow], per_user: dict[str, np.ndarra
     return BudgetChoice(
         budget, winner.spec, winner.mean["rel_recall"], winner.mean["rel_ndcg"], winner.finetuned, tie=True,
         tied_with=[r.label for r in group if r is not winner], runner_up=ok[1].label, paired_se=se_runner,
-        popularity_beta=winner.popularity_beta,
+        popularity_beta=winner.popularity_beta, exposure_beta=winner.exposure_beta,
         reason=f"tie on validation rel R@{k} within one paired SE ({names}); chosen by rel NDCG@{NDCG_CUTOFF}, "
                f"then encode time",
     )  # fmt: skip
