@@ -151,15 +151,19 @@ def test_pack_fits_a_popularity_choice_with_the_item_counts(tuned, tmp_path):
         assert __import__("re").search(match, " ".join(r.output.split())), r.output
 
 
-def test_tune_with_a_popularity_candidate(tuned, tmp_path):
-    """`spec@popB` candidates are fitted with popularity weights; the table names them and says what they are."""
+def _tune_pq4(tuned, tmp_path, *more: str):
+    """`reelpack tune` at d=16, budget 4, one seed, on the cached embeddings of ``tuned``; its result."""
     _, path = tuned
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("REELPACK_DATA", raising=False)
-        r = runner.invoke(app, ["tune", "--dim", "16", "--epochs", "1", "--budget", "4", "--seeds", "1",
-                                "--max-users", "300", "--candidates", "pq4 pq4@pop1", "--popularity-betas", "0",
-                                "--no-finetune", "--out", str(tmp_path),
-                                "--cache-dir", str(path.parent.parent / "cache")])  # fmt: skip
+        return runner.invoke(app, ["tune", "--dim", "16", "--epochs", "1", "--budget", "4", "--seeds", "1",
+                                   "--max-users", "300", "--popularity-betas", "0", "--no-finetune", *more,
+                                   "--out", str(tmp_path), "--cache-dir", str(path.parent.parent / "cache")])  # fmt: skip
+
+
+def test_tune_with_a_popularity_candidate(tuned, tmp_path):
+    """`spec@popB` candidates are fitted with popularity weights; the table names them and says what they are."""
+    r = _tune_pq4(tuned, tmp_path, "--candidates", "pq4 pq4@pop1")
     assert r.exit_code == 0, r.output
     flat = " ".join(r.output.split())
     assert "pq4@pop1" in flat and "spec@popB: fitted on rows drawn in proportion" in flat
@@ -169,13 +173,7 @@ def test_tune_with_a_popularity_candidate(tuned, tmp_path):
 
 def test_tune_with_an_exposure_candidate(tuned, tmp_path):
     """--exposure-betas fits every candidate with exposure weights too; the table names them and says what they are."""
-    _, path = tuned
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("REELPACK_DATA", raising=False)
-        r = runner.invoke(app, ["tune", "--dim", "16", "--epochs", "1", "--budget", "4", "--seeds", "1",
-                                "--max-users", "300", "--candidates", "pq4", "--popularity-betas", "0",
-                                "--exposure-betas", "1", "--no-finetune", "--out", str(tmp_path),
-                                "--cache-dir", str(path.parent.parent / "cache")])  # fmt: skip
+    r = _tune_pq4(tuned, tmp_path, "--candidates", "pq4", "--exposure-betas", "1")
     assert r.exit_code == 0, r.output
     flat = " ".join(r.output.split())
     assert "pq4@expo1" in flat and "spec@expoB: fitted on rows drawn in proportion" in flat

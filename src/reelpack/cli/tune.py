@@ -246,29 +246,24 @@ def resolve_auto_codecs(specs: Sequence[str], result: Any, dim: int) -> list[str
     return out
 
 
+def _auto_choice_field(specs: Sequence[str], result: Any, name: str) -> list[float]:
+    """Per spec of ``specs``: field ``name`` of the tune choice for an ``autoN``, 0 for any other spec or when
+    ``result`` is None."""
+    return [float(getattr(result.choice(int(s.strip().lower()[4:])), name))
+            if result is not None and _AUTO.fullmatch(s.strip().lower()) else 0.0 for s in specs]  # fmt: skip
+
+
 def auto_popularity_betas(specs: Sequence[str], result: Any) -> list[float]:
     """The popularity exponent each spec of ``specs`` is fitted with: the tune choice's ``popularity_beta`` for an
     ``autoN`` (0 when ``result`` is None or for any other spec). ``specs`` are those given to
     :func:`resolve_auto_codecs`, in the same order."""
-    out = []
-    for s in specs:
-        if result is None or not _AUTO.fullmatch(s.strip().lower()):
-            out.append(0.0)
-        else:
-            out.append(float(result.choice(int(s.strip().lower()[4:])).popularity_beta))
-    return out
+    return _auto_choice_field(specs, result, "popularity_beta")
 
 
 def auto_exposure_betas(specs: Sequence[str], result: Any) -> list[float]:
     """The exposure exponent each spec of ``specs`` is fitted with: the tune choice's ``exposure_beta`` for an
     ``autoN`` (0 when ``result`` is None or for any other spec), in the order of ``specs``."""
-    out = []
-    for s in specs:
-        if result is None or not _AUTO.fullmatch(s.strip().lower()):
-            out.append(0.0)
-        else:
-            out.append(float(result.choice(int(s.strip().lower()[4:])).exposure_beta))
-    return out
+    return _auto_choice_field(specs, result, "exposure_beta")
 
 
 def fit_weights_for(specs: Sequence[str], pop_betas: Sequence[float], expo_betas: Sequence[float], item_counts: Any,
