@@ -34,7 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from reelpack.codecs import make_codec
-from reelpack.data import DEFAULT_EXPOSURE_K, exposure_counts, load_interactions, popularity_weights, train_test_split
+from reelpack.data import (
+    DEFAULT_EXPOSURE_K,
+    exposure_counts,
+    load_interactions,
+    popularity_weights,
+    train_test_split,
+    weights_from_exposure,
+)
 from reelpack.metrics.ranking import dense_score_fn, evaluate_scores
 from validation_protocol import load_validation_protocol  # benchmarks/, beside this script
 
@@ -48,7 +55,7 @@ def weights_for(name: str, counts: np.ndarray, exposure: np.ndarray) -> np.ndarr
     if name.startswith("pop"):
         return popularity_weights(counts, float(name[3:]))
     if name.startswith("expo"):
-        return (exposure.astype(np.float64) + 1.0) ** float(name[4:])
+        return weights_from_exposure(exposure, float(name[4:]))
     raise SystemExit(f"unknown weighting {name!r}: uniform, popB or expoB")
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reelpack.data import DEFAULT_EXPOSURE_K, exposure_counts, exposure_weights
+from reelpack.data import DEFAULT_EXPOSURE_K, exposure_counts, exposure_weights, weights_from_exposure
 from reelpack.data import exposure as exposure_module
 from reelpack.errors import DimensionMismatchError, DTypeError, EmptyInputError, InvalidInputError, NonFiniteError
 
@@ -73,3 +73,12 @@ def test_bad_embeddings():
         exposure_counts(np.full((2, 3), np.nan, np.float32), X, 2)
     with pytest.raises(DTypeError):
         exposure_counts(np.ones((2, 3), np.complex64), X, 2)
+
+
+def test_weights_from_exposure_refuses_bad_counts_and_beta():
+    assert np.array_equal(weights_from_exposure(np.array([0, 3]), 1.0), [1.0, 4.0])
+    for counts in (np.array([-1, 2]), np.array([np.nan]), np.ones((2, 2)), np.array(["x"])):
+        with pytest.raises(InvalidInputError, match="counts"):
+            weights_from_exposure(counts, 1.0)
+    with pytest.raises(InvalidInputError, match="beta"):
+        weights_from_exposure(np.array([1, 2]), 9.0)

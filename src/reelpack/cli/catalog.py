@@ -172,6 +172,7 @@ def build_catalog_cmd(
         fit_weights_for,
         load_tune_for,
         popularity_fit_weights,
+        require_users_for_exposure,
         resolve_auto_codecs,
     )
     from reelpack.errors import InvalidInputError
@@ -184,9 +185,8 @@ def build_catalog_cmd(
         expo_betas = auto_exposure_betas(given, tuned)  # per codec: exposure exponent (0: none)
         if item_counts is None:
             popularity_fit_weights(betas, None, _ITEM_COUNTS_WHAT)  # the typed error before any loading
-        if any(expo_betas) and users is None and synthetic is None:
-            fit_weights_for(given, [0.0] * len(given), expo_betas, None, None, None, tuned.exposure_k, "",
-                            _USERS_WHAT)  # the typed error before any loading  # fmt: skip
+        if users is None and synthetic is None:  # the typed error before any loading
+            require_users_for_exposure(expo_betas, None, tuned.exposure_k if tuned is not None else 1, _USERS_WHAT)
         if scheduler is None and (work_dir is not None or keep_work):
             raise InvalidInputError("--work-dir and --keep-work need --scheduler")
         if scheduler is not None and edge:

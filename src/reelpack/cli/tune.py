@@ -22,6 +22,7 @@ from reelpack.errors import ReelpackError
 
 __all__ = ["tune_cmd", "has_auto_spec", "load_tune_for", "resolve_auto_codecs", "auto_popularity_betas",
            "auto_exposure_betas", "popularity_fit_weights", "popularity_beta_meta", "fit_weights_for",
+           "require_users_for_exposure",
            "tune_file_name"]
 
 _AUTO = re.compile(r"auto[0-9]+")
@@ -278,19 +279,13 @@ def fit_weights_for(specs: Sequence[str], pop_betas: Sequence[float], expo_betas
         InvalidInputError: a codec needs item counts or user vectors that were not given (the message names
             ``counts_what`` or ``users_what``, the option that gives them).
     """
-    from reelpack.data import exposure_counts
-    from reelpack.errors import InvalidInputError
+    from reelpack.data import exposure_counts, weights_from_exposure
 
     weights = popularity_fit_weights(pop_betas, item_counts, counts_what)
+    require_users_for_exposure(expo_betas, user_emb, exposure_k, users_what)
     if any(b > 0 for b in expo_betas):
-        if user_emb is None:
-            beta = next(b for b in expo_betas if b > 0)
-            raise InvalidInputError(
-                f"the tune result chose a codec fitted with exposure weights (users whose float32 top-{exposure_k} "
-                f"holds the item + 1) ** {beta:g} on validation; give the user vectors with {users_what}"
-            )
-        counts = exposure_counts(user_emb, item_emb, exposure_k).astype("float64")
-        weights = [(counts + 1.0) ** e if e > 0 else w for w, e in zip(weights, expo_betas)]
+        counts = exposure_counts(user_emb, item_emb, exposure_k)
+        weights = [weights_from_exposure(counts, e) if e > 0 else w for w, e in zip(weights, expo_betas)]
     info: dict[str, Any] = {}
     if any(b > 0 for b in pop_betas):
         info["popularity_beta"] = popularity_beta_meta(specs, pop_betas)
@@ -298,6 +293,19 @@ def fit_weights_for(specs: Sequence[str], pop_betas: Sequence[float], expo_betas
         info["exposure_beta"] = popularity_beta_meta(specs, expo_betas)
         info["exposure_k"] = int(exposure_k)
     return weights, (info or None)
+
+
+def require_users_for_exposure(expo_betas: Sequence[float], user_emb: Any, exposure_k: int, what: str) -> None:
+    """InvalidInputError (naming ``what``, the option that gives them) when a codec is fitted with exposure weights
+    (an exponent of ``expo_betas`` > 0) and ``user_emb`` is None."""
+    from reelpack.errors import InvalidInputError
+
+    if user_emb is None and any(b > 0 for b in expo_betas):
+        beta = next(b for b in expo_betas if b > 0)
+        raise InvalidInputError(
+            f"the tune result chose a codec fitted with exposure weights (users whose float32 top-{exposure_k} "
+            f"holds the item + 1) ** {beta:g} on validation; give the user vectors with {what}"
+        )
 
 
 def popularity_beta_meta(specs: Sequence[str], betas: Sequence[float]) -> dict[str, float]:

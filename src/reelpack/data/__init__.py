@@ -30,9 +30,14 @@ __all__ = [
     "popularity_weights",
 ]
 
-from reelpack.data.exposure import DEFAULT_EXPOSURE_K, exposure_counts, exposure_weights  # noqa: E402
+from reelpack.data.exposure import (  # noqa: E402
+    DEFAULT_EXPOSURE_K,
+    exposure_counts,
+    exposure_weights,
+    weights_from_exposure,
+)
 
-__all__ += ["DEFAULT_EXPOSURE_K", "exposure_counts", "exposure_weights"]
+__all__ += ["DEFAULT_EXPOSURE_K", "exposure_counts", "exposure_weights", "weights_from_exposure"]
 
 from reelpack.data.metadata import ItemMetadata, replay_synthetic_latents, synthetic_item_metadata  # noqa: E402
 

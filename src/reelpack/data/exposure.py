@@ -29,7 +29,7 @@ from reelpack.data.interactions import MAX_POPULARITY_BETA
 from reelpack.errors import InvalidInputError
 from reelpack.util.validate import as_float_matrix
 
-__all__ = ["DEFAULT_EXPOSURE_K", "exposure_counts", "exposure_weights"]
+__all__ = ["DEFAULT_EXPOSURE_K", "exposure_counts", "exposure_weights", "weights_from_exposure"]
 
 #: top-K of each user that counts as exposure (chosen on validation, see the module docstring)
 DEFAULT_EXPOSURE_K = 1000
@@ -83,10 +83,23 @@ def exposure_weights(
     Raises:
         InvalidInputError: ``beta`` outside [0, MAX_POPULARITY_BETA], and everything :func:`exposure_counts` raises.
     """
+    return weights_from_exposure(exposure_counts(user_emb, item_emb, k), beta)
+
+
+def weights_from_exposure(counts: np.ndarray, beta: float) -> np.ndarray:
+    """``(counts + 1) ** beta``, float64 [n_items], from :func:`exposure_counts` int [n_items]: the weights of
+    :func:`exposure_weights` when the counts serve several exponents.
+
+    Raises:
+        InvalidInputError: ``beta`` outside [0, MAX_POPULARITY_BETA]; counts not a 1-D array of finite numbers >= 0.
+    """
     try:
         b = float(beta)
+        c = np.asarray(counts, dtype=np.float64)
     except (TypeError, ValueError):
-        raise InvalidInputError(f"exposure beta must be a number, got {beta!r}") from None
+        raise InvalidInputError(f"exposure beta must be a number and counts an array, got {beta!r}") from None
     if not 0.0 <= b <= MAX_POPULARITY_BETA:
         raise InvalidInputError(f"exposure beta must lie in [0, {MAX_POPULARITY_BETA}], got {beta}")
-    return (exposure_counts(user_emb, item_emb, k).astype(np.float64) + 1.0) ** b
+    if c.ndim != 1 or not np.all(np.isfinite(c)) or np.any(c < 0):
+        raise InvalidInputError("exposure counts must be a 1-D array of finite numbers >= 0")
+    return (c + 1.0) ** b

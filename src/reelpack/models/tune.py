@@ -56,7 +56,7 @@ from reelpack.codecs import make_codec
 from reelpack.codecs.base import Codec
 from reelpack.codecs.rabitq import FACTOR_BYTES as RABITQ_FACTOR_BYTES
 from reelpack.codecs.rabitq import MAX_BITS as RABITQ_MAX_BITS
-from reelpack.data.exposure import DEFAULT_EXPOSURE_K, exposure_counts
+from reelpack.data.exposure import DEFAULT_EXPOSURE_K, exposure_counts, weights_from_exposure
 from reelpack.data.interactions import (
     MAX_POPULARITY_BETA,
     MIN_VALIDATION_USERS,
@@ -759,7 +759,7 @@ def tune_codecs(
     wanted = {w for got in pairs.values() for _, w in got if w[1] > 0}
     exposure = exposure_counts(user_emb, item_emb, exposure_k) if any(w[0] == "expo" for w in wanted) else None
     weights = {w: popularity_weights(val_split.item_counts, w[1]) if w[0] == "pop"
-               else (exposure.astype(np.float64) + 1.0) ** w[1] for w in wanted}  # type: ignore[union-attr]  # fmt: skip
+               else weights_from_exposure(exposure, w[1]) for w in wanted}  # type: ignore[arg-type]  # fmt: skip
 
     ks = tuple(sorted({NDCG_CUTOFF, k}))
     reference = _evaluate(dense_score_fn(user_emb, item_emb), val_split, users, ks, k, batch_size)
